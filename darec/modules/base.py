@@ -1,0 +1,115 @@
+"""The uniform interface every darec recommender follows.
+
+A model implements :meth:`RecModule.score_chunk`: the scores of item ids ``lo..hi-1`` for the users
+of an evaluation batch. Validation, test and predict are then shared: full-catalogue ranking in
+chunks, with history masked, through :mod:`darec.evaluation`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from darec.evaluation import RankHistogram, chunked_target_ranks
+
+EvalBatch = dict[str, torch.Tensor]
+
+
+def chunked_topk(score_chunk, num_items: int, history: torch.Tensor, k: int, chunk_size: int = 4096) -> torch.Tensor:
+    """Top-``k`` item ids (best first) over ``1..num_items`` with history and padding masked."""
+    best_s: torch.Tensor | None = None
+    best_i: torch.Tensor | None = None
+    for lo in range(1, num_items + 1, chunk_size):
+        hi = min(num_items + 1, lo + chunk_size)
+        s = score_chunk(lo, hi).float().clone()
+        ids = torch.arange(lo, hi, device=s.device).expand_as(s)
+        in_chunk = (history >= lo) & (history < hi)
+        rows = torch.nonzero(in_chunk, as_tuple=True)[0]
+        s[rows, history[in_chunk] - lo] = float("-inf")
+        if best_s is not None:
+            s = torch.cat([best_s, s], 1)
+            ids = torch.cat([best_i, ids], 1)
+        kk = min(k, s.shape[1])
+        best_s, pos = torch.topk(s, kk, dim=1)
+        best_i = torch.gather(ids, 1, pos)
+    assert best_i is not None
+    return best_i
+
+
+class RecModule(L.LightningModule):
+    """Base LightningModule: shared evaluation and prediction over the whole catalogue.
+
+    Args:
+        num_items: catalogue size (item ids ``1..num_items``); linked from the data by the CLI.
+        num_users: number of users (ids ``1..num_users``); linked from the data by the CLI.
+        data_fingerprint: fingerprint of the prepared dataset; linked by the CLI, kept in checkpoints.
+        eval_chunk_size: items scored at once during evaluation, which bounds peak memory.
+        predict_k: how many items ``predict`` returns per user.
+    """
+
+    def __init__(
+        self,
+        num_items: int = 0,
+        num_users: int = 0,
+        data_fingerprint: str = "",
+        eval_chunk_size: int = 4096,
+        predict_k: int = 10,
+    ):
+        super().__init__()
+        self.num_items = num_items
+        self.num_users = num_users
+        self.data_fingerprint = data_fingerprint
+        self.eval_chunk_size = eval_chunk_size
+        self.predict_k = predict_k
+        self.val_metric = RankHistogram()
+        self.test_metric = RankHistogram()
+
+    def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
+        """Scores [B, hi-lo] of item ids ``lo..hi-1`` for the users in ``batch``."""
+        raise NotImplementedError
+
+    def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
+        """Hook: compute per-batch state once (e.g. user vectors) before chunked scoring."""
+        return batch
+
+    def _ranks(self, batch: EvalBatch) -> torch.Tensor:
+        batch = self.prepare_eval_batch(batch)
+        return chunked_target_ranks(
+            lambda lo, hi: self.score_chunk(batch, lo, hi),
+            self.num_items,
+            batch["target"],
+            batch["history"],
+            chunk_size=self.eval_chunk_size,
+        )
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self.val_metric.update(self._ranks(batch))
+
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self.test_metric.update(self._ranks(batch))
+
+    def _log_metric(self, metric: RankHistogram, prefix: str) -> dict[str, float]:
+        values = {f"{prefix}/{k}": v for k, v in metric.compute().items()}
+        for k, v in values.items():
+            self.log(k, v, prog_bar=k.endswith(("/ndcg@10", "/hr@10")))
+        metric.reset()
+        return {k: float(v) for k, v in values.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_metric, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric(self.test_metric, "test")
+
+    def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Any]:
+        batch = self.prepare_eval_batch(batch)
+        items = chunked_topk(
+            lambda lo, hi: self.score_chunk(batch, lo, hi),
+            self.num_items,
+            batch["history"],
+            self.predict_k,
+            self.eval_chunk_size,
+        )
+        return {"user": batch["user"].cpu(), "items": items.cpu()}

