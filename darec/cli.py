@@ -11,6 +11,7 @@ from darec.errors import DarecError
 
 OWN_COMMANDS: dict[str, str] = {
     "data": "darec.data.cli:data_main",
+    "export-embeddings": "darec.export:export_main",
 }
 HELP = """usage: darec <command> [options]
 
@@ -25,6 +26,10 @@ Data:
   data prepare    raw logs -> prepared dir:  darec data prepare --config configs/data/ml100k.yaml
   data synth      synthetic dataset:         darec data synth --out data/synth
   data stats      print a dataset's stats:   darec data stats data/ml-100k
+
+Collaborative embeddings (for DARec's knowledge injection):
+  export-embeddings   SASRec/LightGCN checkpoint -> safetensors + JSON sidecar:
+                      darec export-embeddings --ckpt CKPT --out cf/sasrec.safetensors
 
 Common LightningCLI options: --config FILE, --print_config, --seed_everything N,
   --trainer.max_epochs N, --trainer.devices N, --trainer.strategy ddp, --ckpt_path CKPT

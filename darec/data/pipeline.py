@@ -62,7 +62,7 @@ class PrepareOptions:
 
 
 def _is_missing(v: Any) -> bool:
-    if v is None:
+    if v is None or v is pd.NA or v is pd.NaT:
         return True
     if isinstance(v, float) and math.isnan(v):
         return True
@@ -211,10 +211,8 @@ def build_tables(
     if items is not None and len(items):
         if "item" not in items.columns:
             raise DataError(f"{source}: item table has no 'item' column")
-        cols = [c for c in items.columns if c != "item"]
-        for rec in items.drop_duplicates("item", keep="first").itertuples(index=False):
-            d = rec._asdict()
-            attr_rows[str(d.pop("item"))] = {c: d[c] for c in cols if c in d}
+        for d in items.drop_duplicates("item", keep="first").to_dict("records"):
+            attr_rows[str(d.pop("item"))] = d
     cold_raw = sorted(set(attr_rows) - set(warm_raw), key=lambda v: (0, int(v), v) if v.isdigit() else (1, 0, v))
     all_raw = [""] + warm_raw + cold_raw
     attrs: list[dict[str, Any]] = [{}]

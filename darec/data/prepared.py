@@ -225,6 +225,9 @@ def save_prepared(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         seqs = DatasetDict({name: Dataset(tables.splits[name].to_arrow()) for name in SPLITS})
         seqs.save_to_disk(str(tmp / "sequences"))
         n_total = len(tables.item_raw_ids) - 1

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from darec.errors import DataError
+from darec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,9 @@ class RawTable:
 
     def nonempty(self, column: Any, what: str) -> pd.Series:
         """Column ``column`` with every value stripped; an empty value is an error naming its line."""
-        values = self.df[column].astype(str).str.strip()
-        bad = np.flatnonzero((values == "").to_numpy())
+        raw = self.df[column]
+        values = raw.astype(str).str.strip()
+        bad = np.flatnonzero((raw.isna() | (values == "")).to_numpy())
         if len(bad):
             raise DataError(f"{self.where(int(bad[0]), str(column))}: empty {what}")
         return values
@@ -187,7 +188,7 @@ def parse_times(values: pd.Series, fmt: str) -> pd.Series:
 def parse_time_value(value: Any, where: str) -> float:
     """One timestamp from a config: a number (as is) or an ISO 8601 date string (UTC seconds)."""
     if isinstance(value, bool):
-        raise DataError(f"{where}: expected a number or an ISO date, got {value!r}")
+        raise ConfigError(f"{where}: expected a number or an ISO date, got {value!r}")
     if isinstance(value, (int, float)):
         return float(value)
     if hasattr(value, "isoformat"):
@@ -196,7 +197,7 @@ def parse_time_value(value: Any, where: str) -> float:
         got = parse_times(pd.Series([value]), "iso").iloc[0]
         if np.isfinite(got):
             return float(got)
-    raise DataError(f"{where}: {value!r} is neither a number nor an ISO date (e.g. 1998-03-01)")
+    raise ConfigError(f"{where}: {value!r} is neither a number nor an ISO date (e.g. 1998-03-01)")
 
 
 def read_delimited(
@@ -295,6 +296,7 @@ def iter_json_lines(path: str | os.PathLike, encoding: str = "utf-8") -> Iterato
 
 
 def _parse_record(path: Path, no: int, text: str) -> dict[str, Any]:
+    text = text.rstrip("\r\n")
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as e:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from darec.data.prepared import sha256_file
-from darec.data.rawio import RawTable, iter_json_lines, read_delimited, read_parquet, read_text
+from darec.data.rawio import RawTable, read_delimited, read_text
 from darec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def read_ml100k_grouplens(directory: Path) -> ReaderResult:
         flags = rec[5 : 5 + len(ML100K_GENRES)]
         if any(f.strip() not in ("0", "1") for f in flags):
             raise DataError(f"{it.where(r)}: genre flags must be 0 or 1, got {'|'.join(flags)!r}")
-        genres = [g for g, f in zip(ML100K_GENRES, flags) if f.strip() == "1"]
+        genres = [g for g, f in zip(ML100K_GENRES, flags, strict=True) if f.strip() == "1"]
         rows.append({"item": rec[0].strip(), **movie_attrs(rec[1], genres, rec[2])})
     return inter, _items_frame(rows), _inputs(data, item)
 
@@ -301,7 +301,7 @@ def read_recbole(
     else:
         attr_cols = [c for c in itypes if c != cols["item"]]
         for i, rec in enumerate(it.df[attr_cols].itertuples(index=False, name=None)):
-            rows.append({"item": ids[i], **{c: _recbole_value(it, i, c, itypes[c], v) for c, v in zip(attr_cols, rec)}})
+            rows.append({"item": ids[i], **{c: _recbole_value(it, i, c, itypes[c], v) for c, v in zip(attr_cols, rec, strict=True)}})
     return interactions, _items_frame(rows), _inputs(Path(inter), Path(item))
 
 

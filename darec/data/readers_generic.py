@@ -153,6 +153,8 @@ def _column_key(name: Any, header: bool, where: str) -> Any:
 
 
 def _cell(v: Any, split: str | None) -> Any:
+    if v is pd.NA or v is pd.NaT:
+        return None
     if isinstance(v, np.ndarray):
         v = v.tolist()
     if isinstance(v, np.generic):

@@ -40,6 +40,11 @@ class LossConfig:
     temperature: float = 1.0  # InfoNCE temperature
 
 
+def _as(cls: type, value: Any) -> Any:
+    """A config dataclass from itself or from a plain dict (checkpoints store plain dicts)."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
 class DARec(RecModule):
     """DARec (arXiv:2408.07427) for full-ranking next-item recommendation.
 
@@ -82,7 +87,10 @@ class DARec(RecModule):
         cache_dir: str = ".darec_cache",
     ):
         super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k)
+        backbone, injection, losses = _as(BackboneConfig, backbone), _as(InjectionConfig, injection), _as(LossConfig, losses)
         self.save_hyperparameters()
+        for key, value in (("backbone", backbone), ("injection", injection), ("losses", losses)):
+            self.hparams[key] = asdict(value)
         if not context_masking:
             raise ConfigError("context_masking: false (the ablation) is not implemented yet")
         self.backbone_cfg = backbone
@@ -108,6 +116,8 @@ class DARec(RecModule):
         self.w_a = nn.Linear(h, self.id_dim, bias=False)
         self.id_table = nn.Parameter(self.injection.init_id_table(num_items, self.id_dim))
         self.register_buffer("sem_cache", torch.zeros(num_items + 1, h), persistent=False)
+        self.register_buffer("sem_mean", torch.zeros(h), persistent=False)
+        self.register_buffer("sem_std", torch.ones(h), persistent=False)
         self.register_buffer("hard_negs", torch.zeros(num_items + 1, max(losses.hard_k, 1), dtype=torch.long), persistent=False)
         self.register_buffer("dup_text", torch.zeros(num_items + 1, dtype=torch.bool), persistent=False)
         self._eval_table: torch.Tensor | None = None
@@ -157,11 +167,26 @@ class DARec(RecModule):
         was = self.training
         self.eval()
         self.sem_cache.copy_(self.encoder.encode_all(self.num_items).to(self.sem_cache.dtype))
+        rows = self.sem_cache[1:].float()
+        self.sem_mean.copy_(rows.mean(0))
+        centred = rows - rows.mean(0)
+        scale = centred.pow(2).sum(1).mean().sqrt() / max(1, rows.shape[1]) ** 0.5 if len(rows) > 1 else rows.new_ones(())
+        self.sem_std.fill_(float(scale.clamp(min=1e-6)))
         self.train(was)
         self._steps_since_refresh = 0
 
+    def standardise(self, sem: torch.Tensor) -> torch.Tensor:
+        """Centre semantic vectors on the catalogue mean and scale them to unit RMS per dimension.
+
+        Frozen LM states are anisotropic (items share a large common direction); removing it makes
+        the item differences the projections see comparable in scale to the vectors themselves. The
+        statistics come from the last cache refresh; one scalar scale keeps relative dimensions intact.
+        """
+        return (sem - self.sem_mean) / self.sem_std
+
     def item_table(self, sem: torch.Tensor) -> torch.Tensor:
         """``e_j = W_p [s_j ; c_j]`` for rows of ``sem`` [N+1, H]; row 0 is zeroed."""
+        sem = self.standardise(sem)
         feats = sem if not self.injection.item_dim else torch.cat([sem, self.injection.item_vectors.to(sem.dtype)], -1)
         table = self.w_p(feats)
         return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
@@ -181,7 +206,7 @@ class DARec(RecModule):
         """Hidden states [B, L+1, H] for item windows ``seq`` [B, L] (left-padded) followed by ``[SEQ]``."""
         b, length = seq.shape
         valid = torch.cat([seq > 0, torch.ones(b, 1, dtype=torch.bool, device=seq.device)], 1)
-        x = self.w_s(sem[seq]) + self.injection.input_term(seq)
+        x = self.w_s(self.standardise(sem[seq])) + self.injection.input_term(seq)
         seq_tok = torch.full((b, 1), self.backbone.seq_id, device=seq.device)
         x = torch.cat([x, self.backbone.embed(seq_tok).to(x.dtype)], 1)
         x = x * valid.unsqueeze(-1).to(x.dtype)
@@ -215,7 +240,8 @@ class DARec(RecModule):
             terms["next_item"] = next_item_loss(h, table, t, lo.sampled_softmax)
         if lo.masked_context and lo.lambda_mc > 0:
             ok = ~self.dup_text[fresh_ids]
-            terms["masked_context"] = lo.lambda_mc * alignment_loss(self.w_a(fresh[ok]), self.id_table, fresh_ids[ok])
+            sem_ok = self.standardise(fresh[ok])
+            terms["masked_context"] = lo.lambda_mc * alignment_loss(self.w_a(sem_ok), self.id_table, fresh_ids[ok])
         if lo.hard_negative and lo.lambda_hard > 0:
             terms["hard_negative"] = lo.lambda_hard * hard_negative_loss(h, table, t, self.hard_negs[t], lo.temperature)
         loss = sum(terms.values())
@@ -256,9 +282,12 @@ class DARec(RecModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["darec_backbone"] = self.backbone.identity()
         checkpoint["darec_assignment"] = [asdict(a) if hasattr(a, "__dataclass_fields__") else a for a in self.assignment]
-        frozen = {k for k, p in self.named_parameters() if not p.requires_grad}
-        frozen |= {f"backbone.model.{k}" for k in self.backbone.model.state_dict()}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        trainable = {p.data_ptr() for p in self.parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v
+            for k, v in checkpoint["state_dict"].items()
+            if not k.startswith("backbone.model.") or v.data_ptr() in trainable
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         ident = checkpoint.get("darec_backbone")

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from darec.data.text import pack_items
 from darec.modules.backbone import Backbone
 
 
-class ItemEncoder(nn.Module):
+class ItemEncoder:
     """Encodes items from their token ids through the (adapted) backbone.
 
     Every item's tokens are followed by ``[ALIGN]``; items are packed densely into rows of
     ``pack_len`` tokens under a block-diagonal mask with positions restarting per item, so the
     result equals encoding each item alone. The ``[ALIGN]`` hidden state is ``s_i``.
+
+    A plain helper, not an ``nn.Module``: the backbone it uses is owned (and saved) by the model.
 
     Args:
         backbone: the frozen backbone (with adapters applied).
@@ -24,7 +24,6 @@ class ItemEncoder(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, token_lists: list[list[int]], pack_len: int = 128, rows_per_pass: int = 64):
-        super().__init__()
         self.backbone = backbone
         self.token_lists = token_lists
         self.pack_len = pack_len

