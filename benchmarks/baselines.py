@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["popularity", "sasrec", "lightgcn"], choices=["popularity", "sasrec", "lightgcn"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed for trained models")
     p.add_argument("--max-epochs", type=int, default=None, help="override the configs' max_epochs")
-    p.add_argument("--patience", type=int, default=10, help="early-stopping patience on validation NDCG@10")
+    p.add_argument("--patience", type=int, default=11, help="early-stopping patience on validation NDCG@10 (11 = RecBole stopping_step 10)")
     p.add_argument("--sasrec-args", default="", help="extra LightningCLI arguments for SASRec runs, e.g. '--model.init_args.lr 0.002'")
     p.add_argument("--lightgcn-args", default="", help="extra LightningCLI arguments for LightGCN runs")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

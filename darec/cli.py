@@ -11,9 +11,15 @@ from darec.errors import DarecError
 
 OWN_COMMANDS: dict[str, str] = {
     "data": "darec.data.cli:data_main",
+    "demo": "darec.demo:demo_main",
+    "recommend": "darec.recommend:recommend_main",
+    "export-item-vectors": "darec.recommend:export_item_vectors_main",
     "export-embeddings": "darec.export:export_main",
 }
 HELP = """usage: darec <command> [options]
+
+Start here:
+  demo         download ml-100k, prepare it, train popularity, SASRec, LightGCN and DARec, compare (CPU, ~15 min)
 
 Training and evaluation (LightningCLI; `darec <command> --help` for every option):
   fit          train a model:           darec fit --config configs/sasrec_ml100k.yaml
@@ -26,6 +32,10 @@ Data:
   data prepare    raw logs -> prepared dir:  darec data prepare --config configs/data/ml100k.yaml
   data synth      synthetic dataset:         darec data synth --out data/synth
   data stats      print a dataset's stats:   darec data stats data/ml-100k
+
+DARec inference:
+  recommend            top-k for a history:  darec recommend --ckpt CKPT --history "1,50,181" --k 10
+  export-item-vectors  e_j for an ANN index: darec export-item-vectors --ckpt CKPT --out items.safetensors
 
 Collaborative embeddings (for DARec's knowledge injection):
   export-embeddings   SASRec/LightGCN checkpoint -> safetensors + JSON sidecar:

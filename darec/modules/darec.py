@@ -122,20 +122,29 @@ class DARec(RecModule):
         self.register_buffer("dup_text", torch.zeros(num_items + 1, dtype=torch.bool), persistent=False)
         self._eval_table: torch.Tensor | None = None
         self._ready = False
+        self._mined = False
         self._steps_since_refresh = 0
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None or self._ready:
+        if dm is None or (self._ready and (self._mined or stage != "fit")):
             return
         data = dm.data
         if self.data_fingerprint:
             data.check_fingerprint(self.data_fingerprint, "this DARec model")
-        self.attach_data(data.sentences, data.text_hash, data.fingerprint, [data.train.row(u) for u in range(1, data.num_users + 1)])
+        train_seqs = [data.train.row(u) for u in range(1, data.num_users + 1)]
+        self.attach_data(data.sentences, data.text_hash, data.fingerprint, train_seqs, data.item_raw_ids)
 
-    def attach_data(self, sentences: list[str], text_hash: str, fingerprint: str, train_seqs: list) -> None:
-        """Tokenise item sentences (cached) and mine hard negatives from training sequences."""
+    def attach_data(self, sentences: list[str], text_hash: str, fingerprint: str, train_seqs: list, item_raw_ids: list[str] | None = None) -> None:
+        """Tokenise item sentences (cached) and mine hard negatives from training sequences.
+
+        ``sentences`` covers every item id (warm catalogue, then cold items). With no training
+        sequences (inference), mining is skipped.
+        """
+        self.item_sentences = list(sentences)
+        self.item_raw_ids = list(item_raw_ids) if item_raw_ids is not None else [str(i) for i in range(len(sentences))]
+        self.text_hash = text_hash
         tok = self.backbone.tokenizer
         tokens = tokenize_sentences(sentences, tok, self.max_item_tokens, str(Path(self.cache_dir) / "tokens"), text_hash)
         self.encoder.set_tokens(tokens)
@@ -146,7 +155,7 @@ class DARec(RecModule):
         self.dup_text.copy_(dup.to(self.dup_text.device))
         if dup.any():
             log.info("%d items share their sentence with another item; excluded from the alignment loss", int(dup.sum()))
-        if self.losses.hard_negative and self.losses.lambda_hard > 0:
+        if self.losses.hard_negative and self.losses.lambda_hard > 0 and train_seqs:
             if self.losses.hard_source == "cf" and self.injection.item_dim:
                 vecs = self.injection.item_vectors.detach().cpu()
             else:
@@ -157,6 +166,7 @@ class DARec(RecModule):
             )
             self.hard_negs.copy_(hn.negatives.to(self.hard_negs.device))
             self.hard_negative_share_without = hn.share_targets_without
+            self._mined = True
         self._ready = True
         log.info("DARec: %s trainable parameters", f"{count_trainable(self):,}")
 
@@ -281,6 +291,8 @@ class DARec(RecModule):
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["darec_backbone"] = self.backbone.identity()
+        if self._ready:
+            checkpoint["darec_items"] = {"raw_ids": self.item_raw_ids, "sentences": self.item_sentences, "text_hash": self.text_hash}
         checkpoint["darec_assignment"] = [asdict(a) if hasattr(a, "__dataclass_fields__") else a for a in self.assignment]
         trainable = {p.data_ptr() for p in self.parameters() if p.requires_grad}
         checkpoint["state_dict"] = {
@@ -296,6 +308,9 @@ class DARec(RecModule):
                 f"checkpoint was trained on backbone {ident.get('name')!r} with different weights "
                 f"(sha256 {ident.get('weights_sha256', '')[:12]}…); load the same backbone"
             )
+        items = checkpoint.get("darec_items")
+        if items and not self._ready:
+            self.attach_data(items["sentences"], items["text_hash"], self.data_fingerprint, [], items["raw_ids"])
         own = self.state_dict()
         for k, v in own.items():
             checkpoint["state_dict"].setdefault(k, v)

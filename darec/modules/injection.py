@@ -73,12 +73,27 @@ class CollaborativeInjection(nn.Module):
         self.w_u = nn.Linear(user_dim, hidden) if user_dim else None
 
     def _sasrec_dim(self) -> int:
-        return int(getattr(self.sasrec_encoder, "hidden_size"))
+        return int(self.sasrec_encoder.cfg.hidden_size)
+
+    def train(self, mode: bool = True) -> "CollaborativeInjection":
+        """Frozen CF encoders stay in eval mode (no dropout) while DARec trains."""
+        super().train(mode)
+        if self.sasrec_encoder is not None and not self.cfg.finetune:
+            self.sasrec_encoder.eval()
+        return self
 
     @property
     def item_vectors(self) -> torch.Tensor:
         """``c_j`` for every item id, zero rows where ``has_cf`` is False."""
         return self.cf_table * self.has_cf.unsqueeze(1).to(self.cf_table.dtype)
+
+    def vectors_for(self, seq: torch.Tensor) -> torch.Tensor:
+        """``c`` at every position of ``seq``; ids beyond the CF table (items added later) get zeros."""
+        table = self.item_vectors
+        extra = int(seq.max()) + 1 - table.shape[0] if seq.numel() else 0
+        if extra > 0:
+            table = torch.cat([table, table.new_zeros(extra, table.shape[1])], 0)
+        return table[seq]
 
     def init_id_table(self, num_items: int, dim: int) -> torch.Tensor:
         """Initial ``E_id``: the item's CF vector where it has one (resized to ``dim``), else small noise."""
@@ -94,18 +109,19 @@ class CollaborativeInjection(nn.Module):
         """Causal user vectors [B, L, d_u] for windows ``seq`` [B, L] (left-padded); None if disabled."""
         parts = []
         if self.cfg.user_vector and self.lightgcn_dim:
-            lg = self.item_vectors[:, : self.lightgcn_dim][seq]
+            lg = self.vectors_for(seq)[..., : self.lightgcn_dim]
             valid = (seq > 0).unsqueeze(-1).to(lg.dtype)
             parts.append(lg.cumsum(1) / valid.cumsum(1).clamp(min=1))
         if self.sasrec_encoder is not None:
-            parts.append(self.sasrec_encoder.causal_states(seq).to(self.cf_table.dtype))
+            known = seq.masked_fill(seq >= self.cf_table.shape[0], 0)
+            parts.append(self.sasrec_encoder.causal_user_states(known).to(self.cf_table.dtype))
         return torch.cat(parts, -1) if parts else None
 
     def input_term(self, seq: torch.Tensor) -> torch.Tensor | float:
         """``W_c c_{i_t} + W_u u_t`` at each position (0 when injection is off)."""
         if self.cfg.mode == "none" or self.w_c is None:
             return 0.0
-        term = self.w_c(self.item_vectors[seq])
+        term = self.w_c(self.vectors_for(seq))
         if self.w_u is not None:
             u = self.user_states(seq)
             if u is not None:
