@@ -89,18 +89,20 @@ class CFEmbeddings:
 class SasrecUserEncoder(SasrecEncoder):
     """A SASRec encoder rebuilt from an export, for causal per-position user states.
 
-    It starts frozen: no gradients, and it stays in eval mode (no dropout) even when a parent
-    module calls ``.train()``. :meth:`unfreeze` makes it trainable for joint fine-tuning.
+    It starts frozen: no gradients, and while no weight requires a gradient it stays in eval mode
+    (no dropout) even when a parent module calls ``.train()``. :meth:`unfreeze` (or
+    ``requires_grad_(True)``) makes it trainable for joint fine-tuning.
     """
 
-    frozen: bool = True
+    @property
+    def frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.parameters())
 
     def train(self, mode: bool = True) -> "SasrecUserEncoder":
         return super().train(mode and not self.frozen)
 
     def unfreeze(self) -> "SasrecUserEncoder":
         """Make the weights trainable and let ``.train()`` enable dropout again."""
-        self.frozen = False
         self.requires_grad_(True)
         return self
 

@@ -58,6 +58,9 @@ class DARec(RecModule):
         injection: collaborative knowledge injection (none / input / attention).
         losses: loss weights and switches.
         proj_dim: width of the scoring space (``W_o h`` and ``e_j``); 0 uses the hidden size.
+        predict_from: "seq" (the method: the ``[SEQ]`` token after the window predicts the next item;
+            item positions predict the items inside the window) or "last_item" (no ``[SEQ]`` token; the
+            last item's position predicts the next item, so the scoring state gets every target's signal).
         max_fresh_items: in-batch items encoded with gradient per step; others come from the cache.
         refresh_every: rebuild the item cache every N steps (0: once per epoch).
         lr, weight_decay: AdamW settings for the trainable parameters.
@@ -80,6 +83,7 @@ class DARec(RecModule):
         injection: InjectionConfig = InjectionConfig(),
         losses: LossConfig = LossConfig(),
         proj_dim: int = 0,
+        predict_from: str = "seq",
         max_fresh_items: int = 256,
         refresh_every: int = 0,
         lr: float = 1e-3,
@@ -95,6 +99,9 @@ class DARec(RecModule):
             raise ConfigError("context_masking: false (the ablation) is not implemented yet")
         self.backbone_cfg = backbone
         self.max_len = max_len
+        if predict_from not in ("seq", "last_item"):
+            raise ConfigError(f"predict_from must be 'seq' or 'last_item', got {predict_from!r}")
+        self.predict_from = predict_from
         self.losses = losses
         self.max_fresh_items = max_fresh_items
         self.refresh_every = refresh_every
@@ -112,6 +119,10 @@ class DARec(RecModule):
         self.w_s = nn.Linear(h, h)
         self.w_o = nn.Linear(h, d)
         self.w_p = nn.Linear(h + self.injection.item_dim, d)
+        if self.injection.item_dim and d >= self.injection.item_dim:
+            with torch.no_grad():  # e_j starts out carrying c_j itself, so CF knowledge is usable at once
+                self.w_p.weight[:, h:].zero_()
+                self.w_p.weight[: self.injection.item_dim, h:].copy_(torch.eye(self.injection.item_dim))
         self.id_dim = self.injection.item_dim or 64
         self.w_a = nn.Linear(h, self.id_dim, bias=False)
         self.id_table = nn.Parameter(self.injection.init_id_table(num_items, self.id_dim))
@@ -213,10 +224,16 @@ class DARec(RecModule):
 
     # ----------------------------------------------------------------- sequence level
     def sequence_states(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, L+1, H] for item windows ``seq`` [B, L] (left-padded) followed by ``[SEQ]``."""
+        """Hidden states [B, L+1, H] for item windows ``seq`` [B, L] (left-padded) followed by ``[SEQ]``
+        ([B, L, H] without ``[SEQ]`` when ``predict_from="last_item"``); the last row scores the next item."""
         b, length = seq.shape
         valid = torch.cat([seq > 0, torch.ones(b, 1, dtype=torch.bool, device=seq.device)], 1)
         x = self.w_s(self.standardise(sem[seq])) + self.injection.input_term(seq)
+        if self.predict_from == "last_item":
+            valid = seq > 0
+            x = x * valid.unsqueeze(-1).to(x.dtype)
+            pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+            return self.backbone(x, item_causal_mask(valid, dtype=self.backbone.dtype), pos).float()
         seq_tok = torch.full((b, 1), self.backbone.seq_id, device=seq.device)
         x = torch.cat([x, self.backbone.embed(seq_tok).to(x.dtype)], 1)
         x = x * valid.unsqueeze(-1).to(x.dtype)
@@ -225,7 +242,10 @@ class DARec(RecModule):
         return self.backbone(x, mask, pos).float()
 
     def _predictions(self, states: torch.Tensor) -> torch.Tensor:
-        """Outputs aligned with window targets: item positions 0..L-2, then the ``[SEQ]`` position."""
+        """Outputs aligned with window targets: item positions 0..L-2, then the ``[SEQ]`` position
+        (with ``predict_from="last_item"``: item positions 0..L-1)."""
+        if self.predict_from == "last_item":
+            return self.w_o(states)
         length = states.shape[1] - 1
         return self.w_o(torch.cat([states[:, : length - 1], states[:, length:]], 1))
 
