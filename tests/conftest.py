@@ -8,6 +8,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
+
+# Tests use tiny models: one thread is as fast, and avoids oversubscribing shared CI cores.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):

@@ -331,7 +331,7 @@ class DARec(RecModule):
         checkpoint["state_dict"] = {
             k: v
             for k, v in checkpoint["state_dict"].items()
-            if not k.startswith("backbone.model.") or v.data_ptr() in trainable
+            if not k.startswith("backbone.") or v.data_ptr() in trainable
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

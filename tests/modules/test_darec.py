@@ -110,6 +110,9 @@ def test_checkpoint_keeps_only_trainable_backbone_state_and_checks_identity(smal
     blob = torch.load(ckpt, weights_only=False)
     assert "darec_backbone" in blob and blob["darec_backbone"]["weights_sha256"]
     assert not any(k.endswith("word_embeddings.weight") for k in blob["state_dict"])
+    frozen = sum(p.numel() for p in m.backbone.model.parameters() if not p.requires_grad)
+    stored = sum(v.numel() for k, v in blob["state_dict"].items() if k.startswith("backbone."))
+    assert stored < frozen / 4, (stored, frozen)  # adapters and special tokens only, no frozen layer
     before = trainer.validate(m, datamodule=dm, verbose=False)[0]
     loaded = DARec.load_from_checkpoint(ckpt)
     after = L.Trainer(logger=False, enable_progress_bar=False).validate(loaded, datamodule=dm, verbose=False)[0]
