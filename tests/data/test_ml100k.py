@@ -46,3 +46,11 @@ def test_ml100k_download_and_prepare(tmp_path: Path) -> None:
     assert data.sentences[toy] == "title: Toy Story; year: 1995; genres: Animation, Children's, Comedy"
     assert data.sentences[data.item_id("267")] == "title: unknown; genres: unknown"
     assert len(data.eval_split("test")) == 943
+    # packing density on the real catalogue (MiniLM tokenizer, rows of 128 tokens, sentences + [ALIGN])
+    from transformers import AutoTokenizer
+
+    from darec.data.text import mean_items_per_row
+    from darec.modules.backbone import minilm_path
+
+    density = mean_items_per_row(data.sentences[1:], AutoTokenizer.from_pretrained(minilm_path()), pack_len=128)
+    assert density >= 2.0, density
