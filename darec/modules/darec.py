@@ -74,6 +74,8 @@ class DARec(RecModule):
         data_fingerprint: str = "",
         eval_chunk_size: int = 4096,
         predict_k: int = 10,
+        breakdowns: bool = False,
+        sampled_negatives: int = 0,
         backbone: BackboneConfig = BackboneConfig(),
         adapters: str | list[Any] = "serial",
         max_len: int = 50,
@@ -90,7 +92,7 @@ class DARec(RecModule):
         weight_decay: float = 0.01,
         cache_dir: str = ".darec_cache",
     ):
-        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k)
+        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k, breakdowns, sampled_negatives)
         backbone, injection, losses = _as(BackboneConfig, backbone), _as(InjectionConfig, injection), _as(LossConfig, losses)
         self.save_hyperparameters()
         for key, value in (("backbone", backbone), ("injection", injection), ("losses", losses)):
@@ -307,6 +309,7 @@ class DARec(RecModule):
         self._build_eval_table()
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self._build_eval_table()
 
     def on_predict_epoch_start(self) -> None:

@@ -71,8 +71,10 @@ class LightGCN(RecModule):
         lr: float = 1e-3,
         eval_chunk_size: int = 4096,
         predict_k: int = 10,
+        breakdowns: bool = False,
+        sampled_negatives: int = 0,
     ):
-        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k)
+        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k, breakdowns, sampled_negatives)
         if num_layers < 0:
             raise ConfigError(f"num_layers must be >= 0, got {num_layers}")
         self.save_hyperparameters()
@@ -157,6 +159,7 @@ class LightGCN(RecModule):
         self._eval_start()
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self._eval_start()
 
     def on_predict_epoch_start(self) -> None:

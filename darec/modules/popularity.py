@@ -21,8 +21,10 @@ class Popularity(RecModule):
         data_fingerprint: str = "",
         eval_chunk_size: int = 4096,
         predict_k: int = 10,
+        breakdowns: bool = False,
+        sampled_negatives: int = 0,
     ):
-        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k)
+        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k, breakdowns, sampled_negatives)
         self.save_hyperparameters()
         self.register_buffer("counts", torch.zeros(num_items + 1))
         self.automatic_optimization = False

@@ -177,8 +177,10 @@ class SASRec(RecModule):
         weight_decay: float = 0.0,
         eval_chunk_size: int = 4096,
         predict_k: int = 10,
+        breakdowns: bool = False,
+        sampled_negatives: int = 0,
     ):
-        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k)
+        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k, breakdowns, sampled_negatives)
         if loss not in ("ce", "bce"):
             raise ConfigError(f"loss must be 'ce' or 'bce', got {loss!r}")
         self.save_hyperparameters()

@@ -45,3 +45,27 @@ def test_predict_masks_history(synth_dir):
     for row, hist in zip(out["items"].tolist(), batch["history"].tolist()):
         assert not set(row) & (set(hist) - {0})
         assert 0 not in row
+
+
+def test_breakdowns_and_sampled_protocol(synth_dir):
+    import lightning as L
+
+    dm = RecDataModule(str(synth_dir), eval_batch_size=64)
+    model = Popularity(num_items=dm.num_items, num_users=dm.num_users, breakdowns=True, sampled_negatives=50)
+    out = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(model, datamodule=dm, verbose=False)[0]
+    assert 0 < out["test/ndcg@10"] < out["test/sampled_ndcg@10"] <= 1
+    length_keys = [k for k in out if k.startswith("test/len") and k.endswith("/hr@10")]
+    pop_keys = [k for k in out if k.startswith("test/pop") and k.endswith("/hr@10")]
+    assert length_keys and pop_keys
+    ev = dm.data.eval_split("test")
+    lengths = np.array([len(ev.history_of(k)) for k in range(len(ev))])
+    # users with 10..19 history items: their bucket's HR@10 equals the reference over that subset
+    counts = dm.data.train_item_counts()[: dm.num_items + 1]
+    sel = (lengths >= 10) & (lengths < 20)
+    hits = 0
+    for k in np.nonzero(sel)[0]:
+        t = ev.targets[k]
+        masked = set(ev.history_of(k).tolist()) - {t}
+        rank = sum(counts[j] >= counts[t] for j in range(1, dm.num_items + 1) if j != t and j not in masked)
+        hits += rank < 10
+    assert abs(out["test/len10-19/hr@10"] - hits / sel.sum()) < 1e-6

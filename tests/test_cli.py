@@ -1,0 +1,43 @@
+"""The `darec` entry point: help, popularity test and predict output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from darec.cli import HELP, OWN_COMMANDS, main
+from darec.data.prepared import PreparedData
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_subcommand(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for cmd in ("fit", "validate", "test", "predict", *OWN_COMMANDS):
+        assert f"  {cmd} " in out, cmd
+    assert out.strip() == HELP.strip()
+
+
+def test_predict_writes_raw_ids_best_first_without_history(synth_dir, tmp_path):
+    out = tmp_path / "pred.jsonl"
+    args = ["predict", "--config", str(ROOT / "configs/pop_ml100k.yaml"), "--data.init_args.data_dir", str(synth_dir),
+            "--trainer.callbacks+=darec.callbacks.JsonlPredictionWriter",
+            f"--trainer.callbacks.init_args.path={out}", "--trainer.enable_progress_bar=false"]
+    assert main(args) == 0
+    data = PreparedData(synth_dir)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == data.num_users
+    counts = data.train_item_counts()
+    for rec in lines[:20]:
+        u = data.user_id(rec["user"])
+        history = set(data.train.row(u).tolist()) | set(data.valid.row(u).tolist())
+        ids = [data.item_id(r) for r in rec["items"]]
+        assert len(ids) == 10 and not set(ids) & history
+        assert [counts[i] for i in ids] == sorted((counts[i] for i in ids), reverse=True)
+
+
+def test_bad_config_value_is_one_clear_error(synth_dir, capsys):
+    code = main(["data", "stats", str(synth_dir / "does-not-exist")])
+    assert code == 2
+    assert "error:" in capsys.readouterr().err
