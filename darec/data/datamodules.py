@@ -16,7 +16,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from darec.data.prepared import EvalSplit, PreparedData
 
@@ -43,6 +44,26 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, k: int) -> tuple[int, np.ndarray, int]:
         return int(self.split.users[k]), self.split.history_of(k), int(self.split.targets[k])
+
+
+class ShardedEvalSampler(DistributedSampler):
+    """Evaluation sampler that counts every user exactly once across processes.
+
+    Rank ``r`` of ``W`` takes examples ``r, r+W, r+2W, ...``: no padding, so unlike Lightning's default
+    ``DistributedSampler`` no user is duplicated into the metric, and the summed rank histograms equal
+    the single-process ones exactly. Being a ``DistributedSampler``, Lightning leaves it in place.
+    """
+
+    def __init__(self, dataset: Dataset):
+        initialised = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if initialised else (1, 0)
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 def eval_collate(batch: list[tuple[int, np.ndarray, int]]) -> dict[str, torch.Tensor]:
@@ -96,10 +117,11 @@ class RecDataModule(L.LightningDataModule):
         return self.data.fingerprint
 
     def _eval_loader(self, split: str) -> DataLoader:
+        dataset = EvalDataset(self.data.eval_split(split))
         return DataLoader(
-            EvalDataset(self.data.eval_split(split)),
+            dataset,
             batch_size=self.eval_batch_size,
-            shuffle=False,
+            sampler=ShardedEvalSampler(dataset),
             num_workers=self.num_workers,
             collate_fn=eval_collate,
         )
