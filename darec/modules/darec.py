@@ -54,7 +54,12 @@ class DARec(RecModule):
         max_len: history items the sequence level sees.
         pack_len: tokens per packed item row.
         max_item_tokens: tokens kept per item sentence.
-        context_masking: block-diagonal item masks (False is the ablation; not yet supported in training).
+        context_masking: block-diagonal item masks (the method). False is the ablation: at the sequence
+            level each window's item texts are encoded together, every item's tokens also attending to the
+            tokens of earlier items in the window (concatenated-history LLM recommendation). Costlier, and
+            the sequence inputs cannot come from the item cache.
+        history_tokens: with ``context_masking: false``, the most tokens one window's concatenated text
+            may hold; older items that do not fit are encoded alone.
         injection: collaborative knowledge injection (none / input / attention).
         losses: loss weights and switches.
         proj_dim: width of the scoring space (``W_o h`` and ``e_j``); 0 uses the hidden size.
@@ -82,6 +87,7 @@ class DARec(RecModule):
         pack_len: int = 128,
         max_item_tokens: int = 48,
         context_masking: bool = True,
+        history_tokens: int = 1024,
         injection: InjectionConfig = InjectionConfig(),
         losses: LossConfig = LossConfig(),
         proj_dim: int = 0,
@@ -97,8 +103,8 @@ class DARec(RecModule):
         self.save_hyperparameters()
         for key, value in (("backbone", backbone), ("injection", injection), ("losses", losses)):
             self.hparams[key] = asdict(value)
-        if not context_masking:
-            raise ConfigError("context_masking: false (the ablation) is not implemented yet")
+        self.context_masking = context_masking
+        self.history_tokens = history_tokens
         self.backbone_cfg = backbone
         self.max_len = max_len
         if predict_from not in ("seq", "last_item"):
@@ -243,7 +249,8 @@ class DARec(RecModule):
         ([B, L, H] without ``[SEQ]`` when ``predict_from="last_item"``); the last row scores the next item."""
         b, length = seq.shape
         valid = torch.cat([seq > 0, torch.ones(b, 1, dtype=torch.bool, device=seq.device)], 1)
-        x = self.w_s(self.standardise(sem[seq])) + self.injection.input_term(seq)
+        item_sem = sem[seq] if self.context_masking else self.history_semantics(seq, sem)
+        x = self.w_s(self.standardise(item_sem)) + self.injection.input_term(seq)
         if self.predict_from == "last_item":
             valid = seq > 0
             x = x * valid.unsqueeze(-1).to(x.dtype)
@@ -255,6 +262,51 @@ class DARec(RecModule):
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)
         mask = item_causal_mask(valid, dtype=self.backbone.dtype)
         return self.backbone(x, mask, pos).float()
+
+    def history_semantics(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
+        """``s_i`` [B, L, H] of each window's items encoded as one concatenated text (context masking off).
+
+        Row ``b`` holds the window's most recent items that fit in ``history_tokens`` tokens, each followed
+        by ``[ALIGN]``; a token attends to its own item (causally for decoders) and to every earlier item's
+        tokens. Positions still restart per item. Older items that do not fit take their vector from ``sem``.
+        """
+        device = seq.device
+        out = sem[seq].clone()
+        rows: list[list[tuple[int, list[int]]]] = []
+        for b in range(seq.shape[0]):
+            kept: list[tuple[int, list[int]]] = []
+            room = self.history_tokens
+            for col in range(seq.shape[1] - 1, -1, -1):
+                item = int(seq[b, col])
+                if item == 0:
+                    break
+                toks = self.encoder.token_lists[item]
+                if len(toks) + 1 > room:
+                    break
+                kept.append((col, toks))
+                room -= len(toks) + 1
+            rows.append(kept[::-1])
+        width = max((sum(len(t) + 1 for _, t in r) for r in rows), default=0)
+        if width == 0:
+            return out
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        segs = torch.full((len(rows), width), -1, dtype=torch.long)
+        pos = torch.zeros(len(rows), width, dtype=torch.long)
+        where: list[tuple[int, int, int]] = []
+        for b, kept in enumerate(rows):
+            at = 0
+            for k, (col, toks) in enumerate(kept):
+                n = len(toks) + 1
+                ids[b, at : at + n - 1] = torch.tensor(toks, dtype=torch.long)
+                ids[b, at + n - 1] = self.backbone.align_id
+                segs[b, at : at + n] = k
+                pos[b, at : at + n] = torch.arange(n)
+                where.append((b, col, at + n - 1))
+                at += n
+        states = self.backbone.encode_segments(ids.to(device), segs.to(device), pos.to(device), attend_earlier=True)
+        b_idx, cols, aligns = (torch.tensor(v, device=device) for v in zip(*where))
+        out[b_idx, cols] = states[b_idx, aligns].to(out.dtype)
+        return out
 
     def _predictions(self, states: torch.Tensor) -> torch.Tensor:
         """Outputs aligned with window targets: item positions 0..L-2, then the ``[SEQ]`` position

@@ -123,6 +123,29 @@ def test_checkpoint_keeps_only_trainable_backbone_state_and_checks_identity(smal
         DARec.load_from_checkpoint(ckpt)
 
 
-def test_attention_injection_and_masking_ablation_refused_clearly():
+def test_context_masking_off_lets_items_see_earlier_items(small_synth_dir, tmp_path):
+    on, _ = _model(small_synth_dir, name="tiny-llama", tmp_path=tmp_path)
+    off, _ = _model(small_synth_dir, name="tiny-llama", tmp_path=tmp_path, context_masking=False)
+    off.load_state_dict(on.state_dict())
+    for m in (on, off):
+        m.eval()
+        m.refresh_cache()
+    seq = torch.tensor([[0, 3, 7, 9], [0, 0, 5, 9]])
+    with torch.no_grad():
+        alone = on.sem_cache[seq]
+        together = off.history_semantics(seq, off.sem_cache)
+    assert torch.allclose(together[:, :2], alone[:, :2], atol=1e-5)  # padding and first items: no earlier text
+    assert torch.allclose(together[1, 2], alone[1, 2], atol=1e-5)
+    assert not torch.allclose(together[0, 2], alone[0, 2], atol=1e-4)  # item 7 now sees item 3's tokens
+    assert not torch.allclose(together[1, 3], alone[1, 3], atol=1e-4)  # item 9 after 5 differs from 9 after 3, 7
+    assert not torch.allclose(together[0, 3], together[1, 3], atol=1e-4)
+    changed = seq.clone()
+    changed[0, 3] = 11
+    with torch.no_grad():
+        again = off.history_semantics(changed, off.sem_cache)
+    assert torch.allclose(again[0, :3], together[0, :3], atol=1e-5)  # later items never leak backwards
+
+
+def test_attention_injection_refused_clearly():
     with pytest.raises(ConfigError, match="attention"):
         DARec(num_items=5, backbone=BackboneConfig(name="tiny-bert"), injection={"mode": "attention", "sasrec": "x"})
