@@ -203,6 +203,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+class _QuietDatasets:
+    """Silence HF ``datasets`` progress bars inside a block (our own logs say what happens)."""
+
+    def __enter__(self) -> None:
+        from datasets.utils import logging as ds_logging
+
+        self._was = ds_logging.is_progress_bar_enabled()
+        ds_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: object) -> None:
+        from datasets.utils import logging as ds_logging
+
+        if self._was:
+            ds_logging.enable_progress_bar()
+
+
 def save_prepared(
     tables: PreparedTables,
     out_dir: str | os.PathLike,
@@ -225,59 +241,66 @@ def save_prepared(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        seqs = DatasetDict({name: Dataset(tables.splits[name].to_arrow()) for name in SPLITS})
-        seqs.save_to_disk(str(tmp / "sequences"))
-        n_total = len(tables.item_raw_ids) - 1
-        ids = np.arange(1, n_total + 1, dtype=np.int32)
-        Dataset(
-            pa.table(
-                {
-                    "item": pa.array(ids),
-                    "raw_id": pa.array(tables.item_raw_ids[1:], pa.string()),
-                    "sentence": pa.array(tables.sentences[1:], pa.string()),
-                    "cold": pa.array(ids > tables.num_items),
-                    "attrs": pa.array(
-                        [json.dumps(a, ensure_ascii=False) for a in tables.attrs[1:]], pa.string()
-                    ),
-                }
-            )
-        ).save_to_disk(str(tmp / "items"))
-        Dataset(
-            pa.table(
-                {
-                    "user": pa.array(np.arange(1, tables.num_users + 1, dtype=np.int32)),
-                    "raw_id": pa.array(tables.user_raw_ids[1:], pa.string()),
-                }
-            )
-        ).save_to_disk(str(tmp / "users"))
-        manifest = {
-            "format": "darec-prepared",
-            "format_version": FORMAT_VERSION,
-            "darec_version": __version__,
-            "config": config,
-            "inputs": inputs,
-            "fingerprint": fingerprint_of(tables),
-            "text_hash": text_hash_of(tables.sentences),
-            "num_users": tables.num_users,
-            "num_items": tables.num_items,
-            "num_cold_items": tables.num_cold,
-        }
-        (tmp / STATS).write_text(json.dumps(tables.stats, indent=2, sort_keys=True))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return manifest
+        with _QuietDatasets():
+            return _write(tables, out, tmp, config, inputs)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write(tables: PreparedTables, out: Path, tmp: Path, config: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
+    from datasets import Dataset, DatasetDict
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    seqs = DatasetDict({name: Dataset(tables.splits[name].to_arrow()) for name in SPLITS})
+    seqs.save_to_disk(str(tmp / "sequences"))
+    n_total = len(tables.item_raw_ids) - 1
+    ids = np.arange(1, n_total + 1, dtype=np.int32)
+    Dataset(
+        pa.table(
+            {
+                "item": pa.array(ids),
+                "raw_id": pa.array(tables.item_raw_ids[1:], pa.string()),
+                "sentence": pa.array(tables.sentences[1:], pa.string()),
+                "cold": pa.array(ids > tables.num_items),
+                "attrs": pa.array(
+                    [json.dumps(a, ensure_ascii=False) for a in tables.attrs[1:]], pa.string()
+                ),
+            }
+        )
+    ).save_to_disk(str(tmp / "items"))
+    Dataset(
+        pa.table(
+            {
+                "user": pa.array(np.arange(1, tables.num_users + 1, dtype=np.int32)),
+                "raw_id": pa.array(tables.user_raw_ids[1:], pa.string()),
+            }
+        )
+    ).save_to_disk(str(tmp / "users"))
+    manifest = {
+        "format": "darec-prepared",
+        "format_version": FORMAT_VERSION,
+        "darec_version": __version__,
+        "config": config,
+        "inputs": inputs,
+        "fingerprint": fingerprint_of(tables),
+        "text_hash": text_hash_of(tables.sentences),
+        "num_users": tables.num_users,
+        "num_items": tables.num_items,
+        "num_cold_items": tables.num_cold,
+    }
+    (tmp / STATS).write_text(json.dumps(tables.stats, indent=2, sort_keys=True))
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return manifest
 
 
 class PreparedData:
