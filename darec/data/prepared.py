@@ -230,8 +230,6 @@ def save_prepared(
     The data is written to a temporary sibling directory and renamed into place only when complete.
     An existing ``out_dir`` that is not a darec prepared directory is never touched.
     """
-    from datasets import Dataset, DatasetDict
-
     out = Path(out_dir)
     if out.exists() and not (is_prepared_dir(out) or (out.is_dir() and not any(out.iterdir()))):
         raise DataError(

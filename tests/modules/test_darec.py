@@ -10,7 +10,7 @@ from darec.data.prepared import PreparedData
 from darec.data.windows import SequenceDataModule
 from darec.errors import ConfigError
 from darec.modules.backbone import BackboneConfig
-from darec.modules.darec import DARec, LossConfig
+from darec.modules.darec import DARec
 
 
 def _model(data_dir, name="tiny-bert", tmp_path=None, **kw) -> tuple[DARec, PreparedData]:
