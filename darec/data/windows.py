@@ -126,15 +126,12 @@ def make_windows(train: Ragged, max_len: int, stride: int) -> tuple[np.ndarray, 
     return users, inputs, targets
 
 
-class WindowDataset(Dataset):
-    """Training windows; ``__getitems__`` returns a whole batch dict (collate is the identity)."""
+class _BatchDataset(Dataset):
+    """Base of datasets whose ``__getitems__`` builds a whole batch, with randomness per (seed, epoch, batch)."""
 
-    def __init__(self, train: Ragged, num_items: int, max_len: int, stride: int, num_negatives: int, seed: int):
-        self.users, self.inputs, self.targets = make_windows(train, max_len, stride)
-        self.num_negatives = num_negatives
-        self.positives = PositiveSets(train, num_items) if num_negatives else None
-        self.seed = seed
-        self.epoch = 0
+    users: np.ndarray
+    seed: int
+    epoch: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -144,6 +141,20 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         return {k_: v[0] for k_, v in self.__getitems__([k]).items()}
+
+    def _rng(self, ix: np.ndarray) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, int(ix[0]) if len(ix) else 0, len(ix)])
+
+
+class WindowDataset(_BatchDataset):
+    """Training windows; ``__getitems__`` returns a whole batch dict (collate is the identity)."""
+
+    def __init__(self, train: Ragged, num_items: int, max_len: int, stride: int, num_negatives: int, seed: int):
+        self.users, self.inputs, self.targets = make_windows(train, max_len, stride)
+        self.num_negatives = num_negatives
+        self.positives = PositiveSets(train, num_items) if num_negatives else None
+        self.seed = seed
+        self.epoch = 0
 
     def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
         ix = np.asarray(idx, dtype=np.int64)
@@ -154,7 +165,7 @@ class WindowDataset(Dataset):
             "target": torch.from_numpy(targets),
         }
         if self.positives is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, int(ix[0]) if len(ix) else 0, len(ix)])
+            rng = self._rng(ix)
             neg = np.zeros_like(targets)
             r, c = np.nonzero(targets)
             neg[r, c] = self.positives.sample(rng, users[r])
@@ -162,7 +173,7 @@ class WindowDataset(Dataset):
         return batch
 
 
-class PairDataset(Dataset):
+class PairDataset(_BatchDataset):
     """Every training interaction ``(user, pos)`` with a negative drawn per batch, epoch and seed."""
 
     def __init__(self, train: Ragged, num_items: int, seed: int):
@@ -172,19 +183,10 @@ class PairDataset(Dataset):
         self.seed = seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        return {k_: v[0] for k_, v in self.__getitems__([k]).items()}
-
     def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
         ix = np.asarray(idx, dtype=np.int64)
         users = self.users[ix]
-        rng = np.random.default_rng([self.seed, self.epoch, int(ix[0]) if len(ix) else 0, len(ix)])
+        rng = self._rng(ix)
         return {
             "user": torch.from_numpy(users),
             "pos": torch.from_numpy(self.items[ix]),
