@@ -78,7 +78,7 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epochs: int = 40, darec_epochs: int = 1,
+def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epochs: int = 40, darec_epochs: int = 2,
              darec_batches: float | int = 1.0, seed: int = 42) -> dict[str, Any]:
     """Run the whole demo in ``workdir``; returns the results (also written to ``results.json``)."""
     import lightning as L
@@ -155,7 +155,7 @@ def demo_main(argv: list[str]) -> int:
     p.add_argument("--dir", default="darec_demo", help="working directory (data, runs, results); default darec_demo")
     p.add_argument("--sasrec-epochs", type=int, default=30, help="SASRec epoch cap (early stopping, patience 5)")
     p.add_argument("--lightgcn-epochs", type=int, default=40, help="LightGCN epoch cap (early stopping, patience 5)")
-    p.add_argument("--darec-epochs", type=int, default=1, help="DARec epochs (MiniLM on CPU: about 6 min each)")
+    p.add_argument("--darec-epochs", type=int, default=2, help="DARec epochs (MiniLM on 2 CPU cores: about 4 min each)")
     p.add_argument("--darec-batches", type=float, default=1.0, help="fraction (<=1.0) or number of DARec training batches per epoch")
     p.add_argument("--seed", type=int, default=42, help="seed for every model")
     a = p.parse_args(argv)

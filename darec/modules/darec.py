@@ -63,9 +63,12 @@ class DARec(RecModule):
         injection: collaborative knowledge injection (none / input / attention).
         losses: loss weights and switches.
         proj_dim: width of the scoring space (``W_o h`` and ``e_j``); 0 uses the hidden size.
-        predict_from: "seq" (the method: the ``[SEQ]`` token after the window predicts the next item;
-            item positions predict the items inside the window) or "last_item" (no ``[SEQ]`` token; the
-            last item's position predicts the next item, so the scoring state gets every target's signal).
+        predict_from: "last_item" (default: the last item's position scores the next item; every training
+            target trains the state that scores) or "seq" (the ``[SEQ]`` token after the window scores it,
+            and item positions predict the items inside the window). With "seq" the ``[SEQ]`` state is trained
+            only by windows that another training item follows, so it learns slowly: after one epoch on
+            ml-100k (MiniLM, SASRec + LightGCN injection) validation NDCG@10 was 0.078 with "last_item" and
+            0.040 with "seq" at 3x the learning rate.
         max_fresh_items: in-batch items encoded with gradient per step; others come from the cache.
         refresh_every: rebuild the item cache every N steps (0: once per epoch).
         lr, weight_decay: AdamW settings for the trainable parameters.
@@ -91,7 +94,7 @@ class DARec(RecModule):
         injection: InjectionConfig = InjectionConfig(),
         losses: LossConfig = LossConfig(),
         proj_dim: int = 0,
-        predict_from: str = "seq",
+        predict_from: str = "last_item",
         max_fresh_items: int = 256,
         refresh_every: int = 0,
         lr: float = 1e-3,

@@ -38,9 +38,10 @@ def test_only_adapters_projections_special_tokens_and_id_table_train(small_synth
     assert not any(p.requires_grad for p in m.backbone.model.parameters() if not any(p is q for q in m.backbone.adapters.parameters()))
 
 
+@pytest.mark.parametrize("predict_from", ["last_item", "seq"])
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-llama"])
-def test_position_t_does_not_see_later_items(small_synth_dir, tmp_path, name):
-    m, d = _model(small_synth_dir, name=name, tmp_path=tmp_path)
+def test_position_t_does_not_see_later_items(small_synth_dir, tmp_path, name, predict_from):
+    m, d = _model(small_synth_dir, name=name, tmp_path=tmp_path, predict_from=predict_from)
     m.eval()
     m.refresh_cache()
     seq = torch.tensor([[0, 0, 3, 7, 9, 11, 2, 5]])
