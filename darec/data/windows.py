@@ -198,6 +198,39 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
+class ResumableLoader(DataLoader):
+    """A training DataLoader that Lightning checkpoints mid-epoch and resumes without replaying batches.
+
+    ``state_dict`` records how many batches of the current epoch the trainer has processed
+    (``progress``); after ``load_state_dict`` the next epoch iteration skips exactly those. The epoch's
+    order is a function of (seed, epoch), so the remaining batches are the ones an uninterrupted run sees.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+        self._skip = 0
+
+    def state_dict(self) -> dict[str, int]:
+        epoch = getattr(self.sampler, "epoch", 0)
+        return {"processed": int(self.progress()) if self.progress is not None else 0, "epoch": int(epoch)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # Lightning does not re-seed samplers when it restarts mid-epoch: the epoch comes back from here.
+        self._skip = int(state.get("processed", 0))
+        self._epoch = state.get("epoch")
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self._skip = self._skip, 0
+        epoch, self._epoch = getattr(self, "_epoch", None), None
+        if epoch is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(int(epoch))
+        it = super().__iter__()
+        for _ in range(skip):
+            next(it, None)
+        return it
+
+
 class _TrainLoaderMixin:
     """Builds the shuffled, epoch-seeded training DataLoader over a window or pair dataset."""
 
@@ -207,14 +240,19 @@ class _TrainLoaderMixin:
 
     def _train_loader(self, dataset: WindowDataset | PairDataset) -> DataLoader:
         sampler = EpochSampler(len(dataset), dataset.seed, self.shuffle, on_epoch=dataset.set_epoch)
-        return DataLoader(
+        return ResumableLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=_identity,
             persistent_workers=False,
+            progress=self._processed_in_epoch,
         )
+
+    def _processed_in_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer is not None else 0
 
 
 class SequenceDataModule(_TrainLoaderMixin, RecDataModule):
