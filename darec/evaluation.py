@@ -237,17 +237,44 @@ def chunked_target_ranks(
         raise EvaluationError(f"target_scores shape {tuple(target_scores.shape)} != ({batch},)")
     t = target_scores[:, None]
     bad = ~torch.isfinite(target_scores)
+    hist = _distinct_history(history, targets)
     ranks = torch.zeros(batch, dtype=torch.long, device=device)
     for lo in starts:
         hi = min(lo + chunk_size, num_items + 1)
         s = cached.pop(lo, None)
         s = _chunk(score_chunk, lo, hi, batch) if s is None else s
-        is_target = _columns(targets[:, None], lo, hi)
-        masked = _columns(history, lo, hi) & ~is_target if history is not None else torch.zeros_like(is_target)
-        bad |= (~torch.isfinite(s) & ~masked).any(1)
-        ranks += ((s >= t) & ~masked & ~is_target).sum(1)
+        # Fast path: count every item at or above the target, then take back the masked history items
+        # and the target itself (gathered, so no [B, chunk] mask is built). NaN never counts as >=.
+        ranks += (s >= t).sum(1)
+        ranks -= _gathered_at_or_above(s, hist, lo, hi, t)
+        ranks -= _gathered_at_or_above(s, targets[:, None], lo, hi, t)
+        low, high = torch.aminmax(s, dim=1)
+        suspect = ~torch.isfinite(low) | ~torch.isfinite(high)
+        if bool(suspect.any()):  # rare: decide per item whether a non-finite score is masked
+            is_target = _columns(targets[:, None], lo, hi)
+            masked = _columns(history, lo, hi) & ~is_target if history is not None else torch.zeros_like(is_target)
+            bad |= (~torch.isfinite(s) & ~masked).any(1)
     _raise_non_finite(bad)
     return ranks
+
+
+def _distinct_history(history: Tensor | None, targets: Tensor) -> Tensor | None:
+    """History with repeats and the target itself replaced by 0, so each masked item is taken back once."""
+    if history is None:
+        return None
+    h = history.sort(1).values
+    repeat = torch.zeros_like(h, dtype=torch.bool)
+    repeat[:, 1:] = h[:, 1:] == h[:, :-1]
+    return h.masked_fill(repeat | (h == targets[:, None]), 0)
+
+
+def _gathered_at_or_above(s: Tensor, ids: Tensor | None, lo: int, hi: int, t: Tensor) -> Tensor:
+    """Per row, how many of ``ids`` [B, L] fall in ``[lo, hi)`` and score ``>= t`` in chunk ``s``."""
+    if ids is None or ids.numel() == 0:
+        return torch.zeros(s.shape[0], dtype=torch.long, device=s.device)
+    inside = (ids >= lo) & (ids < hi)
+    cols = torch.where(inside, ids - lo, torch.zeros_like(ids))
+    return ((s.gather(1, cols) >= t) & inside).sum(1)
 
 
 def target_ranks(scores: Tensor, targets: Tensor, history: Tensor | None) -> Tensor:
@@ -279,7 +306,13 @@ def dot_product_ranks(
         s = user_vecs @ item_vecs[lo:hi].T
         return s if item_bias is None else s + item_bias[lo:hi]
 
-    return chunked_target_ranks(score_chunk, item_vecs.shape[0] - 1, targets, history, chunk_size=chunk_size)
+    _check_targets(targets, history, item_vecs.shape[0] - 1)
+    target_scores = (user_vecs * item_vecs[targets.long()]).sum(-1)
+    if item_bias is not None:
+        target_scores = target_scores + item_bias[targets.long()]
+    return chunked_target_ranks(
+        score_chunk, item_vecs.shape[0] - 1, targets, history, target_scores=target_scores, chunk_size=chunk_size
+    )
 
 
 def sample_negatives(
