@@ -6,7 +6,6 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
 
 from darec.cli import main
 from darec.data.prepared import PreparedData
@@ -15,14 +14,6 @@ from darec.export import load_cf_embeddings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and far faster when other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,6 @@ from darec.errors import ConfigError
 from darec.modules.lightgcn import LightGCN, _SymmetricSpMM, to_csr
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and far faster when other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_normalized_adjacency_matches_dense_reference() -> None:
     rows = [[], [1, 2, 2], [2, 3], [3]]

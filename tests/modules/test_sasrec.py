@@ -14,14 +14,6 @@ from darec.modules.sasrec import SASRec, SasrecConfig, SasrecEncoder
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and far faster when other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _encoder(max_len: int = 12, seed: int = 0) -> SasrecEncoder:
     torch.manual_seed(seed)
