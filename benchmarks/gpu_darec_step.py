@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   adapters=a.adapters, max_len=max_len, max_fresh_items=fresh, cache_dir=str(work / "cache"))
     model.to(device)
     d = dm.data
-    model.attach_data(d.sentences, d.text_hash, d.fingerprint, [d.train.row(u) for u in range(1, d.num_users + 1)], d.item_raw_ids)
+    model.attach_data(d.sentences, d.text_hash, d.fingerprint, d.train_sequences(), d.item_raw_ids)
     model.refresh_cache()
     build_s = time.perf_counter() - t_build
     model.log = lambda *args, **kw: None

@@ -374,6 +374,10 @@ class PreparedData:
                 f"{self.path}); rebuild it from this dataset"
             )
 
+    def train_sequences(self) -> list[np.ndarray]:
+        """Every user's training sequence, users ``1..num_users`` in order (views, no copies)."""
+        return [self.train.row(u) for u in range(1, self.num_users + 1)]
+
     def train_item_counts(self) -> np.ndarray:
         """Training interactions per item id, length ``num_total_items + 1``."""
         return np.bincount(self.train.items, minlength=self.num_total_items + 1).astype(np.int64)

@@ -135,7 +135,12 @@ def _check(token_lists: list[list[int]], item_ids: list[int], length: int) -> No
         raise ConfigError(f"row length must be at least 2 (one token plus [ALIGN]), got {length}")
 
 
-def _layout(rows: list[list[tuple[int, list[int]]]], n_items: int, width: int, align_id: int) -> tuple:
+def layout_rows(rows: list[list[tuple[int, list[int]]]], n_items: int, width: int, align_id: int) -> tuple:
+    """Tensors ``(input_ids, segment_ids, position_ids, align_index)`` for rows of ``(item index, tokens)``.
+
+    Each item's tokens are followed by ``align_id``; segments number the items of a row from 0 and
+    positions restart per item. ``align_index[k]`` is the (row, column) of item ``k``'s ``[ALIGN]``.
+    """
     n_rows = len(rows)
     input_ids = torch.zeros(n_rows, width, dtype=torch.long)
     segment_ids = torch.full((n_rows, width), -1, dtype=torch.long)
@@ -180,7 +185,7 @@ def pack_items(
             r = len(rows) - 1
         rows[r].append((k, list(toks)))
         free[r] -= need
-    tensors = _layout(rows, len(token_lists), pack_len, align_id)
+    tensors = layout_rows(rows, len(token_lists), pack_len, align_id)
     return PackedBatch(*tensors, item_ids=torch.as_tensor(list(item_ids), dtype=torch.long), n_truncated=n_truncated)
 
 
@@ -200,7 +205,7 @@ def pad_items(
             toks = toks[: width - 1]
             n_truncated += 1
         rows.append([(k, list(toks))])
-    tensors = _layout(rows, len(token_lists), width, align_id)
+    tensors = layout_rows(rows, len(token_lists), width, align_id)
     return PackedBatch(*tensors, item_ids=torch.as_tensor(list(item_ids), dtype=torch.long), n_truncated=n_truncated)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from darec.data.text import tokenize_sentences
+from darec.data.text import layout_rows, tokenize_sentences
 from darec.errors import ConfigError
 from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable, parse_assignment
 from darec.modules.backbone import BackboneConfig, load_backbone
@@ -168,8 +169,7 @@ class DARec(RecModule):
         data = dm.data
         if self.data_fingerprint:
             data.check_fingerprint(self.data_fingerprint, "this DARec model")
-        train_seqs = [data.train.row(u) for u in range(1, data.num_users + 1)]
-        self.attach_data(data.sentences, data.text_hash, data.fingerprint, train_seqs, data.item_raw_ids)
+        self.attach_data(data.sentences, data.text_hash, data.fingerprint, data.train_sequences(), data.item_raw_ids)
 
     def attach_data(self, sentences: list[str], text_hash: str, fingerprint: str, train_seqs: list, item_raw_ids: list[str] | None = None) -> None:
         """Tokenise item sentences (cached) and mine hard negatives from training sequences.
@@ -292,23 +292,14 @@ class DARec(RecModule):
         width = max((sum(len(t) + 1 for _, t in r) for r in rows), default=0)
         if width == 0:
             return out
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        segs = torch.full((len(rows), width), -1, dtype=torch.long)
-        pos = torch.zeros(len(rows), width, dtype=torch.long)
-        where: list[tuple[int, int, int]] = []
-        for b, kept in enumerate(rows):
-            at = 0
-            for k, (col, toks) in enumerate(kept):
-                n = len(toks) + 1
-                ids[b, at : at + n - 1] = torch.tensor(toks, dtype=torch.long)
-                ids[b, at + n - 1] = self.backbone.align_id
-                segs[b, at : at + n] = k
-                pos[b, at : at + n] = torch.arange(n)
-                where.append((b, col, at + n - 1))
-                at += n
+        where = [(b, col) for b, kept in enumerate(rows) for col, _ in kept]
+        counter = itertools.count()
+        numbered = [[(next(counter), toks) for _, toks in kept] for kept in rows]
+        ids, segs, pos, align = layout_rows(numbered, len(where), width, self.backbone.align_id)
         states = self.backbone.encode_segments(ids.to(device), segs.to(device), pos.to(device), attend_earlier=True)
-        b_idx, cols, aligns = (torch.tensor(v, device=device) for v in zip(*where))
-        out[b_idx, cols] = states[b_idx, aligns].to(out.dtype)
+        b_idx, cols = (torch.tensor(v, device=device) for v in zip(*where))
+        align = align.to(device)
+        out[b_idx, cols] = states[align[:, 0], align[:, 1]].to(out.dtype)
         return out
 
     def _predictions(self, states: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ def _model(data_dir, name="tiny-bert", tmp_path=None, **kw) -> tuple[DARec, Prep
         cache_dir=str(tmp_path or "/tmp/darec_test_cache"),
         **kw,
     )
-    m.attach_data(d.sentences, d.text_hash, d.fingerprint, [d.train.row(u) for u in range(1, d.num_users + 1)])
+    m.attach_data(d.sentences, d.text_hash, d.fingerprint, d.train_sequences())
     return m, d
 
 

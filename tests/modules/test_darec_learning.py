@@ -41,7 +41,7 @@ def _train(strong_dir, tmp_path, shuffle_text: bool) -> float:
         d = dm.data
         body = d.sentences[1:]
         random.Random(0).shuffle(body)
-        m.attach_data([""] + body, "shuffled-" + d.text_hash, d.fingerprint, [d.train.row(u) for u in range(1, d.num_users + 1)])
+        m.attach_data([""] + body, "shuffled-" + d.text_hash, d.fingerprint, d.train_sequences())
     trainer = L.Trainer(max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=EPOCHS)
     trainer.fit(m, datamodule=dm)

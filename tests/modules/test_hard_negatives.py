@@ -10,7 +10,7 @@ from darec.modules.hard_negatives import cached_hard_negatives, cooccurrence_key
 
 
 def _train_seqs(d: PreparedData) -> list[np.ndarray]:
-    return [d.train.row(u) for u in range(1, d.num_users + 1)]
+    return d.train_sequences()
 
 
 def test_unchanged_when_validation_and_test_rows_are_deleted(synth_dir):
