@@ -66,7 +66,7 @@ class Recommender:
                 extra = m.encoder.encode(torch.arange(n + 1, total + 1)).float()
                 sem = torch.cat([sem, extra], 0)
             self._sem = sem
-            self._table = _table_with_zero_cf(m, sem)
+            self._table = m.item_table(sem)
         return self._table
 
     def _ids(self, history: Sequence[str]) -> list[int]:
@@ -124,18 +124,6 @@ class Recommender:
         m.encoder.set_tokens(tokens)
         self._table = None
         return new_ids
-
-
-def _table_with_zero_cf(model: Any, sem: torch.Tensor) -> torch.Tensor:
-    inj = model.injection
-    feats = model.standardise(sem)
-    if inj.item_dim:
-        cf = inj.item_vectors.float()
-        cf = torch.cat([cf, cf.new_zeros(sem.shape[0] - cf.shape[0], cf.shape[1])], 0)
-        feats = torch.cat([feats, cf], -1)
-    table = model.w_p(feats)
-    table[0] = 0
-    return table
 
 
 def export_item_vectors(ckpt: str | os.PathLike, out: str | os.PathLike, include_cold: bool = True) -> Path:

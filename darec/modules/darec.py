@@ -230,9 +230,17 @@ class DARec(RecModule):
         return (sem - self.sem_mean) / self.sem_std
 
     def item_table(self, sem: torch.Tensor) -> torch.Tensor:
-        """``e_j = W_p [s_j ; c_j]`` for rows of ``sem`` [N+1, H]; row 0 is zeroed."""
+        """``e_j = W_p [s_j ; c_j]`` for rows of ``sem`` [N+1, H]; row 0 is zeroed.
+
+        Rows beyond the catalogue (cold items, items added later) get ``c_j = 0``.
+        """
         sem = self.standardise(sem)
-        feats = sem if not self.injection.item_dim else torch.cat([sem, self.injection.item_vectors.to(sem.dtype)], -1)
+        feats = sem
+        if self.injection.item_dim:
+            cf = self.injection.item_vectors.to(sem.dtype)
+            if sem.shape[0] > cf.shape[0]:
+                cf = torch.cat([cf, cf.new_zeros(sem.shape[0] - cf.shape[0], cf.shape[1])], 0)
+            feats = torch.cat([sem, cf], -1)
         table = self.w_p(feats)
         return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
 
