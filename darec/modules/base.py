@@ -96,7 +96,9 @@ class RecModule(L.LightningModule):
         return batch
 
     def _ranks(self, batch: EvalBatch) -> torch.Tensor:
-        batch = self.prepare_eval_batch(batch)
+        return self._prepared_ranks(self.prepare_eval_batch(batch))
+
+    def _prepared_ranks(self, batch: EvalBatch) -> torch.Tensor:
         return chunked_target_ranks(
             lambda lo, hi: self.score_chunk(batch, lo, hi),
             self.num_items,
@@ -110,10 +112,7 @@ class RecModule(L.LightningModule):
 
     def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
         batch = self.prepare_eval_batch(batch)
-        ranks = chunked_target_ranks(
-            lambda lo, hi: self.score_chunk(batch, lo, hi), self.num_items, batch["target"], batch["history"],
-            chunk_size=self.eval_chunk_size,
-        )
+        ranks = self._prepared_ranks(batch)
         self.test_metric.update(ranks)
         if self.breakdowns and self._item_counts is not None:
             lengths = (batch["history"] > 0).sum(1)
