@@ -87,6 +87,10 @@ class RecModule(L.LightningModule):
         self.val_metric = RankHistogram()
         self.test_metric = RankHistogram()
 
+    def attached_datamodule(self) -> Any:
+        """The trainer's datamodule, or None when the model is not attached to a trainer (or has none)."""
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+
     def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
         """Scores [B, hi-lo] of item ids ``lo..hi-1`` for the users in ``batch``."""
         raise NotImplementedError
@@ -140,7 +144,7 @@ class RecModule(L.LightningModule):
         return out
 
     def on_test_epoch_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
+        dm = self.attached_datamodule()
         if self.breakdowns and dm is not None and hasattr(dm, "data"):
             counts = torch.as_tensor(dm.data.train_item_counts()[: self.num_items + 1])
             self._item_counts = counts

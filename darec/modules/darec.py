@@ -163,7 +163,7 @@ class DARec(RecModule):
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self.attached_datamodule()
         if dm is None or (self._ready and (self._mined or stage != "fit")):
             return
         data = dm.data

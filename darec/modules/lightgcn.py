@@ -92,7 +92,7 @@ class LightGCN(RecModule):
         self._adj: torch.Tensor | None = None
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self.attached_datamodule()
         adj = getattr(dm, "adjacency", None)
         if adj is not None:
             self.set_graph(adj)

@@ -30,7 +30,7 @@ class Popularity(RecModule):
         self.automatic_optimization = False
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self.attached_datamodule()
         if dm is not None and hasattr(dm, "data"):
             self.set_counts(torch.as_tensor(dm.data.train_item_counts()[: self.num_items + 1]))
 

@@ -199,7 +199,7 @@ class SASRec(RecModule):
         return self.encoder.item_embedding.weight
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self.attached_datamodule()
         dm_len = getattr(dm, "max_len", None)
         if dm_len is not None and dm_len > self.config.max_len:
             raise ConfigError(f"data max_len {dm_len} exceeds the model's max_len {self.config.max_len}")
