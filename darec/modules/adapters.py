@@ -188,22 +188,12 @@ def _run_adapter(adapter: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return adapter(x.to(param.dtype)).to(x.dtype)
 
 
-class AdapterWrapper(nn.Module):
-    """Replaces a module: calls it (``base_layer``) and combines its first output with the adapter.
+class ModuleWrapper(nn.Module):
+    """Holds a replaced module as ``base_layer`` and forwards unknown attribute reads to it."""
 
-    Modes: ``"residual"`` ``h + a(h)``; ``"parallel"`` ``h + a(args[input_index])``; ``"replace"`` ``a(h)``.
-    Tuple outputs (attention modules) keep their other elements. The adapter is held by reference, not
-    registered here; its :class:`AdapterContainer` owns it.
-    """
-
-    def __init__(self, base_layer: nn.Module, adapter: nn.Module, mode: str = "residual", input_index: int = 0):
+    def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
-        if mode not in ("residual", "parallel", "replace"):
-            raise ConfigError(f"wrap mode must be 'residual', 'parallel' or 'replace', got {mode!r}")
         self.base_layer = base_layer
-        self.__dict__["adapter"] = adapter
-        self.mode = mode
-        self.input_index = input_index
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -213,6 +203,23 @@ class AdapterWrapper(nn.Module):
             if base is None:
                 raise
             return getattr(base, name)
+
+
+class AdapterWrapper(ModuleWrapper):
+    """Replaces a module: calls it (``base_layer``) and combines its first output with the adapter.
+
+    Modes: ``"residual"`` ``h + a(h)``; ``"parallel"`` ``h + a(args[input_index])``; ``"replace"`` ``a(h)``.
+    Tuple outputs (attention modules) keep their other elements. The adapter is held by reference, not
+    registered here; its :class:`AdapterContainer` owns it.
+    """
+
+    def __init__(self, base_layer: nn.Module, adapter: nn.Module, mode: str = "residual", input_index: int = 0):
+        if mode not in ("residual", "parallel", "replace"):
+            raise ConfigError(f"wrap mode must be 'residual', 'parallel' or 'replace', got {mode!r}")
+        super().__init__(base_layer)
+        self.__dict__["adapter"] = adapter
+        self.mode = mode
+        self.input_index = input_index
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         out = self.base_layer(*args, **kwargs)

@@ -20,7 +20,6 @@ from darec.modules.hard_negatives import cached_hard_negatives
 from darec.modules.injection import CollaborativeInjection, InjectionConfig
 from darec.modules.item_encoder import ItemEncoder
 from darec.modules.losses import alignment_loss, hard_negative_loss, next_item_loss
-from darec.modules.masking import item_causal_mask
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ class DARec(RecModule):
         mark_only_adapters_trainable(self.backbone)
         h = self.backbone.hidden_size
         d = proj_dim or h
-        self.injection = CollaborativeInjection(injection, num_items, h, data_fingerprint)
+        self.injection = CollaborativeInjection(injection, num_items, h, data_fingerprint, self.backbone.layers)
         self.encoder = ItemEncoder(self.backbone, [[]], pack_len)
         self.max_item_tokens = max_item_tokens
         self.w_s = nn.Linear(h, h)
@@ -258,21 +257,18 @@ class DARec(RecModule):
     def sequence_states(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L+1, H] for item windows ``seq`` [B, L] (left-padded) followed by ``[SEQ]``
         ([B, L, H] without ``[SEQ]`` when ``predict_from="last_item"``); the last row scores the next item."""
-        b, length = seq.shape
+        b = seq.shape[0]
         valid = torch.cat([seq > 0, torch.ones(b, 1, dtype=torch.bool, device=seq.device)], 1)
         item_sem = sem[seq] if self.context_masking else self.history_semantics(seq, sem)
         x = self.w_s(self.standardise(item_sem)) + self.injection.input_term(seq)
         if self.predict_from == "last_item":
             valid = seq > 0
-            x = x * valid.unsqueeze(-1).to(x.dtype)
-            pos = (valid.long().cumsum(1) - 1).clamp(min=0)
-            return self.backbone(x, item_causal_mask(valid, dtype=self.backbone.dtype), pos).float()
-        seq_tok = torch.full((b, 1), self.backbone.seq_id, device=seq.device)
-        x = torch.cat([x, self.backbone.embed(seq_tok).to(x.dtype)], 1)
+        else:
+            seq_tok = torch.full((b, 1), self.backbone.seq_id, device=seq.device)
+            x = torch.cat([x, self.backbone.embed(seq_tok).to(x.dtype)], 1)
         x = x * valid.unsqueeze(-1).to(x.dtype)
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)
-        mask = item_causal_mask(valid, dtype=self.backbone.dtype)
-        return self.backbone(x, mask, pos).float()
+        return self.injection.run_with_prefixes(self.backbone, seq, x, valid, pos).float()
 
     def history_semantics(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
         """``s_i`` [B, L, H] of each window's items encoded as one concatenated text (context masking off).

@@ -6,6 +6,9 @@ interactions), projected by ``W_c`` and added to ``W_s s_i``.
 
 User level (causal): at position ``t`` the user vector uses only items up to ``t``: the running
 mean of the LightGCN item vectors of items ``<= t``, and/or SASRec's hidden state at ``t``.
+
+Attention level (mode ``attention``): on top of the input terms, the same causal user vector gives
+per-layer key/value prefixes (:mod:`darec.modules.prefix`).
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import torch
 from torch import nn
 
 from darec.errors import ConfigError
+from darec.modules.masking import item_causal_mask
+from darec.modules.prefix import layer_prefixes, prefix_causal_mask, wrap_layers
 
 
 @dataclass
 class InjectionConfig:
     """Which collaborative knowledge enters DARec, and how."""
 
-    mode: Literal["none", "input", "attention"] = "none"  # none | input | attention (attention: not yet)
+    mode: Literal["none", "input", "attention"] = "none"  # none | input | attention (input + per-layer prefixes)
     sasrec: str | None = None  # SASRec export (safetensors from `darec export-embeddings`)
     lightgcn: str | None = None  # LightGCN export
     user_vector: bool = True  # add the causal user vector at each position
@@ -33,15 +38,18 @@ class InjectionConfig:
 class CollaborativeInjection(nn.Module):
     """Holds the CF tables and projects them into the backbone's hidden space."""
 
-    def __init__(self, cfg: InjectionConfig, num_items: int, hidden: int, fingerprint: str = ""):
+    def __init__(self, cfg: InjectionConfig, num_items: int, hidden: int, fingerprint: str = "", layers: nn.ModuleList | None = None):
+        """``layers``: the backbone's layer list (adapters already applied), wrapped in place for mode ``attention``."""
         super().__init__()
         self.cfg = cfg
-        if cfg.mode == "attention":
-            raise ConfigError("injection.mode 'attention' (key/value prefixes) is not implemented yet; use 'input'")
-        if cfg.mode not in ("none", "input"):
+        if cfg.mode not in ("none", "input", "attention"):
             raise ConfigError(f"injection.mode must be none | input | attention, got {cfg.mode!r}")
         if cfg.mode != "none" and not (cfg.sasrec or cfg.lightgcn):
-            raise ConfigError("injection.mode 'input' needs injection.sasrec and/or injection.lightgcn export paths")
+            raise ConfigError(f"injection.mode {cfg.mode!r} needs injection.sasrec and/or injection.lightgcn export paths")
+        if cfg.mode == "attention" and not cfg.user_vector:
+            raise ConfigError("injection.mode 'attention' builds its prefixes from the causal user vector; set injection.user_vector: true")
+        if cfg.mode == "attention" and layers is None:
+            raise ConfigError("injection.mode 'attention' needs the backbone's layers to wrap")
         tables, flags = [], []
         self.sasrec_encoder = None
         self.lightgcn_dim = 0
@@ -71,6 +79,14 @@ class CollaborativeInjection(nn.Module):
         self.w_c = nn.Linear(self.item_dim, hidden) if self.item_dim else None
         user_dim = (self.lightgcn_dim if cfg.user_vector else 0) + (self._sasrec_dim() if self.sasrec_encoder is not None else 0)
         self.w_u = nn.Linear(user_dim, hidden) if user_dim else None
+        self.w_prefix: nn.ModuleList | None = None
+        self.__dict__["_prefix_layers"] = []
+        if cfg.mode == "attention":
+            self.w_prefix = nn.ModuleList(nn.Linear(user_dim, hidden) for _ in layers)
+            for lin in self.w_prefix:  # small prefixes: the frozen attention starts close to its own behaviour
+                nn.init.normal_(lin.weight, std=0.1 / user_dim**0.5)
+                nn.init.zeros_(lin.bias)
+            self.__dict__["_prefix_layers"] = wrap_layers(layers)
 
     def _sasrec_dim(self) -> int:
         return int(self.sasrec_encoder.cfg.hidden_size)
@@ -116,6 +132,23 @@ class CollaborativeInjection(nn.Module):
             known = seq.masked_fill(seq >= self.cf_table.shape[0], 0)
             parts.append(self.sasrec_encoder.causal_user_states(known).to(self.cf_table.dtype))
         return torch.cat(parts, -1) if parts else None
+
+    def run_with_prefixes(self, backbone: nn.Module, seq: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The sequence pass of ``backbone`` on ``x`` [B, Q, H] (items of ``seq`` [B, L], then maybe ``[SEQ]``).
+
+        Mode ``attention``: ``L`` prefix slots go first, carrying each layer's ``P_l u_t``; returns the
+        states of the ``Q`` real positions. Other modes: the plain item-causal pass.
+        """
+        if self.w_prefix is None:
+            return backbone(x, item_causal_mask(valid, dtype=backbone.dtype), pos)
+        u = self.user_states(seq)
+        length = seq.shape[1]
+        prefixes = [lin(u) for lin in self.w_prefix]
+        mask = prefix_causal_mask(seq > 0, valid, backbone.dtype)
+        x = torch.cat([x.new_zeros(x.shape[0], length, x.shape[2]), x], 1)
+        pos = torch.cat([pos[:, :length], pos], 1)
+        with layer_prefixes(self._prefix_layers, prefixes):
+            return backbone(x, mask, pos)[:, length:]
 
     def input_term(self, seq: torch.Tensor) -> torch.Tensor | float:
         """``W_c c_{i_t} + W_u u_t`` at each position (0 when injection is off)."""

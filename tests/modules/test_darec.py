@@ -145,8 +145,3 @@ def test_context_masking_off_lets_items_see_earlier_items(small_synth_dir, tmp_p
     with torch.no_grad():
         again = off.history_semantics(changed, off.sem_cache)
     assert torch.allclose(again[0, :3], together[0, :3], atol=1e-5)  # later items never leak backwards
-
-
-def test_attention_injection_refused_clearly():
-    with pytest.raises(ConfigError, match="attention"):
-        DARec(num_items=5, backbone=BackboneConfig(name="tiny-bert"), injection={"mode": "attention", "sasrec": "x"})

@@ -1,0 +1,106 @@
+"""Collaborative injection in DARec: input and attention (per-layer prefix) modes, causality, prefix masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from darec.data.prepared import PreparedData
+from darec.data.windows import SequenceDataModule, normalized_adjacency
+from darec.errors import ConfigError
+from darec.export import export_module
+from darec.modules.backbone import BackboneConfig
+from darec.modules.darec import DARec
+from darec.modules.lightgcn import LightGCN
+from darec.modules.prefix import PrefixLayer, prefix_causal_mask
+from darec.modules.sasrec import SASRec
+
+FROZEN = ("backbone.model.", "backbone.layers.")
+
+
+@pytest.fixture(scope="module")
+def cf_exports(small_synth_dir, tmp_path_factory) -> dict[str, str]:
+    data = PreparedData(small_synth_dir)
+    out = tmp_path_factory.mktemp("cf")
+    torch.manual_seed(0)
+    sasrec = SASRec(data.num_items, data.num_users, data.fingerprint, hidden_size=16, inner_size=32, max_len=12).eval()
+    lgcn = LightGCN(data.num_items, data.num_users, data.fingerprint, embedding_size=8)
+    lgcn.set_graph(normalized_adjacency(data.train, data.num_users, data.num_items))
+    return {"sasrec": str(export_module(sasrec, data, out / "sasrec.safetensors")),
+            "lightgcn": str(export_module(lgcn, data, out / "lgcn.safetensors"))}
+
+
+def _model(data_dir, cf, tmp_path, name="tiny-bert", mode="attention", **kw) -> DARec:
+    d = PreparedData(data_dir)
+    m = DARec(num_items=d.num_items, num_users=d.num_users, data_fingerprint=d.fingerprint,
+              backbone=BackboneConfig(name=name), max_len=12, cache_dir=str(tmp_path),
+              injection={"mode": mode, **cf}, **kw)
+    m.attach_data(d.sentences, d.text_hash, d.fingerprint, d.train_sequences())
+    m.eval()
+    m.refresh_cache()
+    return m
+
+
+def test_prefix_mask_is_causal_over_slots_and_never_empty():
+    slot_valid = torch.tensor([[False, True, True]])
+    query_valid = torch.tensor([[False, True, True, True]])  # 3 items then [SEQ]
+    allowed = prefix_causal_mask(slot_valid, query_valid, torch.float32)[0, 0] == 0
+    assert allowed.any(-1).all()
+    for s in range(4):
+        for t in range(3):
+            assert bool(allowed[3 + s, t]) == (bool(query_valid[0, s]) and bool(slot_valid[0, t]) and t <= s)
+    assert torch.equal(allowed[:3], torch.eye(7, dtype=torch.bool)[:3])  # slots attend only themselves
+    assert allowed[6, 3:].tolist() == [False, True, True, True]  # [SEQ] sees the valid items
+
+
+@pytest.mark.parametrize("mode", ["input", "attention"])
+@pytest.mark.parametrize("name,predict_from", [("tiny-bert", "last_item"), ("tiny-llama", "seq"), ("tiny-gpt2", "last_item")])
+def test_position_t_does_not_see_later_items_with_injection(small_synth_dir, cf_exports, tmp_path, mode, name, predict_from):
+    m = _model(small_synth_dir, cf_exports, tmp_path, name=name, mode=mode, predict_from=predict_from)
+    seq = torch.tensor([[0, 0, 3, 7, 9, 11, 2, 5]])
+    changed = seq.clone()
+    changed[0, 6:] = torch.tensor([13, 17])
+    with torch.no_grad():
+        a, b = m.sequence_states(seq, m.sem_cache), m.sequence_states(changed, m.sem_cache)
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a[0, 2:6], b[0, 2:6], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a[0, 6:], b[0, 6:], atol=1e-5)
+
+
+def test_attention_prefixes_change_the_sequence_pass_but_not_item_encoding(small_synth_dir, cf_exports, tmp_path):
+    torch.manual_seed(1)
+    inp = _model(small_synth_dir, cf_exports, tmp_path, mode="input")
+    att = _model(small_synth_dir, cf_exports, tmp_path, mode="attention")
+    shared = {k: v for k, v in inp.state_dict().items() if not k.startswith(FROZEN)}  # frozen: same weights
+    missing, unexpected = att.load_state_dict(shared, strict=False)
+    assert not unexpected and {k for k in missing if not k.startswith(FROZEN)} == {
+        f"injection.w_prefix.{i}.{w}" for i in range(att.backbone.num_layers) for w in ("weight", "bias")}
+    assert all(isinstance(layer, PrefixLayer) for layer in att.backbone.layers)
+    ids = torch.arange(1, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(att.encoder.encode(ids), inp.encoder.encode(ids), atol=1e-6, rtol=1e-6)
+        seq = torch.tensor([[0, 3, 7, 9, 11]])
+        a, b = att.sequence_states(seq, att.sem_cache), inp.sequence_states(seq, inp.sem_cache)
+        assert not torch.allclose(a[0, 1:], b[0, 1:], atol=1e-4)
+
+
+def test_attention_mode_trains_its_prefix_projections(small_synth_dir, cf_exports, tmp_path):
+    m = _model(small_synth_dir, cf_exports, tmp_path, mode="attention")
+    m.train()
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert {f"injection.w_prefix.{i}.weight" for i in range(m.backbone.num_layers)} <= trainable
+    dm = SequenceDataModule(str(small_synth_dir), batch_size=8, max_len=12, num_negatives=0)
+    m.log = lambda *a, **k: None
+    loss = m.training_step(next(iter(dm.train_dataloader())), 0)
+    loss.backward()
+    grads = [lin.weight.grad for lin in m.injection.w_prefix]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert m.injection.cf_table.grad is None  # CF tables frozen by default
+
+
+def test_attention_mode_needs_a_user_vector(small_synth_dir, cf_exports, tmp_path):
+    with pytest.raises(ConfigError, match="user_vector"):
+        DARec(num_items=PreparedData(small_synth_dir).num_items, backbone=BackboneConfig(name="tiny-bert"),
+              injection={"mode": "attention", "user_vector": False, **cf_exports})
+    with pytest.raises(ConfigError, match="export paths"):
+        DARec(num_items=5, backbone=BackboneConfig(name="tiny-bert"), injection={"mode": "attention"})
