@@ -45,20 +45,19 @@ def per_user_ndcg10(model, dm) -> np.ndarray:
     return np.concatenate(out)
 
 
-def run_seed(seed: int, data_dir: str, work: Path, darec_epochs: int) -> dict:
+def train_cf(seed: int, data_dir: str, runs: Path) -> tuple[dict[str, Path], dict]:
+    """Train SASRec and LightGCN on the training split (early stopping on validation) and export them.
+
+    Returns the export paths and, per model, its per-user test NDCG@10, fit seconds and epochs.
+    """
     import lightning as L
 
     from darec.data.windows import InteractionDataModule, SequenceDataModule
     from darec.export import export_module
-    from darec.modules.backbone import BackboneConfig
-    from darec.modules.darec import DARec
-    from darec.modules.injection import InjectionConfig
     from darec.modules.lightgcn import LightGCN
     from darec.modules.sasrec import SASRec
 
-    res = {}
-    runs = work / f"seed{seed}"
-    paths = {}
+    res, paths = {}, {}
     for name, cls, dm in (
         ("sasrec", SASRec, SequenceDataModule(data_dir, batch_size=256, eval_batch_size=512, max_len=50, num_negatives=0)),
         ("lightgcn", LightGCN, InteractionDataModule(data_dir, batch_size=2048, eval_batch_size=512)),
@@ -72,6 +71,19 @@ def run_seed(seed: int, data_dir: str, work: Path, darec_epochs: int) -> dict:
         paths[name] = export_module(best, dm.data, runs / "cf" / f"{name}.safetensors")
         dm.setup("test")
         res[name] = {"per_user": per_user_ndcg10(best, dm), "fit_s": time.time() - t0, "epochs": trainer.current_epoch}
+    return paths, res
+
+
+def run_seed(seed: int, data_dir: str, work: Path, darec_epochs: int) -> dict:
+    import lightning as L
+
+    from darec.data.windows import SequenceDataModule
+    from darec.modules.backbone import BackboneConfig
+    from darec.modules.darec import DARec
+    from darec.modules.injection import InjectionConfig
+
+    runs = work / f"seed{seed}"
+    paths, res = train_cf(seed, data_dir, runs)
     L.seed_everything(seed)
     dm = SequenceDataModule(data_dir, batch_size=64, eval_batch_size=256, max_len=50, num_negatives=0)
     model = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
