@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from darec.data.datamodules import RecDataModule
 from darec.data.prepared import Ragged
@@ -74,15 +74,38 @@ class PositiveSets:
         return neg
 
 
-class EpochSampler(Sampler[int]):
-    """Shuffles ``0..n-1`` with a generator seeded by ``(seed, epoch)``; also tells ``on_epoch`` the epoch."""
+class EpochSampler(DistributedSampler):
+    """Shuffles ``0..n-1`` with a generator seeded by ``(seed, epoch)`` and takes this rank's share.
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, on_epoch: Callable[[int], None] | None = None):
+    Every rank draws the same permutation and keeps positions ``rank, rank + world, ...`` of it (wrapped
+    around so each rank gets ``ceil(n / world)``), so the order is a function of (seed, epoch, world size)
+    alone. It subclasses ``DistributedSampler`` so that Lightning neither wraps it under DDP nor loses
+    :meth:`set_epoch`, which also tells ``on_epoch`` (the dataset's per-epoch negatives) the epoch.
+    ``num_replicas``/``rank`` default to the initialised process group, else one process.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        shuffle: bool = True,
+        on_epoch: Callable[[int], None] | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
         self.n = n
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
         self.on_epoch = on_epoch
+        self._replicas, self._rank = num_replicas, rank
+
+    def _world(self) -> tuple[int, int]:
+        if self._replicas is not None:
+            return self._replicas, self._rank or 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -90,12 +113,17 @@ class EpochSampler(Sampler[int]):
             self.on_epoch(self.epoch)
 
     def __len__(self) -> int:
-        return self.n
+        world, _ = self._world()
+        return -(-self.n // world)
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.n))
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+        world, rank = self._world()
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        if world == 1:
+            return iter(order.tolist())
+        per_rank = -(-self.n // world)
+        padded = np.resize(order, per_rank * world) if self.n else order
+        return iter(padded[rank::world].tolist())
 
 
 def make_windows(train: Ragged, max_len: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

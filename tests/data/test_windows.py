@@ -10,7 +10,7 @@ import torch
 
 from darec.data.prepared import Ragged
 from darec.data.synth import SynthConfig, write_synthetic
-from darec.data.windows import InteractionDataModule, PositiveSets, SequenceDataModule, make_windows
+from darec.data.windows import EpochSampler, InteractionDataModule, PositiveSets, SequenceDataModule, make_windows
 from darec.errors import ConfigError
 
 
@@ -106,6 +106,26 @@ def test_sequence_order_is_deterministic(synth_dir: str) -> None:
     assert not torch.equal(a[0], c[0]), "a new epoch reshuffles"
     d = first_batches(2, 0)
     assert not torch.equal(a[0], d[0]), "another seed reshuffles"
+
+
+@pytest.mark.parametrize("n", [12, 13])
+def test_ranks_split_one_seeded_permutation(n: int) -> None:
+    def shares(epoch: int, world: int = 2) -> list[list[int]]:
+        out = []
+        for rank in range(world):
+            s = EpochSampler(n, seed=3, num_replicas=world, rank=rank)
+            s.set_epoch(epoch)
+            out.append(list(s))
+        return out
+
+    one = EpochSampler(n, seed=3)
+    one.set_epoch(1)
+    a, b = shares(1)
+    assert len(a) == len(b) == -(-n // 2)
+    assert set(a) | set(b) == set(range(n)) and (n % 2 == 1 or not set(a) & set(b))
+    assert [x for pair in zip(a, b) for x in pair][:n] == list(one), "rank r takes positions r, r+2, ... of the order"
+    assert shares(1) == [a, b] and shares(2) != [a, b], "a function of (seed, epoch, world size)"
+    assert isinstance(one, torch.utils.data.DistributedSampler), "Lightning must neither wrap it nor skip set_epoch"
 
 
 def test_pairs_cover_training_once_with_valid_negatives(synth_dir: str) -> None:
