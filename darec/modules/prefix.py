@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from darec.modules.adapters import ModuleWrapper
+from darec.modules.wrapping import ModuleWrapper
 from darec.modules.masking import bool_to_additive
 
 
