@@ -19,7 +19,7 @@ The sampled protocol (100 negatives) is available on request and its keys are al
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,10 +27,17 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from darec.errors import EvaluationError
+from darec.fullrank import (  # noqa: F401  chunked scoring lives in darec.fullrank; re-exported here
+    ScoreChunkFn,
+    check_targets,
+    raise_non_finite,
+    chunked_target_ranks,
+    chunked_topk,
+    dot_product_ranks,
+)
 
 MAX_K = 20
 METRIC_KEYS: tuple[str, ...] = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr@10")
-ScoreChunkFn = Callable[[int, int], Tensor]
 
 
 def metrics_from_histogram(hist: Tensor, count: Tensor | int, prefix: str = "") -> dict[str, Tensor]:
@@ -159,124 +166,6 @@ def popularity_edges(item_counts: Tensor, n_buckets: int = 5) -> tuple[int, ...]
     return tuple(sorted({int(math.ceil(q)) for q in qs if math.ceil(q) > counts.min()}))
 
 
-def _check_targets(targets: Tensor, history: Tensor | None, num_items: int) -> None:
-    if targets.dim() != 1 or targets.dtype.is_floating_point:
-        raise EvaluationError(f"targets must be a 1-D integer tensor, got {tuple(targets.shape)}")
-    if targets.numel() and (int(targets.min()) < 1 or int(targets.max()) > num_items):
-        raise EvaluationError(f"target ids must lie in [1, {num_items}]")
-    if history is not None:
-        if history.dim() != 2 or history.shape[0] != targets.shape[0] or history.dtype.is_floating_point:
-            raise EvaluationError(f"history must be an integer [B, L] tensor, got {tuple(history.shape)}")
-        if history.numel() and (int(history.min()) < 0 or int(history.max()) > num_items):
-            raise EvaluationError(f"history ids must lie in [0, {num_items}] (0 = padding)")
-
-
-def _columns(ids: Tensor, lo: int, hi: int) -> Tensor:
-    """Boolean ``[B, hi-lo]`` with True where a row's ids (any shape ``[B, L]``) fall in ``[lo, hi)``."""
-    w = hi - lo
-    idx = torch.where((ids >= lo) & (ids < hi), ids - lo, torch.full_like(ids, w))
-    out = torch.zeros(ids.shape[0], w + 1, dtype=torch.bool, device=ids.device)
-    return out.scatter_(1, idx, True)[:, :w]
-
-
-def _chunk(score_chunk: ScoreChunkFn, lo: int, hi: int, batch: int) -> Tensor:
-    s = score_chunk(lo, hi)
-    if s.shape != (batch, hi - lo):
-        raise EvaluationError(f"score_chunk({lo}, {hi}) returned {tuple(s.shape)}, expected {(batch, hi - lo)}")
-    return s
-
-
-def _raise_non_finite(bad: Tensor) -> None:
-    if bool(bad.any()):
-        rows = bad.nonzero().flatten().tolist()
-        raise EvaluationError(
-            f"non-finite score on an unmasked item in {len(rows)} of {bad.numel()} rows (first: row {rows[0]})"
-        )
-
-
-def chunked_target_ranks(
-    score_chunk: ScoreChunkFn,
-    num_items: int,
-    targets: Tensor,
-    history: Tensor | None,
-    target_scores: Tensor | None = None,
-    chunk_size: int = 4096,
-) -> Tensor:
-    """0-based full-ranking target ranks, scoring item ids ``[lo, hi)`` one chunk at a time.
-
-    ``score_chunk(lo, hi)`` returns ``[B, hi-lo]`` scores for item ids ``lo..hi-1`` (ids start at 1).
-    Peak memory is ~``B * chunk_size``. Without ``target_scores``, the target scores are read from
-    the chunks that hold the targets (one extra pass over those chunks, none when the catalogue fits
-    in one chunk). The target column is always excluded from the counts, so small float differences
-    between ``target_scores`` and the chunk scores cannot count the target against itself.
-    """
-    if chunk_size < 1:
-        raise EvaluationError(f"chunk_size must be >= 1, got {chunk_size}")
-    _check_targets(targets, history, num_items)
-    batch, device = targets.shape[0], targets.device
-    targets = targets.long()
-    history = None if history is None else history.long()
-    starts = list(range(1, num_items + 1, chunk_size))
-    cached: dict[int, Tensor] = {}
-    if target_scores is None:
-        if len(starts) == 1:
-            cached[1] = _chunk(score_chunk, 1, num_items + 1, batch)
-        chunk_ids = ((targets - 1) // chunk_size).unique().tolist()
-        for c in chunk_ids:
-            lo = 1 + c * chunk_size
-            hi = min(lo + chunk_size, num_items + 1)
-            s = cached.get(lo)
-            s = _chunk(score_chunk, lo, hi, batch) if s is None else s
-            inside = (targets >= lo) & (targets < hi)
-            col = torch.where(inside, targets - lo, torch.zeros_like(targets))
-            t = s.gather(1, col[:, None]).squeeze(1)
-            target_scores = t if target_scores is None else torch.where(inside, t, target_scores)
-        if target_scores is None:
-            target_scores = torch.zeros(batch, device=device)
-    elif target_scores.shape != (batch,):
-        raise EvaluationError(f"target_scores shape {tuple(target_scores.shape)} != ({batch},)")
-    t = target_scores[:, None]
-    bad = ~torch.isfinite(target_scores)
-    hist = _distinct_history(history, targets)
-    ranks = torch.zeros(batch, dtype=torch.long, device=device)
-    for lo in starts:
-        hi = min(lo + chunk_size, num_items + 1)
-        s = cached.pop(lo, None)
-        s = _chunk(score_chunk, lo, hi, batch) if s is None else s
-        # Fast path: count every item at or above the target, then take back the masked history items
-        # and the target itself (gathered, so no [B, chunk] mask is built). NaN never counts as >=.
-        ranks += (s >= t).sum(1)
-        ranks -= _gathered_at_or_above(s, hist, lo, hi, t)
-        ranks -= _gathered_at_or_above(s, targets[:, None], lo, hi, t)
-        low, high = torch.aminmax(s, dim=1)
-        suspect = ~torch.isfinite(low) | ~torch.isfinite(high)
-        if bool(suspect.any()):  # rare: decide per item whether a non-finite score is masked
-            is_target = _columns(targets[:, None], lo, hi)
-            masked = _columns(history, lo, hi) & ~is_target if history is not None else torch.zeros_like(is_target)
-            bad |= (~torch.isfinite(s) & ~masked).any(1)
-    _raise_non_finite(bad)
-    return ranks
-
-
-def _distinct_history(history: Tensor | None, targets: Tensor) -> Tensor | None:
-    """History with repeats and the target itself replaced by 0, so each masked item is taken back once."""
-    if history is None:
-        return None
-    h = history.sort(1).values
-    repeat = torch.zeros_like(h, dtype=torch.bool)
-    repeat[:, 1:] = h[:, 1:] == h[:, :-1]
-    return h.masked_fill(repeat | (h == targets[:, None]), 0)
-
-
-def _gathered_at_or_above(s: Tensor, ids: Tensor | None, lo: int, hi: int, t: Tensor) -> Tensor:
-    """Per row, how many of ``ids`` [B, L] fall in ``[lo, hi)`` and score ``>= t`` in chunk ``s``."""
-    if ids is None or ids.numel() == 0:
-        return torch.zeros(s.shape[0], dtype=torch.long, device=s.device)
-    inside = (ids >= lo) & (ids < hi)
-    cols = torch.where(inside, ids - lo, torch.zeros_like(ids))
-    return ((s.gather(1, cols) >= t) & inside).sum(1)
-
-
 def target_ranks(scores: Tensor, targets: Tensor, history: Tensor | None) -> Tensor:
     """0-based target ranks from a full ``[B, num_items+1]`` score matrix (column 0 ignored).
 
@@ -286,33 +175,6 @@ def target_ranks(scores: Tensor, targets: Tensor, history: Tensor | None) -> Ten
         raise EvaluationError(f"scores must be [B, num_items+1] with B={targets.shape[0]}, got {tuple(scores.shape)}")
     num_items = scores.shape[1] - 1
     return chunked_target_ranks(lambda lo, hi: scores[:, lo:hi], num_items, targets, history, chunk_size=num_items)
-
-
-def dot_product_ranks(
-    user_vecs: Tensor,
-    item_vecs: Tensor,
-    targets: Tensor,
-    history: Tensor | None,
-    chunk_size: int = 4096,
-    item_bias: Tensor | None = None,
-) -> Tensor:
-    """Chunked ranks for ``score = user_vecs @ item_vecs.T (+ item_bias)``; ``item_vecs`` row 0 is padding."""
-    if user_vecs.dim() != 2 or item_vecs.dim() != 2 or user_vecs.shape[1] != item_vecs.shape[1]:
-        raise EvaluationError(f"user_vecs {tuple(user_vecs.shape)} and item_vecs {tuple(item_vecs.shape)} mismatch")
-    if item_bias is not None and item_bias.shape != (item_vecs.shape[0],):
-        raise EvaluationError(f"item_bias must have shape ({item_vecs.shape[0]},), got {tuple(item_bias.shape)}")
-
-    def score_chunk(lo: int, hi: int) -> Tensor:
-        s = user_vecs @ item_vecs[lo:hi].T
-        return s if item_bias is None else s + item_bias[lo:hi]
-
-    _check_targets(targets, history, item_vecs.shape[0] - 1)
-    target_scores = (user_vecs * item_vecs[targets.long()]).sum(-1)
-    if item_bias is not None:
-        target_scores = target_scores + item_bias[targets.long()]
-    return chunked_target_ranks(
-        score_chunk, item_vecs.shape[0] - 1, targets, history, target_scores=target_scores, chunk_size=chunk_size
-    )
 
 
 def sample_negatives(
@@ -328,7 +190,7 @@ def sample_negatives(
     Vectorised rejection sampling: draw candidates, drop forbidden ids and repeats, keep the first
     ``n`` survivors per row (a uniform random subset); draw more while any row is short.
     """
-    _check_targets(targets, history, num_items)
+    check_targets(targets, history, num_items)
     batch, device = targets.shape[0], targets.device
     targets = targets.long()
     forbidden = targets[:, None] if history is None else torch.cat([history.long(), targets[:, None]], 1)
@@ -364,7 +226,7 @@ def sampled_target_ranks(target_scores: Tensor, negative_scores: Tensor) -> Tens
             f"expected target_scores [B] and negative_scores [B, n], got "
             f"{tuple(target_scores.shape)} and {tuple(negative_scores.shape)}"
         )
-    _raise_non_finite(~torch.isfinite(target_scores) | ~torch.isfinite(negative_scores).all(1))
+    raise_non_finite(~torch.isfinite(target_scores) | ~torch.isfinite(negative_scores).all(1))
     return (negative_scores >= target_scores[:, None]).sum(1)
 
 

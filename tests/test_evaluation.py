@@ -14,6 +14,7 @@ from darec.evaluation import (
     GroupedRankHistogram,
     RankHistogram,
     chunked_target_ranks,
+    chunked_topk,
     dot_product_ranks,
     format_metrics_table,
     history_length_buckets,
@@ -163,6 +164,69 @@ def test_dot_product_ranks() -> None:
     for cs in (1, 6, 40, 100):
         assert torch.equal(dot_product_ranks(users, items, targets, history, chunk_size=cs, item_bias=bias), expected)
     assert torch.equal(dot_product_ranks(users, items, targets, history), target_ranks(users @ items.T, targets, history))
+
+
+def test_huge_finite_scores_whose_sum_overflows_do_not_raise() -> None:
+    scores, targets, history = random_case(8, 30, 4, seed=9)
+    big = scores * 3e38  # every score finite, but a chunk's sum overflows to inf
+    expected = [ref_rank(big[i].numpy(), int(targets[i]), history[i].numpy()) for i in range(8)]
+    for cs in (4, 30):
+        assert chunked_target_ranks(lambda lo, hi: big[:, lo:hi], 30, targets, history, chunk_size=cs).tolist() == expected
+
+
+def test_dot_product_ranks_float32_matches_reference() -> None:
+    g = torch.Generator().manual_seed(11)
+    users, items = torch.randn(50, 8, generator=g), torch.randn(201, 8, generator=g)
+    targets = torch.randint(1, 201, (50,), generator=g)
+    history = torch.randint(0, 201, (50, 12), generator=g)
+    full = users @ items.T
+    for cs in (7, 64, 500):
+        ranks = dot_product_ranks(users, items, targets, history, chunk_size=cs)
+        assert ranks.tolist() == [ref_rank(full[i].numpy(), int(targets[i]), history[i].numpy()) for i in range(50)]
+
+
+def ref_topk(scores: np.ndarray, history: np.ndarray, k: int) -> list[int]:
+    masked = {int(h) for h in history if h != 0}
+    eligible = sorted((i for i in range(1, len(scores)) if i not in masked), key=lambda i: (-scores[i], i))
+    top = eligible[: min(k, len(scores) - 1)]
+    return top + [0] * (min(k, len(scores) - 1) - len(top))
+
+
+@pytest.mark.parametrize("num_items,hist_len", [(9, 3), (40, 6), (300, 30)])
+@pytest.mark.parametrize("k", [1, 5, 12])
+@pytest.mark.parametrize("chunk_size", [1, 4, 16, 128, 1000])
+def test_chunked_topk_matches_reference(num_items: int, hist_len: int, k: int, chunk_size: int) -> None:
+    scores, _, history = random_case(20, num_items, hist_len, seed=num_items + k)  # scores in 0.1 steps: many ties
+    history[0, :] = torch.arange(1, hist_len + 1)  # row 0: the best-scored low ids may be masked
+    got = chunked_topk(lambda lo, hi: scores[:, lo:hi], num_items, history, k, chunk_size)
+    assert got.shape == (20, min(k, num_items))
+    assert got.tolist() == [ref_topk(scores[i].numpy(), history[i].numpy(), k) for i in range(20)]
+
+
+def test_chunked_topk_ascending_scores_and_short_rows() -> None:
+    scores = torch.arange(31, dtype=torch.float32).repeat(3, 1)  # every chunk beats the last: many candidates
+    history = torch.tensor([[30, 29, 0], [0, 0, 0], list(range(1, 28))[:3]])
+    got = chunked_topk(lambda lo, hi: scores[:, lo:hi], 30, history, 4, chunk_size=8)
+    assert got.tolist() == [[28, 27, 26, 25], [30, 29, 28, 27], [30, 29, 28, 27]]
+    full = torch.arange(1, 7).repeat(2, 1)  # row 0: all 6 items masked but one; row 1: none masked
+    short = chunked_topk(lambda lo, hi: scores[:2, lo:hi], 6, torch.stack([full[0].clone().index_fill_(0, torch.tensor([2]), 0), torch.zeros(6, dtype=torch.long)]), 3, 2)
+    assert short.tolist() == [[3, 0, 0], [6, 5, 4]]
+
+
+def test_chunked_topk_masked_nan_ignored_unmasked_raises() -> None:
+    scores, _, history = random_case(6, 20, 4, seed=4)
+    history[:, 0] = 5
+    s = scores.clone()
+    s[:, 5] = float("nan")
+    s[:, 0] = float("nan")  # padding column, never read
+    expected = chunked_topk(lambda lo, hi: scores[:, lo:hi], 20, history, 5, 3)
+    assert torch.equal(chunked_topk(lambda lo, hi: s[:, lo:hi], 20, history, 5, 3), expected)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        s = scores.clone()
+        free = next(i for i in range(1, 21) if i not in history[2].tolist())
+        s[2, free] = bad
+        with pytest.raises(EvaluationError, match="1 of 6 rows.*row 2"):
+            chunked_topk(lambda lo, hi: s[:, lo:hi], 20, history, 5, 3)
 
 
 def test_histogram_merge_equals_whole() -> None:

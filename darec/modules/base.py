@@ -16,6 +16,7 @@ from darec.evaluation import (
     GroupedRankHistogram,
     RankHistogram,
     chunked_target_ranks,
+    chunked_topk,
     history_length_buckets,
     popularity_buckets,
     popularity_edges,
@@ -24,27 +25,6 @@ from darec.evaluation import (
 )
 
 EvalBatch = dict[str, torch.Tensor]
-
-
-def chunked_topk(score_chunk, num_items: int, history: torch.Tensor, k: int, chunk_size: int = 4096) -> torch.Tensor:
-    """Top-``k`` item ids (best first) over ``1..num_items`` with history and padding masked."""
-    best_s: torch.Tensor | None = None
-    best_i: torch.Tensor | None = None
-    for lo in range(1, num_items + 1, chunk_size):
-        hi = min(num_items + 1, lo + chunk_size)
-        s = score_chunk(lo, hi).float().clone()
-        ids = torch.arange(lo, hi, device=s.device).expand_as(s)
-        in_chunk = (history >= lo) & (history < hi)
-        rows = torch.nonzero(in_chunk, as_tuple=True)[0]
-        s[rows, history[in_chunk] - lo] = float("-inf")
-        if best_s is not None:
-            s = torch.cat([best_s, s], 1)
-            ids = torch.cat([best_i, ids], 1)
-        kk = min(k, s.shape[1])
-        best_s, pos = torch.topk(s, kk, dim=1)
-        best_i = torch.gather(ids, 1, pos)
-    assert best_i is not None
-    return best_i
 
 
 class RecModule(L.LightningModule):
