@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from darec.data.coded import CodedInteractions
 from darec.data.prepared import PreparedTables, Ragged
 from darec.errors import DataError
 
@@ -96,11 +97,23 @@ def item_sentence(attrs: dict[str, Any], opts: TextOptions) -> str:
     return " ".join(text.split())[: opts.max_chars]
 
 
-def _sort_key(raw_ids: pd.Series) -> list[str]:
-    values = raw_ids.unique().tolist()
+def _sorted_codes(codes: np.ndarray, vocab: list[str]) -> list[int]:
+    """``codes`` ordered by their raw id: numerically when every id is a number, else as strings."""
+    values = [vocab[c] for c in codes.tolist()]
     if all(v.isdigit() for v in values):
-        return sorted(values, key=lambda v: (int(v), v))
-    return sorted(values)
+        order = sorted(range(len(values)), key=lambda j: (int(values[j]), values[j]))
+    else:
+        order = sorted(range(len(values)), key=values.__getitem__)
+    return [int(codes[j]) for j in order]
+
+
+def _id_map(codes: np.ndarray, vocab: list[str]) -> tuple[list[str], np.ndarray]:
+    """Raw ids of the codes present, in id order, and a lookup table code -> internal id (1-based)."""
+    present = np.flatnonzero(np.bincount(codes, minlength=len(vocab)))
+    ordered = _sorted_codes(present, vocab)
+    lut = np.zeros(len(vocab), dtype=np.int64)
+    lut[ordered] = np.arange(1, len(ordered) + 1)
+    return [vocab[c] for c in ordered], lut
 
 
 def _percentiles(lengths: np.ndarray) -> dict[str, float]:
@@ -119,86 +132,107 @@ def _percentiles(lengths: np.ndarray) -> dict[str, float]:
     }
 
 
-def _k_core(df: pd.DataFrame, user_min: int, user_core: int, item_core: int, dropped: dict[str, int]) -> pd.DataFrame:
+class _Rows:
+    """The surviving rows as parallel arrays: source row, user and item codes, timestamp."""
+
+    def __init__(self, row: np.ndarray, user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> None:
+        self.row, self.user, self.item, self.ts = row, user, item, ts
+        self.period: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.row.shape[0])
+
+    def take(self, sel: np.ndarray) -> "_Rows":
+        out = _Rows(self.row[sel], self.user[sel], self.item[sel], self.ts[sel])
+        out.period = None if self.period is None else self.period[sel]
+        return out
+
+    def drop(self, bad: np.ndarray, dropped: dict[str, int], reason: str) -> "_Rows":
+        n = int(bad.sum())
+        dropped[reason] += n
+        return self.take(~bad) if n else self
+
+
+def _k_core(r: _Rows, user_min: int, user_core: int, item_core: int, dropped: dict[str, int]) -> _Rows:
     while True:
-        before = len(df)
+        before = len(r)
         if item_core > 1:
-            cnt = df.groupby("item")["item"].transform("size")
-            bad = cnt < item_core
-            dropped["item_core"] += int(bad.sum())
-            df = df[~bad]
+            r = r.drop(np.bincount(r.item)[r.item] < item_core, dropped, "item_core")
         for reason, k in (("user_core", user_core), ("user_too_short", user_min)):
             if k > 1:
-                cnt = df.groupby("user")["user"].transform("size")
-                bad = cnt < k
-                dropped[reason] += int(bad.sum())
-                df = df[~bad]
-        if len(df) == before:
-            return df
+                r = r.drop(np.bincount(r.user)[r.user] < k, dropped, reason)
+        if len(r) == before:
+            return r
+
+
+def _filter(c: CodedInteractions, opts: PrepareOptions, source: str, dropped: dict[str, int]) -> _Rows:
+    """Rating threshold, de-duplication, k-core and the time split's no-history rule, on arrays."""
+    fo, so = opts.filter, opts.split
+    row = np.arange(len(c), dtype=np.int64)
+    if fo.rating_threshold is not None:
+        if c.rating is None:
+            raise DataError(f"{source}: rating_threshold is set but the data has no rating column")
+        with np.errstate(invalid="ignore"):
+            bad = ~(c.rating >= fo.rating_threshold)
+        dropped["below_rating_threshold"] = int(bad.sum())
+        row = row[~bad]
+    r = _Rows(row, c.user[row], c.item[row], c.timestamp[row])
+    r = r.take(np.lexsort((r.row, r.ts, r.user)))  # per user by time, ties in source order
+    if fo.duplicates != "keep_all":
+        pair = r.user.astype(np.int64) * max(1, len(c.item_vocab)) + r.item
+        if fo.duplicates == "keep_first":
+            first = np.unique(pair, return_index=True)[1]
+        else:
+            first = len(pair) - 1 - np.unique(pair[::-1], return_index=True)[1]
+        keep = np.zeros(len(r), dtype=bool)
+        keep[first] = True
+        r = r.drop(~keep, dropped, "duplicate")
+    user_min = MIN_LOO_LENGTH if so.kind == "leave_one_out" else 0
+    r = _k_core(r, user_min, fo.user_core, fo.item_core, dropped)
+    if so.kind == "time":
+        if so.valid_start is None or so.test_start is None or so.valid_start > so.test_start:
+            raise DataError(f"{source}: the time split needs valid_start <= test_start")
+        r.period = np.where(r.ts < so.valid_start, 0, np.where(r.ts < so.test_start, 1, 2))
+        has_train = np.bincount(r.user, weights=r.period == 0, minlength=len(c.user_vocab)) > 0
+        r = r.drop(~has_train[r.user], dropped, "no_train_history")
+    return r
 
 
 def build_tables(
-    interactions: pd.DataFrame,
+    interactions: pd.DataFrame | CodedInteractions,
     items: pd.DataFrame | None,
     opts: PrepareOptions,
     source: str = "interactions",
 ) -> PreparedTables:
-    """Filter, split and remap canonical tables into :class:`PreparedTables`."""
-    required = {"user", "item", "timestamp"}
-    missing = required - set(interactions.columns)
-    if missing:
-        raise DataError(f"{source}: missing required column(s) {sorted(missing)}")
-    df = interactions.reset_index(drop=True).copy()
-    df["user"] = df["user"].astype(str)
-    df["item"] = df["item"].astype(str)
-    df["_row"] = np.arange(len(df), dtype=np.int64)
+    """Filter, split and remap canonical tables into :class:`PreparedTables`.
+
+    ``interactions`` is a canonical DataFrame or, for logs too large for Python objects, the
+    :class:`CodedInteractions` a streaming reader builds; both give the same result.
+    """
+    coded = interactions if isinstance(interactions, CodedInteractions) else CodedInteractions.from_frame(interactions, source)
     dropped = {k: 0 for k in ("below_rating_threshold", "duplicate", "item_core", "user_core", "user_too_short", "no_train_history")}
-    fo = opts.filter
-    if fo.rating_threshold is not None:
-        if "rating" not in df.columns:
-            raise DataError(f"{source}: rating_threshold is set but the data has no rating column")
-        bad = ~(df["rating"] >= fo.rating_threshold)
-        dropped["below_rating_threshold"] = int(bad.sum())
-        df = df[~bad]
-    df = df.sort_values(["user", "timestamp", "_row"], kind="stable")
-    if fo.duplicates != "keep_all":
-        dup = df.duplicated(["user", "item"], keep="first" if fo.duplicates == "keep_first" else "last")
-        dropped["duplicate"] = int(dup.sum())
-        df = df[~dup]
+    r = _filter(coded, opts, source, dropped)
     so = opts.split
-    user_min = MIN_LOO_LENGTH if so.kind == "leave_one_out" else 0
-    df = _k_core(df, user_min, fo.user_core, fo.item_core, dropped)
-    if so.kind == "time":
-        if so.valid_start is None or so.test_start is None or so.valid_start > so.test_start:
-            raise DataError(f"{source}: the time split needs valid_start <= test_start")
-        period = np.where(df["timestamp"] < so.valid_start, 0, np.where(df["timestamp"] < so.test_start, 1, 2))
-        df = df.assign(_period=period)
-        has_train = df.groupby("user")["_period"].transform("min") == 0
-        dropped["no_train_history"] = int((~has_train).sum())
-        df = df[has_train]
-    if df["item"].nunique() < 2:
+    if np.count_nonzero(np.bincount(r.item, minlength=len(coded.item_vocab))) < 2:
         raise DataError(f"{source}: fewer than 2 items are left after filtering ({dict(dropped)} rows dropped); relax the filters")
-    user_raw = _sort_key(df["user"])
-    warm_raw = _sort_key(df["item"])
-    user_idx = {u: i + 1 for i, u in enumerate(user_raw)}
-    item_idx = {it: i + 1 for i, it in enumerate(warm_raw)}
-    df = df.assign(uid=df["user"].map(user_idx).astype(np.int64), iid=df["item"].map(item_idx).astype(np.int32))
-    df = df.sort_values(["uid", "timestamp", "_row"], kind="stable")
+    user_raw, user_lut = _id_map(r.user, coded.user_vocab)
+    warm_raw, item_lut = _id_map(r.item, coded.item_vocab)
+    uid = user_lut[r.user]
+    r = r.take(np.lexsort((r.row, r.ts, uid)))
+    uid, iid = user_lut[r.user], item_lut[r.item].astype(np.int32)
 
     n_users = len(user_raw)
-    uid = df["uid"].to_numpy()
     counts = np.bincount(uid, minlength=n_users + 1)
-    pos = np.arange(len(df)) - np.repeat(np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    pos = np.arange(len(r)) - np.repeat(np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
     if so.kind == "leave_one_out":
         from_end = np.repeat(counts, counts) - pos
         period = np.where(from_end == 1, 2, np.where(from_end == 2, 1, 0))
     else:
-        period = df["_period"].to_numpy()
-    ts = df["timestamp"].to_numpy()
+        period = r.period
+    ts = r.ts
     if np.issubdtype(ts.dtype, np.floating):
         ts = np.round(ts)
     ts = ts.astype(np.int64)
-    iid = df["iid"].to_numpy().astype(np.int32)
     splits: dict[str, Ragged] = {}
     for p, name in enumerate(("train", "validation", "test")):
         sel = period == p
@@ -231,7 +265,7 @@ def build_tables(
         log.warning("%d items have no metadata; their sentence is 'item: <raw id>'", no_meta)
 
     n_items = len(warm_raw)
-    n_inter = int(len(df))
+    n_inter = len(r)
     stats = {
         "users": n_users,
         "items": n_items,
@@ -243,7 +277,7 @@ def build_tables(
         "density": n_inter / max(1, n_users * n_items),
         "sequence_length": _percentiles(counts[1:]),
         "items_without_metadata": no_meta,
-        "input_rows": int(len(interactions)),
+        "input_rows": len(coded),
         "dropped": dropped,
         "split": so.kind,
     }

@@ -4,7 +4,8 @@ Every reader returns ``(interactions, items, inputs)``:
 
 * ``interactions``: DataFrame with ``user`` and ``item`` (raw ids, ``str``), ``timestamp`` (float,
   seconds where the source says what it is) and, when the source has one, ``rating``; in source
-  row order;
+  row order; or, from a streaming reader (``amazon``), the same rows as a
+  :class:`~darec.data.coded.CodedInteractions` (integer codes and numpy columns);
 * ``items``: DataFrame with ``item`` (raw id) plus one column per attribute (a string, a number,
   a list of strings or ``None``), or ``None`` when the source has no item metadata;
 * ``inputs``: ``{path: sha256}`` of every file read.
@@ -25,13 +26,14 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from darec.data.coded import CodedInteractions
 from darec.data.prepared import sha256_file
 from darec.data.rawio import RawTable, read_delimited, read_text
 from darec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-ReaderResult = tuple[pd.DataFrame, "pd.DataFrame | None", dict[str, str]]
+ReaderResult = tuple["pd.DataFrame | CodedInteractions", "pd.DataFrame | None", dict[str, str]]
 Reader = Callable[..., ReaderResult]
 READERS: dict[str, Reader] = {}
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from darec.data.coded import CodeBuilder
 from darec.data.rawio import RawTable, iter_json_lines, parse_times, read_delimited, read_parquet
 from darec.data.readers import ReaderResult, _blank_to_none, _inputs, _interactions, _items_frame, register_reader
 from darec.errors import ConfigError, DataError
@@ -74,16 +75,14 @@ def read_amazon(reviews: str, meta: str | None = None, flavour: str = "auto", en
     ``flavour``: ``2018`` (reviewerID / asin / unixReviewTime / overall), ``2023`` (user_id /
     parent_asin / timestamp in ms / rating) or ``auto`` (from the first record's fields). Item
     attributes: ``title``, ``brand`` (``store`` in 2023) and ``categories`` (a flat list).
-    Files are streamed line by line.
+    Files are streamed line by line into a :class:`~darec.data.coded.CodedInteractions` (integer
+    codes per distinct id, numpy columns), so memory grows with the distinct ids, not the rows.
     """
     flavour = str(flavour)
     if flavour not in ("auto", "2018", "2023"):
         raise ConfigError(f"amazon reader: flavour must be auto, 2018 or 2023, got {flavour!r}")
     rpath = Path(reviews)
-    users: list[str] = []
-    items: list[str] = []
-    times: list[float] = []
-    ratings: list[float] = []
+    rows = CodeBuilder()
     fields: dict[str, Any] = {}
     for line, rec in iter_json_lines(rpath, encoding):
         if not fields:
@@ -94,13 +93,13 @@ def read_amazon(reviews: str, meta: str | None = None, flavour: str = "auto", en
             v = rec.get(fields[key])
             if v is None or not str(v).strip():
                 raise DataError(f"{rpath}, line {line}: missing field {fields[key]!r} ({key} id)")
-        users.append(str(rec[fields["user"]]).strip())
-        items.append(str(rec[fields["item"]]).strip())
-        times.append(_number(rpath, line, rec, fields["timestamp"], "timestamp", True) * fields["scale"])
-        ratings.append(_number(rpath, line, rec, fields["rating"], "rating", False))
-    inter = pd.DataFrame({"user": users, "item": items, "timestamp": np.asarray(times, dtype=np.float64)})
-    if not np.isnan(ratings).all():
-        inter["rating"] = np.asarray(ratings, dtype=np.float64)
+        rows.add(
+            str(rec[fields["user"]]).strip(),
+            str(rec[fields["item"]]).strip(),
+            _number(rpath, line, rec, fields["timestamp"], "timestamp", True) * fields["scale"],
+            _number(rpath, line, rec, fields["rating"], "rating", False),
+        )
+    inter = rows.finish()
     if meta is None:
         return inter, None, _inputs(rpath)
     mpath = Path(meta)

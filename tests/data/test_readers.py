@@ -146,7 +146,7 @@ def test_amazon_2018(tmp_path: Path, jsonl, gz: bool) -> None:
         {"asin": "B9", "title": "Cold item", "brand": "Zed"},
     ], gz)  # fmt: skip
     inter, items, inputs = read_source("amazon", {"reviews": str(reviews), "meta": str(meta)})
-    assert inter.to_dict("list") == {"user": ["U1", "U1"], "item": ["B1", "B2"], "timestamp": [1400000000.0, 1400000100.0], "rating": [5.0, 3.0]}
+    assert inter.to_frame().to_dict("list") == {"user": ["U1", "U1"], "item": ["B1", "B2"], "timestamp": [1400000000.0, 1400000100.0], "rating": [5.0, 3.0]}
     a = _attrs(items)
     assert a["B1"] == {"title": "Lipstick", "brand": "Acme", "categories": ["Beauty", "Makeup", "Lips"]}
     assert a["B2"] == {"title": None, "brand": None, "categories": ["Beauty", "Skin"]}
@@ -163,7 +163,7 @@ def test_amazon_2023_python_literal_meta(tmp_path: Path, jsonl) -> None:
     meta.write_text(json.dumps({"parent_asin": "P1", "title": "Soap", "store": "CleanCo", "categories": ["Beauty"]}) + "\n"
                     + "{'parent_asin': 'P2', 'title': 'Comb', 'store': None, 'categories': []}\n")  # fmt: skip
     inter, items, _ = read_source("amazon", {"reviews": str(reviews), "meta": str(meta), "flavour": 2023})
-    assert inter["timestamp"].tolist() == [1588615855.07, 1588615855.999]
+    assert inter.timestamp.tolist() == [1588615855.07, 1588615855.999]
     assert _attrs(items) == {"P1": {"title": "Soap", "brand": "CleanCo", "categories": ["Beauty"]},
                              "P2": {"title": "Comb", "brand": None, "categories": []}}  # fmt: skip
 
