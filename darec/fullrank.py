@@ -69,12 +69,22 @@ def _all_finite(s: Tensor) -> bool:
     return bool(torch.isfinite(s.sum()))
 
 
+def _unmasked_rows(bad_scores: Tensor, lo: int, hi: int, masked_ids: Tensor | None) -> Tensor:
+    """Per row: is any of the flagged scores ``bad_scores`` [B, hi-lo] outside ``masked_ids``?"""
+    if masked_ids is not None:
+        bad_scores &= ~_columns(masked_ids, lo, hi)
+    return bad_scores.any(1)
+
+
 def _unmasked_non_finite(s: Tensor, lo: int, hi: int, masked_ids: Tensor | None, all_finite: bool) -> Tensor:
     """Per row: does the chunk hold a non-finite score outside ``masked_ids``? Free when ``all_finite``."""
     if all_finite:
         return torch.zeros(s.shape[0], dtype=torch.bool, device=s.device)
-    masked = _columns(masked_ids, lo, hi) if masked_ids is not None else torch.zeros_like(s, dtype=torch.bool)
-    return (~torch.isfinite(s) & ~masked).any(1)
+    return _unmasked_rows(~torch.isfinite(s), lo, hi, masked_ids)
+
+
+def _nan_or_inf(x: Tensor) -> bool:
+    return bool((torch.isnan(x) | torch.isposinf(x)).any())
 
 
 class _ByChunk:
@@ -246,28 +256,86 @@ def _best_first(scores: Tensor, ids: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return scores[:, :k], ids.gather(1, order)[:, :k]
 
 
-def _at_or_above(s: Tensor, thr: Tensor, finite: bool, block: int = 64) -> tuple[Tensor, Tensor]:
-    """Coordinates (row-major order) of the scores ``>= thr`` per row in chunk ``s``.
+def _at_or_above(s: Tensor, thr: Tensor, block: int = 64) -> tuple[Tensor, Tensor, bool]:
+    """Coordinates (row-major order) of the scores ``>= thr`` per row in chunk ``s``, and whether the
+    chunk is free of NaN and +inf.
 
-    With every score finite, the maximum of each block of ``block`` columns is taken first (a fast
-    float reduction) and only blocks whose maximum reaches the threshold are compared item by item.
-    A NaN would hide its block's maximum, so a chunk with non-finite scores is compared directly.
+    The maximum of each block of ``block`` columns is taken first (a fast float reduction), and only
+    blocks whose maximum reaches the threshold are compared item by item. The block maxima also
+    reveal NaN and +inf (a maximum propagates both); since a NaN hides its block's other scores,
+    such a chunk is compared directly.
     """
     batch, width = s.shape
-    n_blocks = width // block if finite and s.stride(1) == 1 else 0
-    if n_blocks == 0:
-        return (s >= thr[:, None]).nonzero(as_tuple=True)
-    blocks = s.as_strided((batch, n_blocks, block), (s.stride(0), block, 1))
-    b_rows, b_idx = (blocks.amax(2) >= thr[:, None]).nonzero(as_tuple=True)
-    hit_at, in_block = (blocks[b_rows, b_idx] >= thr[b_rows, None]).nonzero(as_tuple=True)
-    rows, cols = b_rows[hit_at], b_idx[hit_at] * block + in_block
-    tail = n_blocks * block
-    if tail < width:
-        t_rows, t_cols = (s[:, tail:] >= thr[:, None]).nonzero(as_tuple=True)
-        rows, cols = torch.cat([rows, t_rows]), torch.cat([cols, t_cols + tail])
-        order = torch.argsort(rows, stable=True)
-        rows, cols = rows[order], cols[order]
-    return rows, cols
+    n_blocks = width // block if s.stride(1) == 1 else 0
+    if n_blocks:
+        blocks = s.as_strided((batch, n_blocks, block), (s.stride(0), block, 1))
+        b_max = blocks.amax(2)
+        tail = n_blocks * block
+        if not _nan_or_inf(b_max) and not _nan_or_inf(s[:, tail:]):
+            b_rows, b_idx = (b_max >= thr[:, None]).nonzero(as_tuple=True)
+            if s.is_contiguous() and tail == width:  # one flat row per block: index_select beats 2-D indexing
+                picked = s.view(batch * n_blocks, block).index_select(0, b_rows * n_blocks + b_idx)
+            else:
+                picked = blocks[b_rows, b_idx]
+            hit_at, in_block = (picked >= thr.index_select(0, b_rows)[:, None]).nonzero(as_tuple=True)
+            rows, cols = b_rows[hit_at], b_idx[hit_at] * block + in_block
+            if tail < width:
+                t_rows, t_cols = (s[:, tail:] >= thr[:, None]).nonzero(as_tuple=True)
+                rows, cols = torch.cat([rows, t_rows]), torch.cat([cols, t_cols + tail])
+                order = torch.argsort(rows, stable=True)
+                rows, cols = rows[order], cols[order]
+            return rows, cols, True
+    rows, cols = (s >= thr[:, None]).nonzero(as_tuple=True)
+    return rows, cols, not _nan_or_inf(s)
+
+
+class _RunningTopK:
+    """Per row, the best ``k`` (score, id) so far; candidates are queued and merged in batches."""
+
+    def __init__(self, batch: int, k: int, sentinel: int, hist: Tensor, dtype: torch.dtype, device: torch.device,
+                 pending_cap: int) -> None:
+        self.k, self.sentinel, self.hist, self.cap = k, sentinel, hist, max(pending_cap, 1)
+        self.scores = torch.full((batch, k), float("-inf"), dtype=dtype, device=device)  # -inf + sentinel: empty
+        self.items = torch.full((batch, k), sentinel, dtype=torch.long, device=device)
+        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.n_pending = 0
+
+    def threshold(self) -> Tensor:
+        return self.scores[:, -1]
+
+    def add(self, rows: Tensor, ids: Tensor, scores: Tensor) -> None:
+        if rows.numel():
+            self.pending.append((rows, ids, scores))
+            self.n_pending += rows.numel()
+
+    def pending_full(self) -> bool:
+        return self.n_pending >= self.cap
+
+    def merge(self) -> None:
+        """Drop queued history items and merge the rest into the best ``k`` of their rows."""
+        if not self.pending:
+            return
+        rows, ids, scores = (torch.cat(x) for x in zip(*self.pending))
+        self.pending, self.n_pending = [], 0
+        keep = ~_in_sorted_rows(self.hist[rows], ids[:, None]).squeeze(1)
+        rows, ids, scores = rows[keep], ids[keep], scores[keep]
+        if rows.numel() == 0:
+            return
+        rows, order = rows.sort(stable=True)
+        ids, scores = ids[order], scores[order]
+        touched, counts = torch.unique_consecutive(rows, return_counts=True)
+        slot = torch.repeat_interleave(torch.arange(touched.numel(), device=rows.device), counts)
+        pos = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[slot]
+        shape = (touched.numel(), int(counts.max()))
+        cand_s = torch.full(shape, float("-inf"), dtype=scores.dtype, device=rows.device)
+        cand_i = torch.full(shape, self.sentinel, dtype=torch.long, device=rows.device)
+        cand_s[slot, pos], cand_i[slot, pos] = scores, ids
+        merged = _best_first(torch.cat([self.scores[touched], cand_s], 1), torch.cat([self.items[touched], cand_i], 1), self.k)
+        self.scores[touched], self.items[touched] = merged
+
+    def ids(self) -> Tensor:
+        """``[B, k]`` item ids, best first; 0 where a row has fewer than ``k`` unmasked items."""
+        return self.items.masked_fill(self.items == self.sentinel, 0)
 
 
 def chunked_topk(
@@ -276,14 +344,16 @@ def chunked_topk(
     """Top-``k`` item ids ``[B, min(k, num_items)]`` over ``1..num_items``, best first, history masked.
 
     Ties go to the lower item id, so the result is exact and deterministic. A row with fewer than
-    ``k`` unmasked items is padded with id 0. A non-finite unmasked score raises
-    :class:`EvaluationError`.
+    ``k`` unmasked items is padded with id 0. A NaN or +inf unmasked score raises
+    :class:`EvaluationError`; -inf is allowed (a model may use it to exclude items: such an item
+    comes after every finite one).
 
     Each row keeps its running best ``k`` (score, id) and their ``k``-th score as a threshold. In a
     chunk only the items scoring at or above the threshold are candidates (found through per-block
-    maxima, see :func:`_at_or_above`); while a row has no threshold yet, one ``topk`` of ``k`` plus the chunk's
-    history count gives it one. Candidates that are history items are dropped, and the survivors are
-    merged with the running best.
+    maxima, see :func:`_at_or_above`); while a row has no threshold yet, one ``topk`` of ``k`` plus
+    the chunk's history count gives it one. Candidates are queued and merged (history items dropped)
+    after chunks 1, 2, 4, 8, ... and the last, or when the queue reaches a quarter of a chunk, so the
+    threshold lags a little but the merge runs only ~log2(#chunks) times.
     """
     if chunk_size < 1 or k < 1:
         raise EvaluationError(f"chunk_size and k must be >= 1, got {chunk_size} and {k}")
@@ -292,40 +362,28 @@ def chunked_topk(
     device, kk = history.device, min(k, num_items)
     hist = history.long().sort(1).values
     by_chunk = _ByChunk(hist, chunk_size, num_items)
-    sentinel = num_items + 1  # an empty slot: score -inf, sorts after every real id
-    best_s: Tensor | None = None
-    best_i = torch.full((batch, kk), sentinel, dtype=torch.long, device=device)
+    top: _RunningTopK | None = None
     bad = torch.zeros(batch, dtype=torch.bool, device=device)
-    for lo in range(1, num_items + 1, chunk_size):
+    starts = range(1, num_items + 1, chunk_size)
+    merge_at = 1  # merge after chunks 1, 2, 4, 8, ...: the threshold lags, candidates stay few
+    for n, lo in enumerate(starts, start=1):
         hi = min(lo + chunk_size, num_items + 1)
         s = _chunk(score_chunk, lo, hi, batch)
-        finite = _all_finite(s)
-        bad |= _unmasked_non_finite(s, lo, hi, hist, finite)
-        if best_s is None:
-            best_s = torch.full((batch, kk), float("-inf"), dtype=s.dtype, device=device)
-        thr = best_s[:, -1]
+        top = top or _RunningTopK(batch, kk, num_items + 1, hist, s.dtype, device, pending_cap=batch * chunk_size // 4)
+        thr = top.threshold()
         need = thr == float("-inf")
         if bool(need.any()):
             m = by_chunk.max_per_row(lo, batch)
-            top = torch.topk(s, min(hi - lo, kk + m), dim=1, sorted=False).values
-            chunk_thr = torch.where(torch.isnan(top), float("inf"), top).amin(1)
-            thr = torch.where(need, chunk_thr, thr)
-        rows, cols = _at_or_above(s, thr, finite)
-        if rows.numel() == 0:
-            continue
-        touched, counts = torch.unique_consecutive(rows, return_counts=True)  # rows come sorted
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.repeat_interleave(torch.arange(touched.numel(), device=device), counts)
-        pos = torch.arange(rows.numel(), device=device) - starts[slot]
-        shape = (touched.numel(), int(counts.max()))
-        cand_s = torch.full(shape, float("-inf"), dtype=s.dtype, device=device)
-        cand_i = torch.full(shape, sentinel, dtype=torch.long, device=device)
-        cand_s[slot, pos] = s[rows, cols]
-        cand_i[slot, pos] = cols + lo
-        drop = _in_sorted_rows(hist[touched], cand_i) | (cand_i == sentinel)
-        cand_s = cand_s.masked_fill(drop, float("-inf"))
-        cand_i = cand_i.masked_fill(drop, sentinel)
-        merged = _best_first(torch.cat([best_s[touched], cand_s], 1), torch.cat([best_i[touched], cand_i], 1), kk)
-        best_s[touched], best_i[touched] = merged
+            chunk_top = torch.topk(s, min(hi - lo, kk + m), dim=1, sorted=False).values
+            thr = torch.where(need, torch.where(torch.isnan(chunk_top), float("inf"), chunk_top).amin(1), thr)
+        rows, cols, clean = _at_or_above(s, thr)
+        if not clean:
+            bad |= _unmasked_rows(torch.isnan(s) | torch.isposinf(s), lo, hi, hist)
+        top.add(rows, cols + lo, s[rows, cols])
+        if n == merge_at or n == len(starts) or top.pending_full():
+            top.merge()
+            merge_at = merge_at * 2 if n == merge_at else merge_at
     raise_non_finite(bad)
-    return best_i.masked_fill(best_i == sentinel, 0)
+    assert top is not None
+    return top.ids()
+

@@ -221,12 +221,18 @@ def test_chunked_topk_masked_nan_ignored_unmasked_raises() -> None:
     s[:, 0] = float("nan")  # padding column, never read
     expected = chunked_topk(lambda lo, hi: scores[:, lo:hi], 20, history, 5, 3)
     assert torch.equal(chunked_topk(lambda lo, hi: s[:, lo:hi], 20, history, 5, 3), expected)
-    for bad in (float("nan"), float("inf"), float("-inf")):
-        s = scores.clone()
-        free = next(i for i in range(1, 21) if i not in history[2].tolist())
-        s[2, free] = bad
-        with pytest.raises(EvaluationError, match="1 of 6 rows.*row 2"):
-            chunked_topk(lambda lo, hi: s[:, lo:hi], 20, history, 5, 3)
+    free = next(i for i in range(1, 21) if i not in history[2].tolist())
+    for bad in (float("nan"), float("inf")):
+        for width in (3, 64):  # direct compare; block maxima
+            s = torch.cat([scores, torch.rand(6, 100)], 1)
+            s[2, free] = bad
+            with pytest.raises(EvaluationError, match="1 of 6 rows.*row 2"):
+                chunked_topk(lambda lo, hi: s[:, lo:hi], 120, history, 5, width)
+    s = scores.clone()
+    s[2, free] = float("-inf")  # allowed: the item comes after every finite one
+    got = chunked_topk(lambda lo, hi: s[:, lo:hi], 20, history, 20, 3)
+    assert got[2].tolist() == ref_topk(s[2].numpy(), history[2].numpy(), 20)
+    assert got[2].tolist().index(free) == 20 - len(set(history[2].tolist()) - {0}) - 1
 
 
 def test_histogram_merge_equals_whole() -> None:
@@ -319,3 +325,17 @@ def test_format_metrics_table() -> None:
     assert [ln.split()[0] for ln in lines[3:]] == [f"sampled_{k}" for k in METRIC_KEYS]
     assert all(ln.endswith("0.1250") for ln in lines[3:])
     assert len({ln.index("0.1250") for ln in lines[3:]}) == 1
+
+
+def test_eval_scale_benchmark_smoke(tmp_path) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_scale.py"
+    spec = importlib.util.spec_from_file_location("eval_scale", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    out = tmp_path / "eval_scale.json"
+    result = bench.main(["--users", "300", "--items", "3000", "--user-batch", "128", "--chunk", "512", "--out", str(out)])
+    assert set(result["seconds"]) == {"matmul", "ranks", "top-10"} and result["peak_rss_gb"]["end"] > 0
+    assert out.exists() and 0 <= result["ndcg@10_random_vectors"] <= 1

@@ -80,3 +80,14 @@ def test_bad_line_in_gzip_names_file_and_line_and_leaves_nothing(tmp_path: Path,
     with pytest.raises(DataError, match=r"bad\.jsonl\.gz, line 1234: timestamp 'soon'"):
         prepare(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl.gz"]
+
+
+def test_prepare_scale_benchmark_smoke(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("prepare_scale", ROOT / "benchmarks" / "prepare_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    out = tmp_path / "prepare_scale.json"
+    result = bench.main(["--rows", "20000", "--work", str(tmp_path / "work"), "--out", str(out)])
+    (run,) = result["runs"]
+    assert run["rows"] == 20000 and run["prepared"]["interactions"] > 0 and 0 < run["peak_rss_gb"] < 4
+    assert json.loads(out.read_text())["git"]["commit"] and not (tmp_path / "work" / "raw-20000").exists()
