@@ -15,6 +15,7 @@ OWN_COMMANDS: dict[str, str] = {
     "recommend": "darec.recommend:recommend_main",
     "export-item-vectors": "darec.recommend:export_item_vectors_main",
     "export-embeddings": "darec.export:export_main",
+    "search": "darec.search.cli:search_main",
 }
 HELP = """usage: darec <command> [options]
 
@@ -40,6 +41,9 @@ DARec inference:
 Collaborative embeddings (for DARec's knowledge injection):
   export-embeddings   SASRec/LightGCN checkpoint -> safetensors + JSON sidecar:
                       darec export-embeddings --ckpt CKPT --out cf/sasrec.safetensors
+
+Dynamic adaption (per-layer adapter types by Bayesian optimisation, Ax):
+  search       darec search --config configs/search_darec_ml100k.yaml [--resume] [--parallel N] [--refit]
 
 Common LightningCLI options: --config FILE, --print_config, --seed_everything N,
   --trainer.max_epochs N, --trainer.devices N, --trainer.strategy ddp, --ckpt_path CKPT

@@ -1,0 +1,104 @@
+"""PNG plots of a search: the optimisation trace, per-layer choices among the top trials, the Pareto front."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from darec.search.space import SearchSpace
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, title: str) -> Path:
+    """Label an NDCG@10 plot, write it as PNG and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_trace(records: dict[int, dict[str, Any]], path: Path) -> Path:
+    """Validation NDCG@10 of every search trial and the best so far, against the trial number."""
+    plt = _pyplot()
+    rows = sorted(records.values(), key=lambda r: r["trial"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ok = [r for r in rows if r["status"] == "completed"]
+    ax.scatter([r["trial"] for r in ok], [r["ndcg@10"] for r in ok], s=18, color="tab:blue", label="trial")
+    best, xs, ys = -math.inf, [], []
+    for r in rows:
+        if r["status"] == "completed":
+            best = max(best, r["ndcg@10"])
+        if best > -math.inf:
+            xs.append(r["trial"])
+            ys.append(best)
+    ax.step(xs, ys, where="post", color="tab:orange", label="best so far")
+    failed = [r["trial"] for r in rows if r["status"] != "completed"]
+    if failed:
+        low = min([r["ndcg@10"] for r in ok], default=0.0)
+        ax.scatter(failed, [low] * len(failed), marker="x", color="tab:red", label="failed")
+    return _save(fig, ax, path, "trial", "Adapter search: optimisation trace")
+
+
+def top_trials(records: dict[int, dict[str, Any]], fraction: float) -> list[dict[str, Any]]:
+    ok = sorted((r for r in records.values() if r["status"] == "completed"), key=lambda r: -r["ndcg@10"])
+    return ok[: max(1, math.ceil(fraction * len(ok)))] if ok else []
+
+
+def choice_counts(records: dict[int, dict[str, Any]], space: SearchSpace, fraction: float) -> np.ndarray:
+    """``[layer, type]`` counts of each adapter type among the top ``fraction`` of completed trials."""
+    counts = np.zeros((space.num_layers, len(space.types)), dtype=int)
+    for r in top_trials(records, fraction):
+        for layer, entry in enumerate(r["adapters"]):
+            name = entry if entry in space.types else entry.rpartition(":")[0]
+            counts[layer, space.types.index(name)] += 1
+    return counts
+
+
+def plot_choices(records: dict[int, dict[str, Any]], space: SearchSpace, fraction: float, path: Path) -> Path:
+    """Heat map: how often each layer chose each type among the top trials."""
+    plt = _pyplot()
+    counts = choice_counts(records, space, fraction)
+    n = len(top_trials(records, fraction))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(space.types), 1.2 + 0.45 * space.num_layers))
+    ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(n, 1), aspect="auto")
+    for (i, j), c in np.ndenumerate(counts):
+        ax.text(j, i, str(c), ha="center", va="center", color="white" if c > n / 2 else "black")
+    ax.set_xticks(range(len(space.types)), [t.rsplit(".", 1)[-1] for t in space.types], rotation=20)
+    ax.set_yticks(range(space.num_layers), [f"layer {i}" for i in range(space.num_layers)])
+    ax.set_title(f"Choices among the top {n} trial(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(records: dict[int, dict[str, Any]], front: list[Any], path: Path) -> Path:
+    """Trainable parameters against validation NDCG@10; the Pareto front joined, fresh-seed means with error bars."""
+    plt = _pyplot()
+    ok = [r for r in records.values() if r["status"] == "completed" and r.get("trainable_params")]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.scatter([r["trainable_params"] for r in ok], [r["ndcg@10"] for r in ok], s=16, color="tab:gray", label="trial")
+    pts = sorted((c.trainable_params, c.search_ndcg10) for c in front if c.trainable_params)
+    if pts:
+        ax.plot(*zip(*pts), "-o", color="tab:orange", label="Pareto front (search)")
+    judged = [c for c in front if c.fresh and c.trainable_params]
+    if judged:
+        ax.errorbar([c.trainable_params for c in judged], [c.mean for c in judged], yerr=[c.std for c in judged],
+                    fmt="s", color="tab:green", capsize=3, label="fresh seeds (mean ± std)")
+    ax.set_xscale("log")
+    return _save(fig, ax, path, "trainable parameters", "Adapter search: quality against size")

@@ -1,0 +1,157 @@
+"""After the search: pick the candidates, judge them on fresh seeds against uniform, write configs and a summary."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from darec.data.prepared import atomic_write_text
+from darec.errors import DarecError
+from darec.search.config import SearchConfig
+from darec.search.space import Candidate, SearchSpace
+from darec.search.state import SearchState
+from darec.search.trial import TrialJob, fit_config
+
+RERUN_SEED_OFFSET = 100_000  # fresh seeds: never used by a search trial
+
+
+@dataclass
+class CandidateStats:
+    """A re-run candidate: its search result and its fresh-seed validation NDCG@10 values."""
+
+    candidate: Candidate
+    role: str  # "top" | "pareto" | "uniform"
+    search_ndcg10: float | None = None  # mean over the search trials that ran it (None: not searched)
+    trainable_params: int | None = None
+    fresh: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.fresh) if self.fresh else None
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.fresh) if len(self.fresh) > 1 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.candidate.to_json(), "label": self.candidate.label(), "role": self.role,
+                "search_ndcg@10": self.search_ndcg10, "fresh_ndcg@10": self.fresh, "fresh_mean": self.mean,
+                "fresh_std": self.std, "trainable_params": self.trainable_params, "failures": self.failures}
+
+
+def fresh_seeds(cfg: SearchConfig) -> list[int]:
+    return [cfg.seed + RERUN_SEED_OFFSET + r for r in range(cfg.rerun.seeds)]
+
+
+def _by_candidate(records: dict[int, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(records.values(), key=lambda r: r["trial"]):
+        if r["status"] == "completed":
+            groups.setdefault(r["candidate_key"], []).append(r)
+    return groups
+
+
+def pick_candidates(cfg: SearchConfig, space: SearchSpace, state: SearchState,
+                    records: dict[int, dict[str, Any]]) -> tuple[list[CandidateStats], list[CandidateStats]]:
+    """(candidates to re-run, the whole Pareto front or [] when single-objective)."""
+    groups = _by_candidate(records)
+    if not groups:
+        reasons = sorted({str(r.get("reason")) for r in records.values()})
+        raise DarecError(f"no search trial completed ({len(records)} failed); reasons: {reasons[:5]}")
+
+    def stats(key: str, role: str) -> CandidateStats:
+        rows = groups[key]
+        return CandidateStats(Candidate.from_json(rows[0]), role, statistics.fmean(r["ndcg@10"] for r in rows),
+                              rows[0].get("trainable_params"))
+
+    if not cfg.multi_objective:
+        ranked = sorted(groups, key=lambda k: -statistics.fmean(r["ndcg@10"] for r in groups[k]))
+        return [stats(k, "top") for k in ranked[: cfg.rerun.top_k]], []
+    front: list[CandidateStats] = []
+    for params, _, _, _ in state.client.get_pareto_frontier(use_model_predictions=False):
+        key = space.candidate(params).key
+        if key in groups and key not in {c.candidate.key for c in front}:
+            front.append(stats(key, "pareto"))
+    front.sort(key=lambda c: -(c.search_ndcg10 or 0.0))
+    return front[: cfg.rerun.top_k], front
+
+
+def rerun_jobs(cfg: SearchConfig, picks: list[CandidateStats], uniform: Candidate) -> list[TrialJob]:
+    """Every (candidate, fresh seed) pair, the uniform baseline included, without duplicates."""
+    jobs, seen = [], set()
+    for cand in [p.candidate for p in picks] + [uniform]:
+        for seed in fresh_seeds(cfg):
+            if (cand.key, seed) not in seen:
+                seen.add((cand.key, seed))
+                tag = "uniform" if cand == uniform else f"cand{[p.candidate for p in picks].index(cand)}"
+                jobs.append(TrialJob(len(jobs), "rerun", cand, seed, Path(cfg.out_dir) / "reruns" / f"{tag}_seed{seed}"))
+    return jobs
+
+
+def attach_fresh(stats: list[CandidateStats], reruns: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> None:
+    for s in stats:
+        for seed in seeds:
+            r = reruns.get((s.candidate.key, seed))
+            if r is None:
+                continue
+            if r["status"] == "completed":
+                s.fresh.append(float(r["ndcg@10"]))
+            else:
+                s.failures.append(str(r.get("reason")))
+            if s.trainable_params is None:
+                s.trainable_params = r.get("trainable_params")
+
+
+def declare_best(picks: list[CandidateStats]) -> CandidateStats:
+    judged = [p for p in picks if p.fresh]
+    if not judged:
+        reasons = sorted({f for p in picks for f in p.failures})
+        raise DarecError(f"every fresh-seed re-run of the top candidates failed; reasons: {reasons[:5]}")
+    return max(judged, key=lambda p: p.mean)
+
+
+def write_fit_config(path: Path, base: dict[str, Any], cfg: SearchConfig, stats: CandidateStats, note: str) -> None:
+    """A ready-to-run ``darec fit --config`` file for ``stats.candidate`` (full budget, tests once)."""
+    doc = fit_config(base, stats.candidate)
+    if cfg.refit.epochs is not None:
+        doc.setdefault("trainer", {})["max_epochs"] = cfg.refit.epochs
+    doc["test_after_fit"] = True
+    fresh = f"{stats.mean:.4f} ± {stats.std:.4f} over {len(stats.fresh)} fresh seeds" if stats.fresh else "not re-run"
+    header = (f"# Written by darec search ({note}).\n# adapters: {stats.candidate.label()}\n"
+              f"# fresh-seed validation NDCG@10: {fresh}; trainable parameters: {stats.trainable_params}\n"
+              f"# Run: darec fit --config {path}\n")
+    atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False))
+
+
+def summary_table(best: CandidateStats, uniform: CandidateStats, picks: list[CandidateStats]) -> str:
+    rows = [("candidate", "role", "search NDCG@10", "fresh NDCG@10 (mean ± std, n)", "trainable params")]
+    for s in picks + [uniform]:
+        role = s.role + (" (best)" if s is best else "")
+        search = f"{s.search_ndcg10:.4f}" if s.search_ndcg10 is not None else "–"
+        fresh = f"{s.mean:.4f} ± {s.std:.4f} ({len(s.fresh)})" if s.fresh else f"failed ({len(s.failures)})"
+        rows.append((s.candidate.label(), role, search, fresh, f"{s.trainable_params:,}" if s.trainable_params else "–"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def smaller_within_one_std(best: CandidateStats, front: list[CandidateStats]) -> list[CandidateStats]:
+    """Re-run Pareto points with fewer trainable parameters than ``best`` and a fresh mean within one std of it."""
+    if best.mean is None or best.trainable_params is None:
+        return []
+    return [c for c in front if c.fresh and c.trainable_params is not None and c.trainable_params < best.trainable_params
+            and c.mean >= best.mean - best.std]
+
+
+def write_summary(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
+__all__ = ["CandidateStats", "pick_candidates", "rerun_jobs", "attach_fresh", "declare_best", "write_fit_config",
+           "summary_table", "smaller_within_one_std", "write_summary", "fresh_seeds"]

@@ -1,0 +1,209 @@
+"""`darec search` with a synthetic objective in place of training: BO against random, resume, failures, Pareto."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from darec.errors import ConfigError
+from darec.search import TrialResult, config_from_dict, run_search
+from darec.search.state import Journal
+
+TYPES = ["none", "serial", "lora"]
+# The planted objective: each layer prefers one type (gain 0.06), has a second choice (0.03) and a worst (0).
+GAIN = [{"lora": 0.06, "serial": 0.03, "none": 0.0},
+        {"serial": 0.06, "lora": 0.03, "none": 0.0},
+        {"none": 0.06, "lora": 0.03, "serial": 0.0}]
+PLANTED = ("lora", "serial", "none")
+MARGIN = 0.03  # the planted best beats every other assignment by at least this much
+NOISE = 0.01  # standard deviation of the observation noise
+PARAMS = {"none": 0, "serial": 100, "lora": 30}
+
+
+def true_value(assignment) -> float:
+    return sum(GAIN[i][t] for i, t in enumerate(assignment))
+
+
+class Planted:
+    """The synthetic objective: the planted value plus seeded noise; records every call."""
+
+    def __init__(self, fail: dict[int, str] | None = None, interrupt_at: int | None = None):
+        self.calls: list[tuple[str, int, tuple[str, ...]]] = []
+        self.fail = fail or {}
+        self.interrupt_at = interrupt_at
+
+    def __call__(self, job) -> TrialResult:
+        self.calls.append((job.phase, job.index, job.candidate.assignment))
+        if job.phase == "search" and job.index == self.interrupt_at:
+            raise KeyboardInterrupt  # the search process is killed while this trial trains
+        if job.phase == "search" and job.index in self.fail:
+            if self.fail[job.index] == "nan":
+                return TrialResult("completed", float("nan"), trainable_params=1)
+            raise RuntimeError(self.fail[job.index])
+        a = job.candidate.assignment
+        noisy = true_value(a) + random.Random(job.seed).gauss(0.0, NOISE)
+        return TrialResult("completed", noisy, {"val/ndcg@10": noisy}, sum(PARAMS[t] for t in a))
+
+
+def _cfg(tmp_path: Path, **kw) -> object:
+    data = {"out_dir": str(tmp_path / "out"), "trials": 10, "init_trials": 4, "seed": 0,
+            "space": {"types": TYPES}, "base_config": str(tmp_path / "no_base.yaml"), "rerun": {"top_k": 1, "seeds": 2}}
+    data.update(kw)
+    return config_from_dict(data)
+
+
+def test_planted_margin_is_as_stated():
+    values = sorted((true_value(a) for a in itertools.product(TYPES, repeat=3)), reverse=True)
+    assert values[0] == pytest.approx(true_value(PLANTED)) == pytest.approx(0.18)
+    assert values[0] - values[1] == pytest.approx(MARGIN)
+
+
+def _found(outcome) -> tuple[int | None, float]:
+    """(first search trial that ran the planted best, true value of the best observed trial)."""
+    rows = sorted(outcome.records.values(), key=lambda r: r["trial"])
+    first = next((r["trial"] for r in rows if tuple(r["adapters"]) == PLANTED), None)
+    best = max((r for r in rows if r["status"] == "completed"), key=lambda r: r["ndcg@10"])
+    return first, true_value(best["adapters"])
+
+
+def test_bo_finds_planted_best_and_beats_random(tmp_path):
+    budget, seeds = 10, [0, 1, 2]
+    bo, rnd = [], []
+    for seed in seeds:
+        for method, out in (("bo", bo), ("random", rnd)):
+            cfg = _cfg(tmp_path / f"{method}{seed}", seed=seed, method=method, trials=budget)
+            out.append(_found(run_search(cfg, objective=Planted(), num_layers=3, progress=False)))
+    # With fixed seeds, BO runs the planted best within the budget of 10 trials (of 27 assignments) every time.
+    assert all(first is not None and first < budget for first, _ in bo), bo
+    # Averaged over seeds, BO's best observed assignment is better than random search's by at least the margin.
+    bo_mean = sum(v for _, v in bo) / len(seeds)
+    rnd_mean = sum(v for _, v in rnd) / len(seeds)
+    assert bo_mean == pytest.approx(0.18)
+    assert bo_mean - rnd_mean >= MARGIN - 1e-9, (bo, rnd)
+
+
+def test_rerun_declares_the_best_on_fresh_seeds_against_uniform(tmp_path):
+    obj = Planted()
+    out = run_search(_cfg(tmp_path, trials=6, method="random", rerun={"top_k": 2, "seeds": 2}), objective=obj,
+                     num_layers=3, progress=False)
+    reruns = [c for c in obj.calls if c[0] == "rerun"]
+    # 2 candidates + the uniform serial baseline, 2 fresh seeds each; fresh seeds never seen in the search
+    assert len(reruns) == 6 and {c[2] for c in reruns} >= {("serial",) * 3}
+    fresh = [r["seed"] for r in Journal(out.out_dir / "trials.jsonl").records if r["phase"] == "rerun"]
+    search = [r["seed"] for r in out.records.values()]
+    assert sorted(set(fresh)) == [100_000, 100_001] and not set(fresh) & set(search)
+    assert out.uniform.candidate.assignment == ("serial",) * 3 and len(out.uniform.fresh) == 2
+    assert out.uniform.mean == pytest.approx(true_value(("serial",) * 3), abs=3 * NOISE)
+    assert out.best.mean == max(c.mean for c in out.candidates)
+    summary = json.loads((out.out_dir / "summary.json").read_text())
+    assert summary["best"]["fresh_mean"] == pytest.approx(out.best.mean)
+    assert summary["best_beats_uniform"] == (out.best.mean >= out.uniform.mean)
+    assert (out.out_dir / "trace.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out.out_dir / "choices.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_after_interruption_loses_and_repeats_nothing(tmp_path):
+    cfg = _cfg(tmp_path, trials=5, init_trials=3)
+    first = Planted(interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, objective=first, num_layers=3, progress=False)
+    journal = tmp_path / "out" / "trials.jsonl"
+    assert [json.loads(ln)["trial"] for ln in journal.read_text().splitlines()] == [0, 1]
+    interrupted = first.calls[-1]
+    with open(journal, "a") as f:
+        f.write('{"trial": 2, "phase": "sea')  # a line cut off by the kill
+    with pytest.raises(ConfigError, match="--resume"):
+        run_search(cfg, objective=Planted(), num_layers=3, progress=False)
+    second = Planted()
+    out = run_search(cfg, resume=True, objective=second, num_layers=3, progress=False)
+    search_calls = [c for c in second.calls if c[0] == "search"]
+    assert [c[1] for c in search_calls] == [2, 3, 4]  # trials 0 and 1 are not repeated
+    assert search_calls[0] == interrupted  # the interrupted trial runs again with the same assignment
+    rows = [r for r in Journal(journal).records if r["phase"] == "search"]
+    assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3, 4] and len(out.records) == 5
+    from ax import Client
+
+    df = Client.load_from_json_file(str(tmp_path / "out" / "ax_state.json")).summarize()
+    assert sorted(df["trial_index"]) == [0, 1, 2, 3, 4] and set(df["trial_status"]) == {"COMPLETED"}
+    # resuming a finished search runs nothing new
+    third = Planted()
+    run_search(cfg, resume=True, objective=third, num_layers=3, progress=False)
+    assert third.calls == []
+
+
+def test_failed_trials_are_recorded_and_the_search_continues(tmp_path):
+    cfg = _cfg(tmp_path, trials=6, method="random")
+    out = run_search(cfg, objective=Planted(fail={1: "CUDA out of memory", 3: "nan"}), num_layers=3, progress=False)
+    by_index = {r["trial"]: r for r in Journal(tmp_path / "out" / "trials.jsonl").records if r["phase"] == "search"}
+    assert sorted(by_index) == list(range(6))
+    assert by_index[1]["status"] == "failed" and "RuntimeError: CUDA out of memory" in by_index[1]["reason"]
+    assert by_index[3]["status"] == "failed" and "nan" in by_index[3]["reason"]
+    assert all(by_index[i]["status"] == "completed" for i in (0, 2, 4, 5))
+    assert all(math.isfinite(by_index[i]["ndcg@10"]) for i in (0, 2, 4, 5))
+    from ax import Client
+
+    df = Client.load_from_json_file(str(tmp_path / "out" / "ax_state.json")).summarize().set_index("trial_index")
+    assert df.loc[1, "trial_status"] == "FAILED" and df.loc[3, "trial_status"] == "FAILED"
+    assert json.loads((out.out_dir / "summary.json").read_text())["failed"] == 2
+
+
+def test_user_registered_adapter_type_is_searched(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "modules"))
+    custom = "custom_adapter_example.ChannelScaleAdapter"
+    cfg = _cfg(tmp_path, trials=6, method="random", space={"types": ["none", "serial"], "extra_types": [custom]})
+    obj = Planted()
+    obj_call = obj.__call__
+
+    def objective(job):  # the custom type scores like "lora" in the planted objective
+        a = tuple("lora" if t == custom else t for t in job.candidate.assignment)
+        return obj_call(type(job)(job.index, job.phase, type(job.candidate)(a), job.seed, job.trial_dir))
+
+    out = run_search(cfg, objective=objective, num_layers=3, progress=False)
+    space = json.loads((out.out_dir / "search.json").read_text())["space"]
+    assert space["types"] == ["none", "serial", custom]
+    from ax import Client
+
+    client = Client.load_from_json_file(str(out.out_dir / "ax_state.json"))
+    values = client._experiment.search_space.parameters["layer_0"].values
+    assert custom in values
+    assert any(custom in r["adapters"] for r in out.records.values())
+
+
+def test_multi_objective_reports_a_pareto_front(tmp_path):
+    cfg = _cfg(tmp_path, trials=8, method="random", multi_objective=True, rerun={"top_k": 2, "seeds": 1})
+    out = run_search(cfg, objective=Planted(), num_layers=3, progress=False)
+    done = [r for r in out.records.values() if r["status"] == "completed"]
+    front = {c.candidate.assignment for c in out.pareto}
+    assert front
+    for a in front:  # no completed trial dominates a front point
+        ra = next(r for r in done if tuple(r["adapters"]) == a)
+        assert not any(r["ndcg@10"] >= ra["ndcg@10"] and r["trainable_params"] <= ra["trainable_params"]
+                       and (r["ndcg@10"], r["trainable_params"]) != (ra["ndcg@10"], ra["trainable_params"]) for r in done)
+    # every non-dominated completed trial is on the front
+    nondominated = {tuple(r["adapters"]) for r in done if not any(
+        o["ndcg@10"] >= r["ndcg@10"] and o["trainable_params"] <= r["trainable_params"]
+        and (o["ndcg@10"], o["trainable_params"]) != (r["ndcg@10"], r["trainable_params"]) for o in done)}
+    assert front == nondominated
+    assert (out.out_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads((out.out_dir / "summary.json").read_text())["pareto"]) == len(front)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"trials": 0}, "trials must be a positive integer"),
+    ({"method": "grid"}, "method must be 'bo' or 'random'"),
+    ({"space": {"types": ["serial"]}}, "at least two adapter types"),
+    ({"space": {"types": ["serial", "nope"]}}, "unknown adapter type 'nope'"),
+    ({"space": {"types": TYPES, "sizes": {"serial": [16, 64], "lora": [4]}}}, "same number of levels"),
+    ({"space": {"types": TYPES, "lr": [0.01, 0.001]}}, "low < high"),
+    ({"rerun": {"seeds": 0}}, "fresh seeds"),
+    ({"budgets": {}}, "unknown key"),
+])
+def test_bad_search_configs_are_refused(tmp_path, bad, match):
+    with pytest.raises(ConfigError, match=match):
+        cfg = _cfg(tmp_path, **bad)
+        run_search(cfg, objective=Planted(), num_layers=3, progress=False)
