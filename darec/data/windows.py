@@ -28,13 +28,13 @@ Order and negatives are deterministic given ``seed`` and the epoch (Lightning ca
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from darec.data.datamodules import RecDataModule
+from darec.data.loading import EpochSampler, ResumableLoader, identity_collate  # noqa: F401  (EpochSampler re-exported)
 from darec.data.prepared import Ragged
 from darec.errors import ConfigError, DataError
 
@@ -72,58 +72,6 @@ class PositiveSets:
             neg[bad] = rng.integers(1, self.num_items + 1, size=int(bad.sum()))
             bad[bad] = self.contains(users[bad], neg[bad])
         return neg
-
-
-class EpochSampler(DistributedSampler):
-    """Shuffles ``0..n-1`` with a generator seeded by ``(seed, epoch)`` and takes this rank's share.
-
-    Every rank draws the same permutation and keeps positions ``rank, rank + world, ...`` of it (wrapped
-    around so each rank gets ``ceil(n / world)``), so the order is a function of (seed, epoch, world size)
-    alone. It subclasses ``DistributedSampler`` so that Lightning neither wraps it under DDP nor loses
-    :meth:`set_epoch`, which also tells ``on_epoch`` (the dataset's per-epoch negatives) the epoch.
-    ``num_replicas``/``rank`` default to the initialised process group, else one process.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        seed: int,
-        shuffle: bool = True,
-        on_epoch: Callable[[int], None] | None = None,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-    ):
-        self.n = n
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.on_epoch = on_epoch
-        self._replicas, self._rank = num_replicas, rank
-
-    def _world(self) -> tuple[int, int]:
-        if self._replicas is not None:
-            return self._replicas, self._rank or 0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        if self.on_epoch is not None:
-            self.on_epoch(self.epoch)
-
-    def __len__(self) -> int:
-        world, _ = self._world()
-        return -(-self.n // world)
-
-    def __iter__(self) -> Iterator[int]:
-        world, rank = self._world()
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
-        if world == 1:
-            return iter(order.tolist())
-        per_rank = -(-self.n // world)
-        padded = np.resize(order, per_rank * world) if self.n else order
-        return iter(padded[rank::world].tolist())
 
 
 def make_windows(train: Ragged, max_len: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,43 +170,6 @@ class PairDataset(_BatchDataset):
         }
 
 
-def _identity(batch: Any) -> Any:
-    return batch
-
-
-class ResumableLoader(DataLoader):
-    """A training DataLoader that Lightning checkpoints mid-epoch and resumes without replaying batches.
-
-    ``state_dict`` records how many batches of the current epoch the trainer has processed
-    (``progress``); after ``load_state_dict`` the next epoch iteration skips exactly those. The epoch's
-    order is a function of (seed, epoch), so the remaining batches are the ones an uninterrupted run sees.
-    """
-
-    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.progress = progress
-        self._skip = 0
-
-    def state_dict(self) -> dict[str, int]:
-        epoch = getattr(self.sampler, "epoch", 0)
-        return {"processed": int(self.progress()) if self.progress is not None else 0, "epoch": int(epoch)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        # Lightning does not re-seed samplers when it restarts mid-epoch: the epoch comes back from here.
-        self._skip = int(state.get("processed", 0))
-        self._epoch = state.get("epoch")
-
-    def __iter__(self) -> Iterator[Any]:
-        skip, self._skip = self._skip, 0
-        epoch, self._epoch = getattr(self, "_epoch", None), None
-        if epoch is not None and hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(int(epoch))
-        it = super().__iter__()
-        for _ in range(skip):
-            next(it, None)
-        return it
-
-
 class _TrainLoaderMixin:
     """Builds the shuffled, epoch-seeded training DataLoader over a window or pair dataset."""
 
@@ -273,7 +184,7 @@ class _TrainLoaderMixin:
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=_identity,
+            collate_fn=identity_collate,
             persistent_workers=False,
             progress=self._processed_in_epoch,
         )
