@@ -74,7 +74,26 @@ def train_cf(seed: int, data_dir: str, runs: Path) -> tuple[dict[str, Path], dic
     return paths, res
 
 
-def run_seed(seed: int, data_dir: str, work: Path, darec_epochs: int) -> dict:
+def reuse_cf(seed: int, data_dir: str, cf_root: Path) -> tuple[dict[str, Path], dict] | None:
+    """Exports and per-user test NDCG@10 of SASRec/LightGCN already trained under ``cf_root/seed<N>`` (None if absent)."""
+    from darec.data.windows import InteractionDataModule, SequenceDataModule
+    from darec.modules.lightgcn import LightGCN
+    from darec.modules.sasrec import SASRec
+
+    runs = cf_root / f"seed{seed}"
+    paths = {k: runs / "cf" / f"{k}.safetensors" for k in ("sasrec", "lightgcn")}
+    ckpts = {k: runs / k / "checkpoints" / "best.ckpt" for k in paths}
+    if not all(p.is_file() for p in [*paths.values(), *ckpts.values()]):
+        return None
+    res = {}
+    for name, cls, dm in (("sasrec", SASRec, SequenceDataModule(data_dir, eval_batch_size=512, max_len=50)),
+                          ("lightgcn", LightGCN, InteractionDataModule(data_dir, eval_batch_size=512))):
+        dm.setup("test")
+        res[name] = {"per_user": per_user_ndcg10(cls.load_from_checkpoint(ckpts[name]), dm), "fit_s": None, "epochs": None}
+    return paths, res
+
+
+def run_seed(seed: int, data_dir: str, work: Path, darec_epochs: int, cf_root: Path | None = None, residual: bool = False) -> dict:
     import lightning as L
 
     from darec.data.windows import SequenceDataModule
@@ -83,12 +102,14 @@ def run_seed(seed: int, data_dir: str, work: Path, darec_epochs: int) -> dict:
     from darec.modules.injection import InjectionConfig
 
     runs = work / f"seed{seed}"
-    paths, res = train_cf(seed, data_dir, runs)
+    reused = reuse_cf(seed, data_dir, cf_root) if cf_root else None
+    paths, res = reused or train_cf(seed, data_dir, runs)
     L.seed_everything(seed)
     dm = SequenceDataModule(data_dir, batch_size=64, eval_batch_size=256, max_len=50, num_negatives=0)
     model = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
                   backbone=BackboneConfig(name="minilm"), max_fresh_items=128, cache_dir=str(work / "cache"),
-                  injection=InjectionConfig(mode="input", sasrec=str(paths["sasrec"]), lightgcn=str(paths["lightgcn"])))
+                  injection=InjectionConfig(mode="input", sasrec=str(paths["sasrec"]), lightgcn=str(paths["lightgcn"]),
+                                            residual=residual))
     trainer = _trainer(runs, "darec", darec_epochs, patience=None, gradient_clip_val=1.0)
     t0 = time.time()
     trainer.fit(model, datamodule=dm)
@@ -108,12 +129,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default="data/ml-100k")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--darec-epochs", type=int, default=2)
+    p.add_argument("--cf-root", default=None, help="reuse SASRec/LightGCN runs under CF_ROOT/seed<N> instead of training them")
+    p.add_argument("--residual", action="store_true", help="DARec with injection.residual (scores start as SASRec's)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.time()
-    per_seed = [run_seed(s, a.data_dir, Path(a.work_dir), a.darec_epochs) for s in a.seeds]
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cf_root = Path(a.cf_root) if a.cf_root else None
+    per_seed = [run_seed(s, a.data_dir, Path(a.work_dir), a.darec_epochs, cf_root, a.residual) for s in a.seeds]
     summary = {}
     for name in ("sasrec", "lightgcn", "darec"):
         vals = [r[name]["per_user"].mean() for r in per_seed]
@@ -128,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "command": " ".join([sys.executable, "benchmarks/darec_ml100k.py"] + list(argv if argv is not None else sys.argv[1:])),
-        "commit": commit, "seeds": a.seeds, "darec_epochs": a.darec_epochs, "models": summary,
+        "commit": commit, "seeds": a.seeds, "darec_epochs": a.darec_epochs, "residual": a.residual,
+        "cf_reused_from": a.cf_root, "models": summary,
         "darec_minus_sasrec_ndcg@10": {"mean": float(diff.mean()), "bootstrap_95ci": [lo, hi], "users": int(len(diff))},
         "darec_over_sasrec": ratio, "target": ">= 1.10 with the CI above 0", "target_met": bool(ratio >= 1.10 and lo > 0),
         "wall_s": time.time() - t0,

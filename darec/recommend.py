@@ -88,7 +88,7 @@ class Recommender:
         table = self.item_table()
         m = self.model
         seq = torch.tensor([ids[-m.max_len :]]) if ids else torch.zeros(1, 1, dtype=torch.long)
-        user = m.w_o(m.sequence_states(seq, self._sem)[:, -1])[0]
+        user = m.user_vectors(seq, self._sem)[0]
         limit = self.num_total_items if include_cold else self.num_items
         scores = table[: limit + 1] @ user
         scores[0] = float("-inf")

@@ -231,7 +231,8 @@ class DARec(RecModule):
     def item_table(self, sem: torch.Tensor) -> torch.Tensor:
         """``e_j = W_p [s_j ; c_j]`` for rows of ``sem`` [N+1, H]; row 0 is zeroed.
 
-        Rows beyond the catalogue (cold items, items added later) get ``c_j = 0``.
+        Rows beyond the catalogue (cold items, items added later) get ``c_j = 0``. With ``injection.residual``
+        each row also carries SASRec's item vector, which meets ``alpha u_t`` in the scoring state.
         """
         sem = self.standardise(sem)
         feats = sem
@@ -241,6 +242,8 @@ class DARec(RecModule):
                 cf = torch.cat([cf, cf.new_zeros(sem.shape[0] - cf.shape[0], cf.shape[1])], 0)
             feats = torch.cat([sem, cf], -1)
         table = self.w_p(feats)
+        if self.injection.residual_scale is not None:
+            table = torch.cat([table, self.injection.residual_items(table.shape[0]).to(table.dtype)], -1)
         return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
 
     def _fresh_semantics(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -326,7 +329,7 @@ class DARec(RecModule):
         seq, tgt = batch["input"], batch["target"]
         sem, fresh_ids, fresh = self._fresh_semantics(torch.cat([seq, tgt], 1))
         table = self.item_table(sem)
-        out = self._predictions(self.sequence_states(seq, sem))
+        out = self._with_residual(self._predictions(self.sequence_states(seq, sem)), seq)
         keep = tgt > 0
         h, t = out[keep], tgt[keep]
         lo = self.losses
@@ -367,8 +370,17 @@ class DARec(RecModule):
 
     def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
         seq = batch["history"][:, -self.max_len :]
-        states = self.sequence_states(seq, self.sem_cache.float())
-        return {**batch, "user_vec": self.w_o(states[:, -1])}
+        return {**batch, "user_vec": self.user_vectors(seq, self.sem_cache.float())}
+
+    def user_vectors(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
+        """The scoring state [B, d] after each history ``seq`` [B, L] (left-padded)."""
+        return self._with_residual(self.w_o(self.sequence_states(seq, sem)), seq)[:, -1]
+
+    def _with_residual(self, states: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """``[W_o h ; alpha u_t]`` with ``injection.residual`` (matching ``[e_j ; c_j]``), else ``W_o h``."""
+        if self.injection.residual_scale is None:
+            return states
+        return torch.cat([states, self.injection.residual_users(seq).to(states.dtype)], -1)
 
     def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
         assert self._eval_table is not None

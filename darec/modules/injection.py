@@ -33,12 +33,20 @@ class InjectionConfig:
     lightgcn: str | None = None  # LightGCN export
     user_vector: bool = True  # add the causal user vector at each position
     finetune: bool = False  # train the CF tables jointly (frozen by default)
+    residual: bool = False  # add SASRec's own score alpha <u_t, c_j> (frozen) to DARec's; the LM learns a correction
 
 
 class CollaborativeInjection(nn.Module):
     """Holds the CF tables and projects them into the backbone's hidden space."""
 
-    def __init__(self, cfg: InjectionConfig, num_items: int, hidden: int, fingerprint: str = "", layers: nn.ModuleList | None = None):
+    def __init__(
+        self,
+        cfg: InjectionConfig,
+        num_items: int,
+        hidden: int,
+        fingerprint: str = "",
+        layers: nn.ModuleList | None = None,
+    ):
         """``layers``: the backbone's layer list (adapters already applied), wrapped in place for mode ``attention``."""
         super().__init__()
         self.cfg = cfg
@@ -87,6 +95,11 @@ class CollaborativeInjection(nn.Module):
                 nn.init.normal_(lin.weight, std=0.1 / user_dim**0.5)
                 nn.init.zeros_(lin.bias)
             self.__dict__["_prefix_layers"] = wrap_layers(layers)
+        self.residual_scale: nn.Parameter | None = None
+        if cfg.residual:
+            if cfg.mode == "none" or self.sasrec_encoder is None:
+                raise ConfigError("injection.residual needs a SASRec export (injection.sasrec) and injection.user_vector: true")
+            self.residual_scale = nn.Parameter(torch.ones(()))
 
     def _sasrec_dim(self) -> int:
         return int(self.sasrec_encoder.cfg.hidden_size)
@@ -132,6 +145,22 @@ class CollaborativeInjection(nn.Module):
             known = seq.masked_fill(seq >= self.cf_table.shape[0], 0)
             parts.append(self.sasrec_encoder.causal_user_states(known).to(self.cf_table.dtype))
         return torch.cat(parts, -1) if parts else None
+
+    def residual_items(self, rows: int) -> torch.Tensor:
+        """SASRec's item vectors for ``rows`` item ids (zero beyond the CF table), appended to ``e_j`` when ``residual``."""
+        sas = self.item_vectors[:, self.lightgcn_dim :]
+        if rows > sas.shape[0]:
+            sas = torch.cat([sas, sas.new_zeros(rows - sas.shape[0], sas.shape[1])], 0)
+        return sas[:rows]
+
+    def residual_users(self, seq: torch.Tensor) -> torch.Tensor:
+        """``alpha * u_t`` (SASRec's causal state) [B, L, d_sas], appended to the scoring state when ``residual``.
+
+        With the item side :meth:`residual_items`, the score becomes ``<W_o h, e_j> + alpha <u_t, c_j>``:
+        the language model learns a correction on top of SASRec's own score, which stays frozen.
+        """
+        known = seq.masked_fill(seq >= self.cf_table.shape[0], 0)
+        return self.residual_scale * self.sasrec_encoder.causal_user_states(known).to(self.cf_table.dtype)
 
     def run_with_prefixes(self, backbone: nn.Module, seq: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """The sequence pass of ``backbone`` on ``x`` [B, Q, H] (items of ``seq`` [B, L], then maybe ``[SEQ]``).

@@ -34,7 +34,7 @@ def _model(data_dir, cf, tmp_path, name="tiny-bert", mode="attention", **kw) -> 
     d = PreparedData(data_dir)
     m = DARec(num_items=d.num_items, num_users=d.num_users, data_fingerprint=d.fingerprint,
               backbone=BackboneConfig(name=name), max_len=12, cache_dir=str(tmp_path),
-              injection={"mode": mode, **cf}, **kw)
+              injection={"mode": "input", "residual": True, **cf} if mode == "residual" else {"mode": mode, **cf}, **kw)
     m.attach_data(d.sentences, d.text_hash, d.fingerprint, d.train_sequences())
     m.eval()
     m.refresh_cache()
@@ -53,7 +53,7 @@ def test_prefix_mask_is_causal_over_slots_and_never_empty():
     assert allowed[6, 3:].tolist() == [False, True, True, True]  # [SEQ] sees the valid items
 
 
-@pytest.mark.parametrize("mode", ["input", "attention"])
+@pytest.mark.parametrize("mode", ["input", "attention", "residual"])
 @pytest.mark.parametrize("name,predict_from", [("tiny-bert", "last_item"), ("tiny-llama", "seq"), ("tiny-gpt2", "last_item")])
 def test_position_t_does_not_see_later_items_with_injection(small_synth_dir, cf_exports, tmp_path, mode, name, predict_from):
     m = _model(small_synth_dir, cf_exports, tmp_path, name=name, mode=mode, predict_from=predict_from)
@@ -62,6 +62,8 @@ def test_position_t_does_not_see_later_items_with_injection(small_synth_dir, cf_
     changed[0, 6:] = torch.tensor([13, 17])
     with torch.no_grad():
         a, b = m.sequence_states(seq, m.sem_cache), m.sequence_states(changed, m.sem_cache)
+        if mode == "residual":  # the scoring states, residual included
+            a, b = (m._with_residual(m._predictions(x), s) for x, s in ((a, seq), (b, changed)))
     assert torch.isfinite(a).all()
     torch.testing.assert_close(a[0, 2:6], b[0, 2:6], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a[0, 6:], b[0, 6:], atol=1e-5)
@@ -104,3 +106,29 @@ def test_attention_mode_needs_a_user_vector(small_synth_dir, cf_exports, tmp_pat
               injection={"mode": "attention", "user_vector": False, **cf_exports})
     with pytest.raises(ConfigError, match="export paths"):
         DARec(num_items=5, backbone=BackboneConfig(name="tiny-bert"), injection={"mode": "attention"})
+
+
+def test_residual_adds_sasrecs_own_score(small_synth_dir, cf_exports, tmp_path):
+    from darec.export import load_cf_embeddings
+
+    plain = _model(small_synth_dir, cf_exports, tmp_path, mode="input")
+    m = _model(small_synth_dir, cf_exports, tmp_path, mode="residual")
+    assert plain.injection.residual_scale is None and m.injection.residual_scale.requires_grad
+    m.load_state_dict(plain.state_dict(), strict=False)
+    m.injection.residual_scale.data.fill_(0.5)
+    d = PreparedData(small_synth_dir)
+    sas = load_cf_embeddings(cf_exports["sasrec"], d.fingerprint)
+    seq = torch.tensor([[0, 0, 3, 7, 9, 11], [4, 8, 15, 16, 23, 2]])
+    with torch.no_grad():
+        scores = m.user_vectors(seq, m.sem_cache) @ m.item_table(m.sem_cache).T
+        base = plain.user_vectors(seq, plain.sem_cache) @ plain.item_table(plain.sem_cache).T
+        sasrec = sas.user_encoder().causal_user_states(seq)[:, -1] @ sas.item_emb.T
+    sasrec[:, 0] = 0
+    torch.testing.assert_close(scores, base + 0.5 * sasrec, atol=1e-5, rtol=1e-4)
+    assert not m.injection.cf_table.requires_grad, "SASRec's item vectors stay frozen"
+
+
+def test_residual_needs_a_sasrec_user_encoder(small_synth_dir, cf_exports):
+    with pytest.raises(ConfigError, match="residual"):
+        DARec(num_items=PreparedData(small_synth_dir).num_items, backbone=BackboneConfig(name="tiny-bert"),
+              injection={"mode": "input", "residual": True, "lightgcn": cf_exports["lightgcn"]})
