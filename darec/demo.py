@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from darec.figures import save_png
+
 log = logging.getLogger("darec.demo")
 
 SHOWN = ("hr@5", "hr@10", "hr@20", "ndcg@10", "ndcg@20", "mrr@10")
@@ -74,7 +76,7 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_title("ml-100k, full ranking, leave-one-out (darec demo)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path, dpi=120)
     plt.close(fig)
 
 

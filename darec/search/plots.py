@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from darec.figures import save_png
 from darec.search.space import SearchSpace
 
 
@@ -27,7 +28,7 @@ def _save(fig: Any, ax: Any, path: Path, xlabel: str, title: str) -> Path:
     ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path, dpi=110)
     _pyplot().close(fig)
     return path
 
@@ -82,7 +83,7 @@ def plot_choices(records: dict[int, dict[str, Any]], space: SearchSpace, fractio
     ax.set_yticks(range(space.num_layers), [f"layer {i}" for i in range(space.num_layers)])
     ax.set_title(f"Choices among the top {n} trial(s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path, dpi=110)
     plt.close(fig)
     return path
 
