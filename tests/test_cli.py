@@ -19,7 +19,8 @@ def test_help_lists_every_subcommand(capsys):
     assert out.strip() == HELP.strip()
 
 
-def test_predict_writes_raw_ids_best_first_without_history(synth_dir, tmp_path):
+def test_predict_writes_raw_ids_best_first_without_history(synth_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the run also writes config.yaml where it runs
     out = tmp_path / "pred.jsonl"
     args = ["predict", "--config", str(ROOT / "configs/pop_ml100k.yaml"), "--data.init_args.data_dir", str(synth_dir),
             "--trainer.callbacks+=darec.callbacks.JsonlPredictionWriter",
