@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from darec.data.text import layout_rows, tokenize_sentences
+from darec.data.text import tokenize_sentences
 from darec.errors import ConfigError
 from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable, parse_assignment
 from darec.modules.backbone import BackboneConfig, load_backbone
@@ -274,40 +273,8 @@ class DARec(RecModule):
         return self.injection.run_with_prefixes(self.backbone, seq, x, valid, pos).float()
 
     def history_semantics(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
-        """``s_i`` [B, L, H] of each window's items encoded as one concatenated text (context masking off).
-
-        Row ``b`` holds the window's most recent items that fit in ``history_tokens`` tokens, each followed
-        by ``[ALIGN]``; a token attends to its own item (causally for decoders) and to every earlier item's
-        tokens. Positions still restart per item. Older items that do not fit take their vector from ``sem``.
-        """
-        device = seq.device
-        out = sem[seq].clone()
-        rows: list[list[tuple[int, list[int]]]] = []
-        for b in range(seq.shape[0]):
-            kept: list[tuple[int, list[int]]] = []
-            room = self.history_tokens
-            for col in range(seq.shape[1] - 1, -1, -1):
-                item = int(seq[b, col])
-                if item == 0:
-                    break
-                toks = self.encoder.token_lists[item]
-                if len(toks) + 1 > room:
-                    break
-                kept.append((col, toks))
-                room -= len(toks) + 1
-            rows.append(kept[::-1])
-        width = max((sum(len(t) + 1 for _, t in r) for r in rows), default=0)
-        if width == 0:
-            return out
-        where = [(b, col) for b, kept in enumerate(rows) for col, _ in kept]
-        counter = itertools.count()
-        numbered = [[(next(counter), toks) for _, toks in kept] for kept in rows]
-        ids, segs, pos, align = layout_rows(numbered, len(where), width, self.backbone.align_id)
-        states = self.backbone.encode_segments(ids.to(device), segs.to(device), pos.to(device), attend_earlier=True)
-        b_idx, cols = (torch.tensor(v, device=device) for v in zip(*where))
-        align = align.to(device)
-        out[b_idx, cols] = states[align[:, 0], align[:, 1]].to(out.dtype)
-        return out
+        """``s_i`` [B, L, H] with context masking off (see :meth:`ItemEncoder.encode_histories`)."""
+        return self.encoder.encode_histories(seq, sem, self.history_tokens)
 
     def _predictions(self, states: torch.Tensor) -> torch.Tensor:
         """Outputs aligned with window targets: item positions 0..L-2, then the ``[SEQ]`` position

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
-from darec.data.text import pack_items
+
+from darec.data.text import layout_rows, pack_items
 from darec.modules.backbone import Backbone
 
 
@@ -75,4 +78,40 @@ class ItemEncoder:
         for lo in range(1, n + 1, chunk_items):
             ids = torch.arange(lo, min(n + 1, lo + chunk_items))
             out[lo : lo + len(ids)] = self.encode(ids, mean_pool=mean_pool).float()
+        return out
+
+    def encode_histories(self, seq: torch.Tensor, sem: torch.Tensor, history_tokens: int) -> torch.Tensor:
+        """``s_i`` [B, L, H] of each window's items encoded as one concatenated text (context masking off).
+
+        Row ``b`` holds the window's most recent items that fit in ``history_tokens`` tokens, each followed
+        by ``[ALIGN]``; a token attends to its own item (causally for decoders) and to every earlier item's
+        tokens. Positions still restart per item. Older items that do not fit take their vector from ``sem``.
+        """
+        device = seq.device
+        out = sem[seq].clone()
+        rows: list[list[tuple[int, list[int]]]] = []
+        for b in range(seq.shape[0]):
+            kept: list[tuple[int, list[int]]] = []
+            room = history_tokens
+            for col in range(seq.shape[1] - 1, -1, -1):
+                item = int(seq[b, col])
+                if item == 0:
+                    break
+                toks = self.token_lists[item]
+                if len(toks) + 1 > room:
+                    break
+                kept.append((col, toks))
+                room -= len(toks) + 1
+            rows.append(kept[::-1])
+        width = max((sum(len(t) + 1 for _, t in r) for r in rows), default=0)
+        if width == 0:
+            return out
+        where = [(b, col) for b, kept in enumerate(rows) for col, _ in kept]
+        counter = itertools.count()
+        numbered = [[(next(counter), toks) for _, toks in kept] for kept in rows]
+        ids, segs, pos, align = layout_rows(numbered, len(where), width, self.backbone.align_id)
+        states = self.backbone.encode_segments(ids.to(device), segs.to(device), pos.to(device), attend_earlier=True)
+        b_idx, cols = (torch.tensor(v, device=device) for v in zip(*where))
+        align = align.to(device)
+        out[b_idx, cols] = states[align[:, 0], align[:, 1]].to(out.dtype)
         return out
