@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from darec.data.prepared import atomic_write_text
+from darec.atomic import atomic_write_text
 
 
 class JsonlPredictionWriter(BasePredictionWriter):

@@ -144,7 +144,7 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
     table = _table(results)
     _plot(results, root / "comparison.png")
     summary = {"results": results, "elapsed_s": elapsed, "data_fingerprint": dm.fingerprint, "workdir": str(root)}
-    from darec.data.prepared import atomic_write_text
+    from darec.atomic import atomic_write_text
 
     atomic_write_text(root / "results.json", json.dumps(summary, indent=2))
     print("\nml-100k test split (full ranking over 1,682 items, history masked)\n" + table)

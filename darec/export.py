@@ -26,7 +26,6 @@ import argparse
 import importlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,8 @@ from typing import Any
 import torch
 
 from darec import __version__
-from darec.data.prepared import PreparedData, atomic_write_text
+from darec.atomic import atomic_path, atomic_write_text
+from darec.data.prepared import PreparedData
 from darec.errors import ConfigError, DataError, FingerprintError
 from darec.modules.sasrec import SasrecConfig, SasrecEncoder
 
@@ -201,15 +201,8 @@ def export_module(
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     path = _safetensors_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "kind": kind, "fingerprint": data.fingerprint})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "kind": kind, "fingerprint": data.fingerprint})
     atomic_write_text(sidecar_path(path), json.dumps(meta, indent=1))
     return path
 

@@ -1,22 +1,16 @@
-"""Writing matplotlib figures the way darec writes every file: to a temporary name, then renamed into place."""
+"""Writing matplotlib figures atomically (see :mod:`darec.atomic`)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from darec.atomic import atomic_path
 
 
 def save_png(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Save ``fig`` as PNG at ``path`` atomically: a crash leaves the old file or none, never a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return Path(path)

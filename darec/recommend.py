@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from darec.data.pipeline import TextOptions, item_sentence
-from darec.data.prepared import atomic_write_text
+from darec.atomic import atomic_path, atomic_write_text
 from darec.data.text import tokenize_sentences
 from darec.errors import ConfigError, DataError
 
@@ -134,10 +134,8 @@ def export_item_vectors(ckpt: str | os.PathLike, out: str | os.PathLike, include
     table = rec.item_table()
     n = rec.num_total_items if include_cold else rec.num_items
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file({"item_vectors": table[: n + 1].contiguous()}, str(tmp))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        save_file({"item_vectors": table[: n + 1].contiguous()}, str(tmp))
     meta = {
         "format": "darec-item-vectors",
         "kind": "darec",

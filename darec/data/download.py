@@ -22,7 +22,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from darec.data.prepared import atomic_write_text, sha256_file
+from darec.atomic import atomic_write_text
+from darec.data.prepared import sha256_file
 from darec.errors import DataError
 
 log = logging.getLogger(__name__)

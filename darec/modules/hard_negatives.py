@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from darec.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,7 @@ def cached_hard_negatives(
         blob = torch.load(path, weights_only=True)
         return HardNegatives(blob["negatives"], float(blob["share_without"]), float(blob["share_targets_without"]))
     hn = mine_hard_negatives(vectors, train_seqs, sentences, num_items, k, window)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".hardneg.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(
             {
                 "negatives": hn.negatives,
@@ -142,7 +140,4 @@ def cached_hard_negatives(
             },
             tmp,
         )
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return hn

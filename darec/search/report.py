@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from darec.data.prepared import atomic_write_text
+from darec.atomic import atomic_write_text
 
 
 class TrialReport(L.Callback):

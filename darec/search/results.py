@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from darec.data.prepared import atomic_write_text
+from darec.atomic import atomic_write_text
 from darec.errors import DarecError
 from darec.search.config import SearchConfig
 from darec.search.space import Candidate, SearchSpace

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from darec.data.prepared import atomic_write_text
+from darec.atomic import atomic_write_text
 from darec.errors import ConfigError
 from darec.search.config import SearchConfig
 from darec.search.space import SearchSpace

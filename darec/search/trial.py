@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import yaml
 
-from darec.data.prepared import atomic_write_text
+from darec.atomic import atomic_write_text
 from darec.errors import ConfigError
 from darec.search.config import SearchConfig
 from darec.search.space import KNOB_PATHS, Candidate
