@@ -256,21 +256,26 @@ class DARec(RecModule):
         return table, uniq, fresh
 
     # ----------------------------------------------------------------- sequence level
-    def sequence_states(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
+    def sequence_states(self, seq: torch.Tensor, sem: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states [B, L+1, H] for item windows ``seq`` [B, L] (left-padded) followed by ``[SEQ]``
-        ([B, L, H] without ``[SEQ]`` when ``predict_from="last_item"``); the last row scores the next item."""
+        ([B, L, H] without ``[SEQ]`` when ``predict_from="last_item"``); the last row scores the next item.
+
+        ``user``: the causal user vectors of ``seq`` when the caller already has them (else computed here).
+        """
         b = seq.shape[0]
-        valid = torch.cat([seq > 0, torch.ones(b, 1, dtype=torch.bool, device=seq.device)], 1)
+        if user is None:
+            user = self.injection.user_states(seq)
         item_sem = sem[seq] if self.context_masking else self.history_semantics(seq, sem)
-        x = self.w_s(self.standardise(item_sem)) + self.injection.input_term(seq)
+        x = self.w_s(self.standardise(item_sem)) + self.injection.input_term(seq, user)
         if self.predict_from == "last_item":
             valid = seq > 0
         else:
+            valid = torch.cat([seq > 0, torch.ones(b, 1, dtype=torch.bool, device=seq.device)], 1)
             seq_tok = torch.full((b, 1), self.backbone.seq_id, device=seq.device)
             x = torch.cat([x, self.backbone.embed(seq_tok).to(x.dtype)], 1)
         x = x * valid.unsqueeze(-1).to(x.dtype)
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)
-        return self.injection.run_with_prefixes(self.backbone, seq, x, valid, pos).float()
+        return self.injection.run_with_prefixes(self.backbone, seq, x, valid, pos, user).float()
 
     def history_semantics(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
         """``s_i`` [B, L, H] with context masking off (see :meth:`ItemEncoder.encode_histories`)."""
@@ -296,7 +301,8 @@ class DARec(RecModule):
         seq, tgt = batch["input"], batch["target"]
         sem, fresh_ids, fresh = self._fresh_semantics(torch.cat([seq, tgt], 1))
         table = self.item_table(sem)
-        out = self._with_residual(self._predictions(self.sequence_states(seq, sem)), seq)
+        user = self.injection.user_states(seq)
+        out = self._with_residual(self._predictions(self.sequence_states(seq, sem, user)), user)
         keep = tgt > 0
         h, t = out[keep], tgt[keep]
         lo = self.losses
@@ -341,13 +347,16 @@ class DARec(RecModule):
 
     def user_vectors(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
         """The scoring state [B, d] after each history ``seq`` [B, L] (left-padded)."""
-        return self._with_residual(self.w_o(self.sequence_states(seq, sem)), seq)[:, -1]
+        user = self.injection.user_states(seq)
+        last = self.w_o(self.sequence_states(seq, sem, user)[:, -1:])
+        return self._with_residual(last, None if user is None else user[:, -1:])[:, 0]
 
-    def _with_residual(self, states: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
-        """``[W_o h ; alpha u_t]`` with ``injection.residual`` (matching ``[e_j ; c_j]``), else ``W_o h``."""
+    def _with_residual(self, states: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor:
+        """``[W_o h ; alpha u_t]`` with ``injection.residual`` (matching ``[e_j ; c_j]``), else ``W_o h``;
+        ``user`` from ``injection.user_states``."""
         if self.injection.residual_scale is None:
             return states
-        return torch.cat([states, self.injection.residual_users(seq).to(states.dtype)], -1)
+        return torch.cat([states, self.injection.residual_users(user).to(states.dtype)], -1)
 
     def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
         assert self._eval_table is not None

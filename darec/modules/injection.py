@@ -153,39 +153,44 @@ class CollaborativeInjection(nn.Module):
             sas = torch.cat([sas, sas.new_zeros(rows - sas.shape[0], sas.shape[1])], 0)
         return sas[:rows]
 
-    def residual_users(self, seq: torch.Tensor) -> torch.Tensor:
-        """``alpha * u_t`` (SASRec's causal state) [B, L, d_sas], appended to the scoring state when ``residual``.
+    def residual_users(self, user: torch.Tensor) -> torch.Tensor:
+        """``alpha * u_t`` [B, L, d_sas] from :meth:`user_states` ``user`` (its SASRec part, which comes last),
+        appended to the scoring state when ``residual``.
 
         With the item side :meth:`residual_items`, the score becomes ``<W_o h, e_j> + alpha <u_t, c_j>``:
         the language model learns a correction on top of SASRec's own score, which stays frozen.
         """
-        known = seq.masked_fill(seq >= self.cf_table.shape[0], 0)
-        return self.residual_scale * self.sasrec_encoder.causal_user_states(known).to(self.cf_table.dtype)
+        return self.residual_scale * user[..., -self._sasrec_dim() :]
 
-    def run_with_prefixes(self, backbone: nn.Module, seq: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def run_with_prefixes(
+        self,
+        backbone: nn.Module,
+        seq: torch.Tensor,
+        x: torch.Tensor,
+        valid: torch.Tensor,
+        pos: torch.Tensor,
+        user: torch.Tensor | None,
+    ) -> torch.Tensor:
         """The sequence pass of ``backbone`` on ``x`` [B, Q, H] (items of ``seq`` [B, L], then maybe ``[SEQ]``).
 
-        Mode ``attention``: ``L`` prefix slots go first, carrying each layer's ``P_l u_t``; returns the
-        states of the ``Q`` real positions. Other modes: the plain item-causal pass.
+        Mode ``attention``: ``L`` prefix slots go first, carrying each layer's ``P_l u_t`` (``user`` from
+        :meth:`user_states`); returns the states of the ``Q`` real positions. Other modes: the plain item-causal pass.
         """
         if self.w_prefix is None:
             return backbone(x, item_causal_mask(valid, dtype=backbone.dtype), pos)
-        u = self.user_states(seq)
         length = seq.shape[1]
-        prefixes = [lin(u) for lin in self.w_prefix]
+        prefixes = [lin(user) for lin in self.w_prefix]
         mask = prefix_causal_mask(seq > 0, valid, backbone.dtype)
         x = torch.cat([x.new_zeros(x.shape[0], length, x.shape[2]), x], 1)
         pos = torch.cat([pos[:, :length], pos], 1)
         with layer_prefixes(self._prefix_layers, prefixes):
             return backbone(x, mask, pos)[:, length:]
 
-    def input_term(self, seq: torch.Tensor) -> torch.Tensor | float:
-        """``W_c c_{i_t} + W_u u_t`` at each position (0 when injection is off)."""
+    def input_term(self, seq: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor | float:
+        """``W_c c_{i_t} + W_u u_t`` at each position (0 when injection is off); ``user`` from :meth:`user_states`."""
         if self.cfg.mode == "none" or self.w_c is None:
             return 0.0
         term = self.w_c(self.vectors_for(seq))
-        if self.w_u is not None:
-            u = self.user_states(seq)
-            if u is not None:
-                term = term + self.w_u(u)
+        if self.w_u is not None and user is not None:
+            term = term + self.w_u(user)
         return term * (seq > 0).unsqueeze(-1).to(term.dtype)

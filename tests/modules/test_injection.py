@@ -63,7 +63,7 @@ def test_position_t_does_not_see_later_items_with_injection(small_synth_dir, cf_
     with torch.no_grad():
         a, b = m.sequence_states(seq, m.sem_cache), m.sequence_states(changed, m.sem_cache)
         if mode == "residual":  # the scoring states, residual included
-            a, b = (m._with_residual(m._predictions(x), s) for x, s in ((a, seq), (b, changed)))
+            a, b = (m._with_residual(m._predictions(x), m.injection.user_states(s)) for x, s in ((a, seq), (b, changed)))
     assert torch.isfinite(a).all()
     torch.testing.assert_close(a[0, 2:6], b[0, 2:6], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a[0, 6:], b[0, 6:], atol=1e-5)
