@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from darec_ml100k import bootstrap_ci, per_user_ndcg10, train_cf  # noqa: E402
+from darec_ml100k import bootstrap_ci, existing_exports, per_user_ndcg10, train_cf  # noqa: E402
 
 from darec.demo import _trainer  # noqa: E402
 
@@ -62,11 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def cf_paths(seed: int, data_dir: str, cf_root: Path, work: Path) -> dict[str, Path]:
     """SASRec/LightGCN exports for ``seed``: reused from ``cf_root`` if both exist, else trained into ``work``."""
-    found = {k: cf_root / f"seed{seed}" / "cf" / f"{k}.safetensors" for k in ("sasrec", "lightgcn")}
-    if all(p.is_file() for p in found.values()):
-        return found
-    paths, _ = train_cf(seed, data_dir, work / f"seed{seed}")
-    return paths
+    return existing_exports(cf_root, seed) or train_cf(seed, data_dir, work / f"seed{seed}")[0]
 
 
 def run_variant(name: str, seed: int, data_dir: str, cf: dict[str, Path], work: Path, epochs: int, history_tokens: int,

@@ -74,6 +74,12 @@ def train_cf(seed: int, data_dir: str, runs: Path) -> tuple[dict[str, Path], dic
     return paths, res
 
 
+def existing_exports(cf_root: Path, seed: int) -> dict[str, Path] | None:
+    """The SASRec/LightGCN exports ``train_cf`` wrote under ``cf_root/seed<N>/cf``, or None if either is missing."""
+    paths = {k: cf_root / f"seed{seed}" / "cf" / f"{k}.safetensors" for k in ("sasrec", "lightgcn")}
+    return paths if all(p.is_file() for p in paths.values()) else None
+
+
 def reuse_cf(seed: int, data_dir: str, cf_root: Path) -> tuple[dict[str, Path], dict] | None:
     """Exports and per-user test NDCG@10 of SASRec/LightGCN already trained under ``cf_root/seed<N>`` (None if absent)."""
     from darec.data.windows import InteractionDataModule, SequenceDataModule
@@ -81,9 +87,9 @@ def reuse_cf(seed: int, data_dir: str, cf_root: Path) -> tuple[dict[str, Path], 
     from darec.modules.sasrec import SASRec
 
     runs = cf_root / f"seed{seed}"
-    paths = {k: runs / "cf" / f"{k}.safetensors" for k in ("sasrec", "lightgcn")}
-    ckpts = {k: runs / k / "checkpoints" / "best.ckpt" for k in paths}
-    if not all(p.is_file() for p in [*paths.values(), *ckpts.values()]):
+    paths = existing_exports(cf_root, seed)
+    ckpts = {k: runs / k / "checkpoints" / "best.ckpt" for k in ("sasrec", "lightgcn")}
+    if paths is None or not all(p.is_file() for p in ckpts.values()):
         return None
     res = {}
     for name, cls, dm in (("sasrec", SASRec, SequenceDataModule(data_dir, eval_batch_size=512, max_len=50)),
