@@ -23,7 +23,6 @@ and the data directory. :func:`load_cf_embeddings` refuses an export made from a
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import time
@@ -37,6 +36,7 @@ from darec import __version__
 from darec.atomic import atomic_path, atomic_write_text
 from darec.data.prepared import PreparedData
 from darec.errors import ConfigError, DataError, FingerprintError
+from darec.modules.base import checkpoint_model_class
 from darec.modules.sasrec import SasrecConfig, SasrecEncoder
 
 FORMAT = "darec-cf-embeddings"
@@ -207,22 +207,6 @@ def export_module(
     return path
 
 
-def _module_class(ckpt: dict[str, Any]) -> type:
-    from darec.modules.lightgcn import LightGCN
-    from darec.modules.sasrec import SASRec
-
-    class_path = ckpt.get("hyper_parameters", {}).get("_class_path")
-    if class_path:
-        mod, _, name = class_path.rpartition(".")
-        return getattr(importlib.import_module(mod), name)
-    keys = ckpt.get("state_dict", {})
-    if any(k.startswith("encoder.item_embedding") for k in keys):
-        return SASRec
-    if "item_rep" in keys:
-        return LightGCN
-    raise ConfigError("cannot tell which model this checkpoint holds")
-
-
 def export_embeddings(
     ckpt_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -237,7 +221,7 @@ def export_embeddings(
     if not ckpt_path.is_file():
         raise ConfigError(f"{ckpt_path}: no such checkpoint")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    cls = _module_class(ckpt)
+    cls = checkpoint_model_class(ckpt, str(ckpt_path))
     if data_dir is None:
         data_dir = ckpt.get("datamodule_hyper_parameters", {}).get("data_dir")
         if data_dir is None:

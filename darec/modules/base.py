@@ -3,15 +3,24 @@
 A model implements :meth:`RecModule.score_chunk`: the scores of item ids ``lo..hi-1`` for the users
 of an evaluation batch. Validation, test and predict are then shared: full-catalogue ranking in
 chunks, with history masked, through :mod:`darec.evaluation`.
+
+Recommending for a history that is not in the data (:mod:`darec.recommend`) goes through
+:meth:`RecModule.item_vectors` and :meth:`RecModule.history_user_vectors`: the score of item ``j`` is the dot
+product of the two. Every checkpoint records which class wrote it and the raw ids and titles of its items
+(:data:`MODEL_RECORD`), so it can be loaded and used without the prepared dataset.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
 import torch
 
+from darec.errors import ConfigError
 from darec.evaluation import (
     GroupedRankHistogram,
     RankHistogram,
@@ -25,6 +34,62 @@ from darec.evaluation import (
 )
 
 EvalBatch = dict[str, torch.Tensor]
+
+MODEL_RECORD = "darec_model"
+"""Checkpoint key of ``{"class_path": ..., "items": ItemCatalog | None}``, written by :meth:`RecModule.on_save_checkpoint`."""
+
+# Checkpoints written before MODEL_RECORD existed: the class is told by what it stored.
+_LEGACY_CLASSES = (
+    ("darec_backbone", "darec.modules.darec.DARec"),  # DARec records its backbone's identity
+    ("encoder.item_embedding.weight", "darec.modules.sasrec.SASRec"),
+    ("item_rep", "darec.modules.lightgcn.LightGCN"),
+    ("counts", "darec.modules.popularity.Popularity"),
+)
+
+
+@dataclass
+class ItemCatalog:
+    """Raw ids and titles of a model's items; index = internal item id, index 0 is padding (``""``)."""
+
+    raw_ids: list[str]
+    titles: list[str]
+
+    @classmethod
+    def from_data(cls, data: Any, num_items: int) -> "ItemCatalog":
+        """The catalogue items ``0..num_items`` of a prepared dataset; a title is the ``title`` attribute, else
+        the item's sentence."""
+        titles = [""] + [str(data.attrs(i).get("title") or data.sentences[i]) for i in range(1, num_items + 1)]
+        return cls(list(data.item_raw_ids[: num_items + 1]), titles)
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "ItemCatalog":
+        return cls(list(record["raw_ids"]), list(record["titles"]))
+
+
+def checkpoint_model_class(checkpoint: dict[str, Any], where: str = "the checkpoint") -> type["RecModule"]:
+    """The :class:`RecModule` subclass that wrote ``checkpoint`` (a loaded Lightning checkpoint dict).
+
+    Read from :data:`MODEL_RECORD`, else from the class path LightningCLI stores in the hyperparameters, else
+    (older checkpoints) from what the checkpoint holds. Only classes under ``darec.`` or already imported are
+    imported, as Lightning does, so a checkpoint cannot make darec import arbitrary code.
+    """
+    record = checkpoint.get(MODEL_RECORD) or {}
+    class_path = record.get("class_path") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if not class_path:
+        keys = set(checkpoint) | set(checkpoint.get("state_dict", {}))
+        class_path = next((path for key, path in _LEGACY_CLASSES if key in keys), None)
+    if not class_path:
+        raise ConfigError(f"{where} does not say which model wrote it (not a darec checkpoint?)")
+    module, _, name = str(class_path).rpartition(".")
+    if not module.startswith("darec.") and module not in sys.modules:
+        raise ConfigError(f"{where} was written by {class_path}; import {module} first to load it")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{where} was written by {class_path}, which cannot be imported ({e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, RecModule)):
+        raise ConfigError(f"{where} was written by {class_path}, which is not a darec model (RecModule)")
+    return cls
 
 
 class RecModule(L.LightningModule):
@@ -66,6 +131,7 @@ class RecModule(L.LightningModule):
         self.predict_k = predict_k
         self.val_metric = RankHistogram()
         self.test_metric = RankHistogram()
+        self.item_catalog: ItemCatalog | None = None
 
     def attached_datamodule(self) -> Any:
         """The trainer's datamodule, or None when the model is not attached to a trainer (or has none)."""
@@ -153,6 +219,36 @@ class RecModule(L.LightningModule):
                 for k, v in values.items():
                     self.log(f"test/{label}/{k}", v)
             grouped.reset()
+
+    # ------------------------------------------------------------ recommending for new histories
+    def item_vectors(self) -> torch.Tensor:
+        """The item table ``[num_items + 1, d]`` (row 0 padding): item ``j`` scores ``<u, table[j]>`` for a user
+        vector ``u`` from :meth:`history_user_vectors`."""
+        raise ConfigError(f"{type(self).__name__} does not give item vectors, so it cannot recommend for new histories")
+
+    def history_user_vectors(self, history: torch.Tensor) -> torch.Tensor:
+        """User vectors ``[B, d]`` for users known only by their histories ``[B, L]`` (internal item ids, oldest
+        first, left-padded with 0), for scoring against :meth:`item_vectors`."""
+        raise ConfigError(f"{type(self).__name__} does not give user vectors, so it cannot recommend for new histories")
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the class and the items' raw ids and titles (from the attached data) in the checkpoint.
+        Subclasses that override this call it."""
+        if self.item_catalog is None:
+            data = getattr(self.attached_datamodule(), "data", None)
+            if data is not None and hasattr(data, "item_raw_ids"):
+                self.item_catalog = ItemCatalog.from_data(data, self.num_items)
+        checkpoint[MODEL_RECORD] = {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "items": None if self.item_catalog is None else asdict(self.item_catalog),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Take the items' raw ids and titles from the checkpoint. Subclasses that override this call it."""
+        items = (checkpoint.get(MODEL_RECORD) or {}).get("items")
+        if items:
+            self.item_catalog = ItemCatalog.from_json(items)
 
     def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Any]:
         batch = self.prepare_eval_batch(batch)

@@ -166,6 +166,7 @@ class LightGCN(RecModule):
         self._eval_start()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self.has_graph:
             self.refresh_representations()
             state = checkpoint["state_dict"]
@@ -174,6 +175,22 @@ class LightGCN(RecModule):
 
     def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
         return {**batch, "user_vec": self.user_rep[batch["user"]]}
+
+    def item_vectors(self) -> torch.Tensor:
+        if not bool(self.reps_ready):
+            raise ConfigError("this LightGCN model holds no propagated item vectors (saved without its graph)")
+        return self.item_rep
+
+    def history_user_vectors(self, history: torch.Tensor) -> torch.Tensor:
+        """The mean of the history items' propagated vectors.
+
+        LightGCN learns a vector only for the users in its training graph (evaluation uses those). A user known
+        only by a history is placed at the mean of their items' vectors, the user vector DARec's injection
+        derives from LightGCN too.
+        """
+        items = self.item_vectors()
+        mask = (history > 0).unsqueeze(-1).to(items.dtype)
+        return (items[history] * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
         return batch["user_vec"] @ self.item_rep[lo:hi].T

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from darec.errors import ConfigError
 from darec.modules.base import EvalBatch, RecModule
 
 
@@ -48,3 +49,12 @@ class Popularity(RecModule):
 
     def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
         return self.counts[lo:hi].unsqueeze(0).expand(batch["target"].shape[0], -1)
+
+    def item_vectors(self) -> torch.Tensor:
+        """The counts as a one-column table: with the user vector ``[1]`` every history gets the same ranking."""
+        if not bool(self.counts.any()):
+            raise ConfigError("this popularity model holds no training counts (it was saved before it saw its data)")
+        return self.counts[:, None]
+
+    def history_user_vectors(self, history: torch.Tensor) -> torch.Tensor:
+        return torch.ones(history.shape[0], 1, dtype=self.counts.dtype, device=self.counts.device)

@@ -225,8 +225,15 @@ class SASRec(RecModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=int(t.numel()))
         return loss
 
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_weight
+
+    def history_user_vectors(self, history: torch.Tensor) -> torch.Tensor:
+        """The encoder's state after the history's last ``max_len`` items."""
+        return self.encoder.last_state(history)
+
     def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
-        return {**batch, "user_vec": self.encoder.last_state(batch["history"])}
+        return {**batch, "user_vec": self.history_user_vectors(batch["history"])}
 
     def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
         return batch["user_vec"] @ self.item_weight[lo:hi].T
