@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import os
+import difflib
 import sys
+import warnings
 from typing import Callable
 
+from darec.demo import DEMO_TIME
 from darec.errors import DarecError
+from darec.output import command_output
 
 OWN_COMMANDS: dict[str, str] = {
     "data": "darec.data.cli:data_main",
@@ -17,10 +19,13 @@ OWN_COMMANDS: dict[str, str] = {
     "export-embeddings": "darec.export:export_main",
     "search": "darec.search.cli:search_main",
 }
-HELP = """usage: darec <command> [options]
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+VERBOSE = "--verbose"
+HELP = f"""usage: darec [--verbose] <command> [options]
 
 Start here:
-  demo         download ml-100k, prepare it, train popularity, SASRec, LightGCN and DARec, compare (CPU, ~15 min)
+  demo         download ml-100k, prepare it, train popularity, SASRec, LightGCN and DARec, compare
+               (on the CPU: {DEMO_TIME})
 
 Training and evaluation (LightningCLI; `darec <command> --help` for every option):
   fit          train a model:           darec fit --config configs/sasrec_ml100k.yaml
@@ -47,6 +52,10 @@ Dynamic adaption (per-layer adapter types by Bayesian optimisation, Ax):
 
 Common LightningCLI options: --config FILE, --print_config, --seed_everything N,
   --trainer.max_epochs N, --trainer.devices N, --trainer.strategy ddp, --ckpt_path CKPT
+
+--verbose (anywhere on the command line, any command): also show the libraries' own messages (Lightning's
+  tips and accelerator lines, deprecation warnings, Hugging Face progress bars) and darec's debug messages,
+  each with its level and logger name. DAREC_LOG_LEVEL=WARNING keeps darec's own messages to warnings.
 """
 
 
@@ -76,38 +85,51 @@ def lightning_main(args: list[str]) -> None:
                 ckpt = "best" if self.trainer.checkpoint_callback is not None and self.trainer.checkpoint_callback.best_model_path else None
                 self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
-    DarecCLI(
-        RecModule,
-        RecDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=42,
-        trainer_defaults={"callbacks": [JsonlPredictionWriter()]},
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    with warnings.catch_warnings():
+        # LightningCLI warns whenever it is given ``args`` while ``sys.argv`` has arguments, in case both were meant
+        # to be parsed. darec passes the command line itself (minus what it consumed), so both are the same.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+        DarecCLI(
+            RecModule,
+            RecDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=42,
+            trainer_defaults={"callbacks": [JsonlPredictionWriter()]},
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+
+
+def unknown_command(name: str) -> str:
+    """The error line for a command darec does not have: every command, and the closest one."""
+    commands = [*LIGHTNING_COMMANDS, *OWN_COMMANDS]
+    close = difflib.get_close_matches(name, commands, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown command {name!r}{hint}. darec's commands: {', '.join(commands)}; darec --help describes them"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logger = logging.getLogger("darec")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(os.environ.get("DAREC_LOG_LEVEL", "INFO"))
+    verbose = VERBOSE in argv
+    argv = [a for a in argv if a != VERBOSE]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(HELP)
         return 0
-    try:
-        if argv[0] in OWN_COMMANDS:
-            return _load(OWN_COMMANDS[argv[0]])(argv[1:])
-        lightning_main(argv)
-        return 0
-    except DarecError as e:
-        print(f"error: {e}", file=sys.stderr)
+    command = argv[0]
+    if not command.startswith("-") and command not in LIGHTNING_COMMANDS and command not in OWN_COMMANDS:
+        print(f"error: {unknown_command(command)}", file=sys.stderr)
         return 2
+    with command_output(verbose):
+        try:
+            if command in OWN_COMMANDS:
+                return _load(OWN_COMMANDS[command])(argv[1:])
+            lightning_main(argv)
+            return 0
+        except DarecError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -42,3 +42,29 @@ def test_bad_config_value_is_one_clear_error(synth_dir, capsys):
     code = main(["data", "stats", str(synth_dir / "does-not-exist")])
     assert code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_mistyped_command_lists_every_command(capsys):
+    assert main(["fitt", "--config", "x.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: unknown command 'fitt' (did you mean 'fit'?). darec's commands: ")
+    for cmd in ("fit", "validate", "test", "predict", *OWN_COMMANDS):
+        assert cmd in err, cmd
+
+
+def test_verbose_is_accepted_anywhere_and_leaves_no_handler(synth_dir, capsys):
+    import logging
+
+    handlers = list(logging.getLogger("darec").handlers)
+    assert main(["data", "stats", str(synth_dir), "--verbose"]) == 0
+    assert "users" in capsys.readouterr().out
+    assert logging.getLogger("darec").handlers == handlers
+
+
+def test_lightning_commands_print_no_cli_args_warning(synth_dir, tmp_path, monkeypatch, recwarn):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["darec", "test", "--config", "configs/pop_ml100k.yaml"])  # as from a shell
+    args = ["test", "--config", str(ROOT / "configs/pop_ml100k.yaml"), "--data.init_args.data_dir", str(synth_dir),
+            "--trainer.enable_progress_bar=false"]
+    assert main(args) == 0
+    assert not [w for w in recwarn if "LightningCLI's args parameter" in str(w.message)]

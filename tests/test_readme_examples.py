@@ -11,8 +11,8 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 EXAMPLES = dict(re.findall(r"<!-- example: (\w+) -->\n```python\n(.*?)```", README, flags=re.S))
 
 
-def test_the_extension_examples_are_there():
-    assert {"adapter", "family", "reader"} <= set(EXAMPLES)
+def test_the_documented_examples_are_there():
+    assert {"adapter", "family", "reader", "recommend"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -1,7 +1,8 @@
 """``darec data ...``: download, prepare, synthesise and inspect datasets.
 
 :func:`data_main` takes the arguments after ``darec data`` and returns an exit code; a
-:class:`~darec.errors.DarecError` is printed as ``error: <message>`` (exit code 2, no traceback).
+:class:`~darec.errors.DarecError` is printed as ``error: <message>`` (exit code 2, no traceback). Messages
+are logged to the ``darec`` logger; ``darec`` (:func:`darec.cli.main`) prints each of them once.
 """
 
 from __future__ import annotations
@@ -77,20 +78,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet_datasets() -> None:
-    """Hide HF datasets' per-split "Saving the dataset" bars; darec logs its own progress."""
-    from datasets.utils.logging import disable_progress_bar
-
-    disable_progress_bar()
-
-
-def _setup_logging(quiet: bool) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(message)s", stream=sys.stderr)
-    logging.getLogger("darec").setLevel(logging.WARNING if quiet else logging.INFO)
-
-
 def _download(args: argparse.Namespace) -> int:
     from darec.data.download import download_ml100k
 
@@ -103,7 +90,6 @@ def _download(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from darec.data.prepare import load_config, prepare
 
-    _quiet_datasets()
     out = prepare(load_config(args.config), out=args.out, force=args.force)
     print(f"prepared dataset: {out}")
     return 0
@@ -119,7 +105,6 @@ def _synth(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name} must be at least 1")
     if args.cold < 0:
         raise ConfigError("--cold must be at least 0")
-    _quiet_datasets()
     cfg = SynthConfig(num_users=args.users, num_items=args.items, num_clusters=args.clusters, num_cold=args.cold, seed=args.seed)
     try:
         manifest = write_synthetic(args.out, cfg)
@@ -152,13 +137,14 @@ def data_main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return int(e.code) if isinstance(e.code, int) else 2
-    _setup_logging(args.quiet)
+    darec_logger = logging.getLogger("darec")
+    level = darec_logger.level
+    if args.quiet:
+        darec_logger.setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except DarecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(data_main(sys.argv[1:]))
+    finally:
+        darec_logger.setLevel(level)

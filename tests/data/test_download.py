@@ -149,3 +149,20 @@ def test_wheel_checksum_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_cli_download(tmp_path: Path, fake_grouplens: list[int], capsys: pytest.CaptureFixture[str]) -> None:
     assert data_main(["-q", "download", "ml-100k", "--dir", str(tmp_path)]) == 0
     assert "(source: grouplens)" in capsys.readouterr().out
+
+
+def test_darec_data_download_prints_each_message_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      fake_wheel: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    from darec.cli import main
+
+    monkeypatch.setattr(dl, "_fetch_grouplens", _offline)
+    assert main(["data", "download", "ml-100k", "--dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    target = tmp_path / "ml-100k"
+    assert captured.out.splitlines() == [f"ml-100k ready in {target} (source: recbole)"]
+    assert captured.err.splitlines() == [
+        f"ml-100k: trying GroupLens {dl.GROUPLENS_URL} (timeout 5 s)",
+        "warning: ml-100k: GroupLens failed (<urlopen error Name or service not known>); trying the recbole==1.2.1 "
+        "wheel from PyPI",
+        f"ml-100k: recbole wheel files verified and extracted into {target}",
+    ]

@@ -151,3 +151,26 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.Capt
     assert data_main(["--help"]) == 0
     assert "download" in capsys.readouterr().out
     assert data_main(["frobnicate"]) == 2
+
+
+def test_darec_data_prepare_prints_each_message_once(tmp_path: Path, grouplens_dir: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from darec.cli import main
+
+    cfg = _config(tmp_path, grouplens_dir)
+    assert main(["data", "prepare", "--config", str(cfg)]) == 0
+    captured = capsys.readouterr()
+    out, err = captured.out.splitlines(), captured.err.splitlines()
+    assert out == [f"prepared dataset: {tmp_path / 'prepared'}"]
+    assert err[:4] == [f"reading ml-100k data (path={grouplens_dir}, source=auto)",
+                       f"ml-100k: reading the grouplens files in {grouplens_dir}",
+                       f"{grouplens_dir / 'u.data'}: 13 interactions read; filtering and splitting",
+                       f"wrote {tmp_path / 'prepared'} (fingerprint {PreparedData(tmp_path / 'prepared').fingerprint[:12]})"]
+    stats = err[4:]  # the stats table, once: every row label appears on exactly one line
+    labels = [line.split("  ")[1] if line.startswith("  ") else line for line in stats]
+    assert labels and len(labels) == len(set(labels)) and sum(line.strip().startswith("users ") for line in stats) == 1
+    assert not [line for line in out + err if line.startswith(("INFO", "WARNING"))]
+    # a second run finds the output up to date and says so, once
+    assert main(["data", "prepare", "--config", str(cfg)]) == 0
+    again = capsys.readouterr()
+    assert again.err.splitlines() == [f"{tmp_path / 'prepared'} is up to date (same config and input sha256); reusing it"]

@@ -1,0 +1,50 @@
+"""`darec demo`'s output: one time figure everywhere, a plain-text help, a banner, a labelled chart (no training here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from darec.cli import HELP, main
+from darec.demo import DEMO_CONDITIONS, DEMO_MINUTES, DEMO_TIME, banner, comparison_figure, default_budgets
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_one_time_figure_in_readme_help_and_banner(capsys):
+    assert DEMO_TIME == f"about {DEMO_MINUTES} minutes on {DEMO_CONDITIONS}"
+    # every "... minutes" the README says about the whole demo is this figure
+    assert [t.strip() for t in re.findall(r"demo takes (about [\d.]+ minutes on [^.;()]+)", README)] == [DEMO_TIME]
+    assert DEMO_TIME in HELP
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert DEMO_TIME in text and "``" not in text and "--verbose" in text
+    b = default_budgets()
+    lines = banner(Path("w"), b["sasrec_epochs"], b["lightgcn_epochs"], b["darec_epochs"], b["darec_batches"], 42)
+    assert f"With these budgets it takes {DEMO_TIME}." in lines[-1]
+
+
+def test_banner_says_what_runs_and_when_the_figure_does_not_apply():
+    lines = banner(Path("/tmp/d"), 1, 1, 1, 3, 7)
+    text = "\n".join(lines)
+    assert "SASRec, up to 1 epoch " in text and "LightGCN, up to 1 epoch " in text
+    assert "DARec (MiniLM backbone, SASRec + LightGCN injected), 1 epoch of 3 batches" in text
+    assert f"With the default budgets it takes {DEMO_TIME}; these budgets differ." in text
+    assert "Seed 7; working directory /tmp/d." in text
+    assert "50% of the batches" in "\n".join(banner(Path("d"), 30, 40, 2, 0.5, 42))
+
+
+def test_chart_labels_both_axes():
+    import matplotlib.pyplot as plt
+
+    results = {name: {"test": {"hr@10": 0.1 * k, "ndcg@10": 0.05 * k}} for k, name in enumerate(["Popularity", "SASRec"], 1)}
+    fig = comparison_figure(results)
+    try:
+        ax = fig.axes[0]
+        assert ax.get_ylabel() and [t.get_text() for t in ax.get_xticklabels()] == ["Popularity", "SASRec"]
+    finally:
+        plt.close(fig)
