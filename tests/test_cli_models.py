@@ -41,7 +41,7 @@ def _metrics(run: Path) -> dict[str, str]:
 def test_fit_checkpoints_tests_and_exports(config: str, extra: list[str], synth_dir: str, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     rc = main(["fit", "--config", str(CONFIGS / config), "--data.init_args.data_dir", synth_dir,
-               "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", *extra])
+               "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--trainer.log_every_n_steps", "1", *extra])
     assert rc == 0
     name = config.removesuffix(".yaml")
     run = tmp_path / "logs" / name / "version_0"

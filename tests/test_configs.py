@@ -34,7 +34,8 @@ def test_every_key_is_commented(path):
 
 
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.name)
-def test_config_instantiates(path, synth_dir, tmp_path):
+def test_config_instantiates(path, synth_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["darec"])  # LightningCLI parses `args` only, as under `darec`; pytest's own are not its
     doc = yaml.safe_load(path.read_text())
     args = ["--config", str(path), "--data.init_args.data_dir", str(synth_dir), "--trainer.accelerator", "cpu",
             "--trainer.logger", "false"]

@@ -60,6 +60,7 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, refit: bool = False, 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="linear_operator")  # GP jitter notices while fitting
         warnings.filterwarnings("ignore", module="botorch")
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="gpytorch")  # negative variances rounded up
         return _run(cfg, resume, refit, objective, num_layers, progress)
 
 

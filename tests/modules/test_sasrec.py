@@ -70,6 +70,8 @@ def _batch(num_items: int = 30) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("loss", ["ce", "bce"])
+# The loss is checked outside a Trainer, where Lightning notes that self.log() has nowhere to log to.
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)` but the `self.trainer` reference is not registered")
 def test_padding_never_contributes_to_the_loss(loss: str) -> None:
     torch.manual_seed(0)
     model = SASRec(num_items=30, num_users=4, hidden_size=16, inner_size=32, max_len=10, loss=loss,
