@@ -1,37 +1,32 @@
-"""DARec ablation on ml-100k (MiniLM, CPU): each component off in turn, at the same training budget.
+"""DARec ablation on ml-100k (MiniLM, CPU): each component off in turn, at one fixed training budget.
 
-The reference ("full") is DARec as ``benchmarks/darec_ml100k.py`` trains it: context masking on, SASRec +
-LightGCN injected at the input, all three losses. Each other variant changes one thing:
+The reference (``full``) is DARec's default configuration (``configs/darec_ml100k.yaml``) injecting SASRec and
+LightGCN. Each other variant changes one thing:
 
-- ``context_masking_off``: item tokens also attend to the earlier items' tokens of the same window
-  (the concatenated-history ablation of DESIGN.md), within ``--history-tokens`` tokens per window;
-- ``injection_none`` / ``injection_sasrec`` / ``injection_lightgcn``: which CF knowledge is injected;
-- ``injection_attention``: SASRec + LightGCN at the input *and* as per-layer key/value prefixes;
-- ``no_next_item`` / ``no_masked_context`` / ``no_hard_negative``: one loss off;
-- ``shuffled_text``: item sentences permuted across items (a control: text then carries no meaning).
+- ``context_masking_off``: item tokens also attend to the earlier items' tokens of the same window (the
+  concatenated-history ablation of DESIGN.md);
+- ``injection_none``: no collaborative knowledge at all (no CF input terms, no residual);
+- ``shuffled_text``: item sentences permuted across items (a control: the text then carries no meaning);
+- ``no_next_item`` / ``no_masked_context`` / ``no_hard_negative``: one loss off.
 
-Every run trains ``--epochs`` epochs and is tested once with its best validation checkpoint. The table gives
-test NDCG@10 (mean ± std over seeds) and the paired difference from ``full`` over users (averaged over
-seeds) with a bootstrap 95% CI. SASRec/LightGCN exports are reused from ``--cf-root/seed<N>/cf`` when
-present (``benchmarks/darec_ml100k.py`` writes them there) and trained otherwise. Finished runs are kept in
-``--work-dir`` so an interrupted benchmark resumes where it stopped.
+Every run trains exactly ``--epochs`` epochs (no early stopping; the best validation epoch is tested), a budget
+chosen to reach at least 0.9x the converged validation NDCG@10 of ``full`` (the JSON records both). The table
+gives test NDCG@10 (mean ± std over seeds) and the paired difference from ``full`` over users (per-user NDCG@10
+averaged over seeds) with a bootstrap 95% CI. SASRec/LightGCN runs are shared with ``benchmarks/darec_ml100k.py``
+through ``--work-dir`` (same names), so they are trained once. Finished runs are kept, so an interrupted
+benchmark resumes.
 
-    python benchmarks/ablation.py [--seeds 0 1] [--epochs 1] [--variants full shuffled_text ...]
+    python benchmarks/ablation.py [--seeds 0 1 2] [--epochs E] [--jobs 2] [--variants full shuffled_text ...]
 
-Prints one table and writes ``benchmarks/ablation.json`` (machine, command, commit), rewritten after every run.
+Prints one table and writes ``benchmarks/ablation.json`` (machine, command, commit).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
-import random
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,142 +37,75 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from darec_ml100k import bootstrap_ci, existing_exports, per_user_ndcg10, train_cf  # noqa: E402
-
-from darec.demo import _trainer  # noqa: E402
+from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
+from runs import RunSpec, is_done, load, ndcg10, run_all  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
-    "context_masking_off": {"context_masking": False},
-    "injection_none": {"injection": ()},
-    "injection_sasrec": {"injection": ("sasrec",)},
-    "injection_lightgcn": {"injection": ("lightgcn",)},
-    "injection_attention": {"mode": "attention"},
-    "no_next_item": {"losses": {"next_item": False}},
-    "no_masked_context": {"losses": {"masked_context": False}},
-    "no_hard_negative": {"losses": {"hard_negative": False}},
+    "context_masking_off": {"model": {"context_masking": False}},
+    "injection_none": {"model": {"injection": {"mode": "none", "residual": False}}},
     "shuffled_text": {"shuffle_text": True},
+    "no_next_item": {"model": {"losses": {"next_item": False}}},
+    "no_masked_context": {"model": {"losses": {"masked_context": False}}},
+    "no_hard_negative": {"model": {"losses": {"hard_negative": False}}},
 }
 
 
-def cf_paths(seed: int, data_dir: str, cf_root: Path, work: Path) -> dict[str, Path]:
-    """SASRec/LightGCN exports for ``seed``: reused from ``cf_root`` if both exist, else trained into ``work``."""
-    return existing_exports(cf_root, seed) or train_cf(seed, data_dir, work / f"seed{seed}")[0]
-
-
-def run_variant(name: str, seed: int, data_dir: str, cf: dict[str, Path], work: Path, epochs: int, history_tokens: int,
-                backbone: str = "minilm") -> dict:
-    import lightning as L
-
-    from darec.data.windows import SequenceDataModule
-    from darec.modules.backbone import BackboneConfig
-    from darec.modules.darec import DARec
-    from darec.modules.injection import InjectionConfig
-    from darec.modules.darec import LossConfig
-
-    spec = VARIANTS[name]
-    sources = spec.get("injection", ("sasrec", "lightgcn"))
-    injection = InjectionConfig(
-        mode=spec.get("mode", "input") if sources else "none",
-        sasrec=str(cf["sasrec"]) if "sasrec" in sources else None,
-        lightgcn=str(cf["lightgcn"]) if "lightgcn" in sources else None,
-    )
-    L.seed_everything(seed)
-    dm = SequenceDataModule(data_dir, batch_size=64, eval_batch_size=256, max_len=50, num_negatives=0)
-    model = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
-                  backbone=BackboneConfig(name=backbone), max_fresh_items=128, cache_dir=str(work / "cache"),
-                  injection=injection, losses=LossConfig(**spec.get("losses", {})),
-                  context_masking=spec.get("context_masking", True), history_tokens=history_tokens)
-    if spec.get("shuffle_text"):
-        d = dm.data
-        body = list(d.sentences[1:])
-        random.Random(seed).shuffle(body)
-        text_hash = hashlib.sha256("\n".join(body).encode()).hexdigest()
-        model.attach_data([d.sentences[0], *body], text_hash, d.fingerprint, d.train_sequences(), d.item_raw_ids)
-    runs = work / f"seed{seed}" / name
-    trainer = _trainer(runs, "darec", epochs, patience=None, gradient_clip_val=1.0)
-    t0 = time.time()
-    trainer.fit(model, datamodule=dm)
-    fit_s = time.time() - t0
-    best = DARec.load_from_checkpoint(runs / "darec" / "checkpoints" / "best.ckpt")  # carries its (maybe shuffled) texts
-    dm.setup("test")
-    return {"per_user": per_user_ndcg10(best, dm), "fit_s": fit_s}
-
-
-def summarise(done: dict[tuple[str, int], dict], variants: list[str], seeds: list[int]) -> dict:
-    out: dict[str, dict] = {}
-    for name in variants:
-        have = [s for s in seeds if (name, s) in done]
-        if not have:
-            continue
-        vals = [float(done[name, s]["per_user"].mean()) for s in have]
-        row = {"seeds": have, "test_ndcg@10_mean": float(np.mean(vals)), "test_ndcg@10_std": float(np.std(vals)),
-               "values": vals, "fit_s": [done[name, s]["fit_s"] for s in have]}
-        paired = [s for s in have if ("full", s) in done]
-        if name != "full" and paired:
-            diff = np.mean([done[name, s]["per_user"] - done["full", s]["per_user"] for s in paired], 0)
-            lo, hi = bootstrap_ci(diff)
-            row["minus_full"] = {"mean": float(diff.mean()), "bootstrap_95ci": [lo, hi], "seeds": paired}
-        out[name] = row
-    return out
-
-
-def print_table(summary: dict) -> None:
-    print(f"{'variant':<22}{'test NDCG@10':>20}{'seeds':>7}{'vs full (95% CI)':>34}{'fit s':>8}")
-    for name, r in summary.items():
-        d = r.get("minus_full")
-        vs = f"{d['mean']:+.4f} [{d['bootstrap_95ci'][0]:+.4f}, {d['bootstrap_95ci'][1]:+.4f}]" if d else "-"
-        print(f"{name:<22}{r['test_ndcg@10_mean']:>12.4f} ± {r['test_ndcg@10_std']:.4f}{len(r['seeds']):>7}{vs:>34}"
-              f"{np.mean(r['fit_s']):>8.0f}")
-
-
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data/ml-100k")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--epochs", type=int, default=1, help="DARec training epochs of every variant (the shared budget)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=3, help="training epochs of every variant (fixed budget)")
+    p.add_argument("--sasrec-len", type=int, default=50, help="history length of the injected SASRec")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--history-tokens", type=int, default=128, help="context_masking_off: tokens of history text per window")
-    p.add_argument("--backbone", default="minilm", help="backbone name (tiny-bert for a quick smoke run on synthetic data)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--cf-root", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
-    p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "ablation"))
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--converged-from", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"),
+                   help="work dir of darec_ml100k.py, whose converged DARec runs give the 0.9x reference")
+    p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    torch.set_num_threads(1)
     work = Path(a.work_dir)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
-    command = " ".join([sys.executable, "benchmarks/ablation.py"] + list(argv if argv is not None else sys.argv[1:]))
-    done: dict[tuple[str, int], dict] = {}
-    t0 = time.time()
-    for seed in a.seeds:  # seed-major: a stopped run still holds complete seeds
-        cf = cf_paths(seed, a.data_dir, Path(a.cf_root), work)
-        for name in a.variants:
-            store = work / "results" / f"{name}_seed{seed}.npz"
-            if store.is_file():
-                blob = np.load(store)
-                done[name, seed] = {"per_user": blob["per_user"], "fit_s": float(blob["fit_s"])}
-            else:
-                print(f"== {name} seed {seed}", flush=True)
-                done[name, seed] = run_variant(name, seed, a.data_dir, cf, work, a.epochs, a.history_tokens, a.backbone)
-                store.parent.mkdir(parents=True, exist_ok=True)
-                tmp = store.with_suffix(".tmp.npz")
-                np.savez(tmp, per_user=done[name, seed]["per_user"], fit_s=done[name, seed]["fit_s"])
-                os.replace(tmp, store)
-            summary = summarise(done, a.variants, a.seeds)
-            result = {
-                "benchmark": "DARec ablation on ml-100k (MiniLM, CPU; full ranking, leave-one-out, history masked)",
-                "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-                "command": command, "commit": commit, "epochs": a.epochs, "seeds": a.seeds,
-                "history_tokens": a.history_tokens, "backbone": a.backbone, "variants": summary, "wall_s": time.time() - t0,
-                "complete": len(done) == len(a.seeds) * len(a.variants),
-            }
-            tmp = Path(a.out).with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-            os.replace(tmp, a.out)
-    print_table(summary)
+    budget = {"max_epochs": a.epochs, "patience": a.epochs}
+    specs = []
+    for s in a.seeds:
+        cf = f"sasrec_L{a.sasrec_len}_s{s}"
+        specs += [RunSpec(cf, "sasrec", s, {"max_len": a.sasrec_len}, {"max_len": a.sasrec_len}), RunSpec(f"lightgcn_s{s}", "lightgcn", s)]
+        specs += [RunSpec(f"ablation_{v}_e{a.epochs}_s{s}", "darec", s, VARIANTS[v].get("model", {}), trainer=budget,
+                          cf_from=cf, lightgcn_from=f"lightgcn_s{s}", shuffle_text=VARIANTS[v].get("shuffle_text", False))
+                  for v in a.variants]
+    run_all(specs, work, a.data_dir, a.jobs)
+    per_user = {v: [ndcg10(load(work, f"ablation_{v}_e{a.epochs}_s{s}").ranks("test")) for s in a.seeds] for v in a.variants}
+    metas = {v: [load(work, f"ablation_{v}_e{a.epochs}_s{s}").meta for s in a.seeds] for v in a.variants}
+    rows: dict[str, Any] = {}
+    for v in a.variants:
+        vals = [x.mean() for x in per_user[v]]
+        row = {"test_ndcg@10_mean": float(np.mean(vals)), "test_ndcg@10_std": float(np.std(vals)),
+               "per_seed": [float(x) for x in vals], "best_val_ndcg@10": [m["best_val_ndcg@10"] for m in metas[v]],
+               "fit_s": [m["fit_s"] for m in metas[v]]}
+        if v != "full" and "full" in per_user:
+            row["minus_full"] = paired_bootstrap(np.mean(per_user[v], 0) - np.mean(per_user["full"], 0))
+        rows[v] = row
+    converged = [load(Path(a.converged_from), f"darec_s{s}").meta["best_val_ndcg@10"]
+                 for s in a.seeds if is_done(Path(a.converged_from), f"darec_s{s}")]
+    budget_check = None
+    if converged and "full" in rows:
+        ratio = float(np.mean(rows["full"]["best_val_ndcg@10"]) / np.mean(converged))
+        budget_check = {"full_val_at_budget": float(np.mean(rows["full"]["best_val_ndcg@10"])),
+                        "converged_val": float(np.mean(converged)), "ratio": ratio, "met": ratio >= 0.9}
+    result = {"benchmark": "DARec ablation on ml-100k", "machine": machine(), "command": command("benchmarks/ablation.py", argv),
+              "git": git_commit(), "seeds": a.seeds, "epochs": a.epochs, "variants": {v: VARIANTS[v] for v in a.variants},
+              "budget_vs_converged": budget_check, "results": rows}
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'variant':<22}{'test NDCG@10':>20}{'vs full (95% CI)':>36}{'fit s':>8}")
+    for v, r in rows.items():
+        d = r.get("minus_full")
+        vs = f"{d['mean']:+.4f} [{d['bootstrap_95ci'][0]:+.4f}, {d['bootstrap_95ci'][1]:+.4f}]" if d else "-"
+        print(f"{v:<22}{r['test_ndcg@10_mean']:>12.4f} ± {r['test_ndcg@10_std']:.4f}{vs:>36}{np.mean(r['fit_s']):>8.0f}")
+    if budget_check:
+        print(f"budget: full reaches {budget_check['ratio']:.2f}x the converged validation NDCG@10 (target >= 0.9)")
+    print(f"wrote {a.out}")
     return result
 
 

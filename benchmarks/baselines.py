@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,9 +28,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from common import git_commit, machine  # noqa: E402
 
 TARGETS = {"sasrec": {"ndcg@10": 0.067, "time_to_best_s": 790.0}, "lightgcn": {"ndcg@10": 0.047}}
 REPORTED = ("hr@10", "ndcg@10", "mrr@10")
@@ -191,24 +191,6 @@ def summarise(name: str, runs: list[dict[str, Any]], pop: dict[str, Any] | None)
     out["targets"] = checks
     out["runs"] = [{k: v for k, v in r.items() if k != "ranks"} for r in runs]
     return out
-
-
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "lightning": L.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def git_commit() -> dict[str, Any]:
-    def git(*a: str) -> str | None:
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    status = git("status", "--porcelain")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
 def table(summary: dict[str, Any]) -> str:

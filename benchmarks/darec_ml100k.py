@@ -1,13 +1,24 @@
-"""DARec (MiniLM, CPU) against SASRec on ml-100k, several seeds, with a paired bootstrap over users.
+"""DARec against SASRec on ml-100k, with honest controls, several seeds, paired bootstrap over users.
 
-Per seed: SASRec and LightGCN are trained (early stopping on validation) and exported, then DARec
-trains for ``--darec-epochs`` with their knowledge injected (``injection.mode: input``). Every model
-is tested once with its best validation checkpoint. The per-user test NDCG@10 of DARec and SASRec,
-averaged over seeds, gives a paired bootstrap 95% CI of the difference.
+Per seed ``s`` (every model from its shipped config, early stopping on validation NDCG@10, tested once with
+its best validation checkpoint; see ``benchmarks/runs.py``):
 
-    python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--darec-epochs 2] [--data-dir data/ml-100k]
+- SASRec (seed ``s``) and LightGCN (seed ``s``), exported for DARec's knowledge injection;
+- DARec with its default configuration (``configs/darec_ml100k.yaml``), injecting that SASRec and LightGCN;
+- DARec without ``injection.residual``: the language-model path alone must carry the signal;
+- control 1, a 2-seed SASRec ensemble: SASRec ``s`` plus SASRec ``s + 100``, scores summed (DARec's residual
+  adds SASRec's score, so it is partly an ensemble);
+- control 2, SASRec plus a frozen-text similarity: ``score + w * cos(mean of the last k history items' frozen
+  MiniLM vectors, item vector)``, with ``w`` and ``k`` chosen per seed on validation.
 
-Prints a table and writes ``benchmarks/darec_ml100k.json`` (machine, command, commit).
+SASRec's history length is tuned first on seed 0's validation split (``--sasrec-lens``); the best length is
+used for every seed. Per-user test NDCG@10 is averaged over seeds and every comparison is paired over users
+with a bootstrap 95% CI. Also reported: test NDCG@10 by history-length and target-popularity bucket.
+
+    python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--sasrec-lens 50 100 200]
+
+Runs go to ``--work-dir`` and are reused, so an interrupted benchmark resumes. Prints tables and writes
+``benchmarks/darec_ml100k.json`` (machine, command, commit).
 """
 
 from __future__ import annotations
@@ -15,164 +26,178 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from darec.demo import _trainer  # noqa: E402
+from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
+from runs import Run, RunSpec, load, ndcg10, run_all  # noqa: E402
+
+TEXT_K = (1, 3, 10)
+TEXT_W = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
-def per_user_ndcg10(model, dm) -> np.ndarray:
-    """Test NDCG@10 of every test user, in the order of the test split."""
-    model.eval()
-    if hasattr(model, "_build_eval_table"):
-        model._build_eval_table()
-    if hasattr(model, "_eval_start"):
-        model._eval_start()
+def specs(seeds: list[int], sasrec_len: int, darec_variants: dict[str, dict[str, Any]]) -> list[RunSpec]:
+    sas = {"max_len": sasrec_len}
+    data = {"max_len": sasrec_len}
     out = []
-    with torch.no_grad():
-        for batch in dm.test_dataloader():
-            ranks = model._ranks(batch).numpy()
-            out.append(np.where(ranks < 10, 1.0 / np.log2(ranks + 2), 0.0))
-    return np.concatenate(out)
+    for s in seeds:
+        out += [RunSpec(f"sasrec_L{sasrec_len}_s{s}", "sasrec", s, sas, data),
+                RunSpec(f"sasrec_L{sasrec_len}_s{s + 100}", "sasrec", s + 100, sas, data),
+                RunSpec(f"lightgcn_s{s}", "lightgcn", s)]
+        out += [RunSpec(f"{name}_s{s}", "darec", s, over, cf_from=f"sasrec_L{sasrec_len}_s{s}", lightgcn_from=f"lightgcn_s{s}")
+                for name, over in darec_variants.items()]
+    return out
 
 
-def train_cf(seed: int, data_dir: str, runs: Path) -> tuple[dict[str, Path], dict]:
-    """Train SASRec and LightGCN on the training split (early stopping on validation) and export them.
-
-    Returns the export paths and, per model, its per-user test NDCG@10, fit seconds and epochs.
-    """
-    import lightning as L
-
-    from darec.data.windows import InteractionDataModule, SequenceDataModule
-    from darec.export import export_module
-    from darec.modules.lightgcn import LightGCN
-    from darec.modules.sasrec import SASRec
-
-    res, paths = {}, {}
-    for name, cls, dm in (
-        ("sasrec", SASRec, SequenceDataModule(data_dir, batch_size=256, eval_batch_size=512, max_len=50, num_negatives=0)),
-        ("lightgcn", LightGCN, InteractionDataModule(data_dir, batch_size=2048, eval_batch_size=512)),
-    ):
-        L.seed_everything(seed)
-        model = cls(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint)
-        trainer = _trainer(runs, name, 60, patience=5)
-        t0 = time.time()
-        trainer.fit(model, datamodule=dm)
-        best = cls.load_from_checkpoint(runs / name / "checkpoints" / "best.ckpt")
-        paths[name] = export_module(best, dm.data, runs / "cf" / f"{name}.safetensors")
-        dm.setup("test")
-        res[name] = {"per_user": per_user_ndcg10(best, dm), "fit_s": time.time() - t0, "epochs": trainer.current_epoch}
-    return paths, res
-
-
-def existing_exports(cf_root: Path, seed: int) -> dict[str, Path] | None:
-    """The SASRec/LightGCN exports ``train_cf`` wrote under ``cf_root/seed<N>/cf``, or None if either is missing."""
-    paths = {k: cf_root / f"seed{seed}" / "cf" / f"{k}.safetensors" for k in ("sasrec", "lightgcn")}
-    return paths if all(p.is_file() for p in paths.values()) else None
-
-
-def reuse_cf(seed: int, data_dir: str, cf_root: Path) -> tuple[dict[str, Path], dict] | None:
-    """Exports and per-user test NDCG@10 of SASRec/LightGCN already trained under ``cf_root/seed<N>`` (None if absent)."""
-    from darec.data.windows import InteractionDataModule, SequenceDataModule
-    from darec.modules.lightgcn import LightGCN
-    from darec.modules.sasrec import SASRec
-
-    runs = cf_root / f"seed{seed}"
-    paths = existing_exports(cf_root, seed)
-    ckpts = {k: runs / k / "checkpoints" / "best.ckpt" for k in ("sasrec", "lightgcn")}
-    if paths is None or not all(p.is_file() for p in ckpts.values()):
-        return None
-    res = {}
-    for name, cls, dm in (("sasrec", SASRec, SequenceDataModule(data_dir, eval_batch_size=512, max_len=50)),
-                          ("lightgcn", LightGCN, InteractionDataModule(data_dir, eval_batch_size=512))):
-        dm.setup("test")
-        res[name] = {"per_user": per_user_ndcg10(cls.load_from_checkpoint(ckpts[name]), dm), "fit_s": None, "epochs": None}
-    return paths, res
-
-
-def run_seed(seed: int, data_dir: str, work: Path, darec_epochs: int, cf_root: Path | None = None, residual: bool = False) -> dict:
-    import lightning as L
-
-    from darec.data.windows import SequenceDataModule
+def text_vectors(data_dir: str, cache_dir: str) -> np.ndarray:
+    """Frozen MiniLM item vectors (mean over the sentence's tokens with its framing), row = item id."""
+    from darec.data.prepared import PreparedData
     from darec.modules.backbone import BackboneConfig
     from darec.modules.darec import DARec
-    from darec.modules.injection import InjectionConfig
 
-    runs = work / f"seed{seed}"
-    reused = reuse_cf(seed, data_dir, cf_root) if cf_root else None
-    paths, res = reused or train_cf(seed, data_dir, runs)
-    L.seed_everything(seed)
-    dm = SequenceDataModule(data_dir, batch_size=64, eval_batch_size=256, max_len=50, num_negatives=0)
-    model = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
-                  backbone=BackboneConfig(name="minilm"), max_fresh_items=128, cache_dir=str(work / "cache"),
-                  injection=InjectionConfig(mode="input", sasrec=str(paths["sasrec"]), lightgcn=str(paths["lightgcn"]),
-                                            residual=residual))
-    trainer = _trainer(runs, "darec", darec_epochs, patience=None, gradient_clip_val=1.0)
-    t0 = time.time()
-    trainer.fit(model, datamodule=dm)
-    best = DARec.load_from_checkpoint(runs / "darec" / "checkpoints" / "best.ckpt")  # carries the item texts
-    res["darec"] = {"per_user": per_user_ndcg10(best, dm), "fit_s": time.time() - t0, "epochs": trainer.current_epoch}
-    return res
+    d = PreparedData(data_dir)
+    m = DARec(num_items=d.num_items, num_users=d.num_users, data_fingerprint=d.fingerprint,
+              backbone=BackboneConfig(name="minilm"), adapters="none", item_vector="mean", item_framing=True,
+              cache_dir=cache_dir, losses={"hard_negative": False}, calibrate_inputs=False)
+    m.attach_data(d.sentences, d.text_hash, d.fingerprint, [])
+    v = torch.nn.functional.normalize(m.encoder.encode_all(d.num_items), dim=-1)
+    v[0] = 0
+    return v.numpy()
 
 
-def bootstrap_ci(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (n, len(diff)))].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def text_similarity(vec: np.ndarray, history: list[np.ndarray], k: int) -> np.ndarray:
+    """[U, N+1]: cosine between each item and the mean of the user's last ``k`` history items (frozen text)."""
+    users = np.stack([vec[h[-k:]].mean(0) if len(h) else np.zeros(vec.shape[1], np.float32) for h in history])
+    users /= np.linalg.norm(users, axis=1, keepdims=True).clip(1e-9)
+    return users @ vec.T
 
 
-def main(argv: list[str] | None = None) -> dict:
+def text_fusion(sas: Run, vec: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Test scores of SASRec + w * text similarity, ``w`` and ``k`` chosen on validation NDCG@10."""
+    best = (-1.0, 0.0, 1)
+    scale = float(np.nanstd(np.where(np.isfinite(sas.scores["val"]), sas.scores["val"], np.nan)))
+    for k in TEXT_K:
+        sim = text_similarity(vec, sas.history["val"], k)
+        for w in TEXT_W:
+            v = float(ndcg10(sas.ranks("val", sas.scores["val"] + w * scale * sim)).mean())
+            if v > best[0]:
+                best = (v, w, k)
+    _, w, k = best
+    test = sas.scores["test"] + w * scale * text_similarity(vec, sas.history["test"], k)
+    return test, {"w": w, "k": k, "score_std": scale, "val_ndcg@10": best[0]}
+
+
+def buckets(data_dir: str, history: list[np.ndarray], targets: np.ndarray) -> dict[str, tuple[np.ndarray, list[str]]]:
+    from darec.data.prepared import PreparedData
+    from darec.evaluation import history_length_buckets, popularity_buckets, popularity_edges
+
+    counts = torch.as_tensor(PreparedData(data_dir).train_item_counts())
+    lengths = torch.tensor([len(h) for h in history])
+    g_len, l_len = history_length_buckets(lengths)
+    edges = popularity_edges(counts)
+    g_pop, l_pop = popularity_buckets(counts[torch.from_numpy(targets).long()], edges)
+    return {"history_length": (g_len.numpy(), l_len), "target_popularity": (g_pop.numpy(), l_pop)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data/ml-100k")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--darec-epochs", type=int, default=2)
-    p.add_argument("--cf-root", default=None, help="reuse SASRec/LightGCN runs under CF_ROOT/seed<N> instead of training them")
-    p.add_argument("--residual", action="store_true", help="DARec with injection.residual (scores start as SASRec's)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--sasrec-lens", type=int, nargs="+", default=[50, 100, 200], help="SASRec history lengths tuned on seed 0's validation")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at once (one torch thread each)")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    t0 = time.time()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    cf_root = Path(a.cf_root) if a.cf_root else None
-    per_seed = [run_seed(s, a.data_dir, Path(a.work_dir), a.darec_epochs, cf_root, a.residual) for s in a.seeds]
-    summary = {}
-    for name in ("sasrec", "lightgcn", "darec"):
-        vals = [r[name]["per_user"].mean() for r in per_seed]
-        summary[name] = {"test_ndcg@10_mean": float(np.mean(vals)), "test_ndcg@10_std": float(np.std(vals)),
-                         "values": [float(v) for v in vals], "fit_s": [r[name]["fit_s"] for r in per_seed],
-                         "epochs": [r[name]["epochs"] for r in per_seed]}
-    diff = np.mean([r["darec"]["per_user"] - r["sasrec"]["per_user"] for r in per_seed], 0)
-    lo, hi = bootstrap_ci(diff)
-    ratio = summary["darec"]["test_ndcg@10_mean"] / summary["sasrec"]["test_ndcg@10_mean"]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
-    result = {
-        "benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "command": " ".join([sys.executable, "benchmarks/darec_ml100k.py"] + list(argv if argv is not None else sys.argv[1:])),
-        "commit": commit, "seeds": a.seeds, "darec_epochs": a.darec_epochs, "residual": a.residual,
-        "cf_reused_from": a.cf_root, "models": summary,
-        "darec_minus_sasrec_ndcg@10": {"mean": float(diff.mean()), "bootstrap_95ci": [lo, hi], "users": int(len(diff))},
-        "darec_over_sasrec": ratio, "target": ">= 1.10 with the CI above 0", "target_met": bool(ratio >= 1.10 and lo > 0),
-        "wall_s": time.time() - t0,
+    torch.set_num_threads(1)
+    work = Path(a.work_dir)
+    tune = [RunSpec(f"sasrec_L{n}_s{a.seeds[0]}", "sasrec", a.seeds[0], {"max_len": n}, {"max_len": n}) for n in a.sasrec_lens]
+    run_all(tune, work, a.data_dir, a.jobs)
+    tuned = {n: load(work, f"sasrec_L{n}_s{a.seeds[0]}").meta["best_val_ndcg@10"] for n in a.sasrec_lens}
+    sas_len = max(tuned, key=tuned.get)
+    print(f"SASRec history length by validation NDCG@10 (seed {a.seeds[0]}): {tuned} -> {sas_len}", flush=True)
+    variants = {"darec": {}, "darec_no_residual": {"injection": {"residual": False}}}
+    run_all(specs(a.seeds, sas_len, variants), work, a.data_dir, a.jobs)
+
+    vec = text_vectors(a.data_dir, str(work / "cache"))
+    per_user: dict[str, list[np.ndarray]] = {}
+    details: dict[str, list[dict[str, Any]]] = {}
+    for s in a.seeds:
+        sas, sas_b = load(work, f"sasrec_L{sas_len}_s{s}"), load(work, f"sasrec_L{sas_len}_s{s + 100}")
+        runs = {"sasrec": sas, "lightgcn": load(work, f"lightgcn_s{s}")}
+        runs.update({v: load(work, f"{v}_s{s}") for v in variants})
+        for name, run in runs.items():
+            per_user.setdefault(name, []).append(ndcg10(run.ranks("test")))
+            details.setdefault(name, []).append({k: run.meta[k] for k in ("fit_s", "epochs_run", "best_val_ndcg@10", "test_ndcg@10")})
+        ens = sas.scores["test"] + sas_b.scores["test"]
+        per_user.setdefault("sasrec_2seed_ensemble", []).append(ndcg10(sas.ranks("test", ens)))
+        fused, chosen = text_fusion(sas, vec)
+        per_user.setdefault("sasrec_plus_text", []).append(ndcg10(sas.ranks("test", fused)))
+        details.setdefault("sasrec_plus_text", []).append(chosen)
+    mean_user = {k: np.mean(v, 0) for k, v in per_user.items()}
+    models = {k: {"test_ndcg@10_mean": float(np.mean([x.mean() for x in v])), "test_ndcg@10_std": float(np.std([x.mean() for x in v])),
+                  "per_seed": [float(x.mean()) for x in v], "runs": details.get(k)} for k, v in per_user.items()}
+    comparisons = {}
+    for model, ref in (("darec", "sasrec"), ("darec", "sasrec_2seed_ensemble"), ("darec", "sasrec_plus_text"),
+                       ("darec_no_residual", "sasrec"), ("sasrec_2seed_ensemble", "sasrec"), ("sasrec_plus_text", "sasrec")):
+        c = paired_bootstrap(mean_user[model] - mean_user[ref])
+        c["ratio"] = models[model]["test_ndcg@10_mean"] / models[ref]["test_ndcg@10_mean"]
+        comparisons[f"{model} - {ref}"] = c
+    first = load(work, f"sasrec_L{sas_len}_s{a.seeds[0]}")
+    groups = buckets(a.data_dir, first.history["test"], first.targets["test"])
+    breakdown = {}
+    for kind, (g, labels) in groups.items():
+        breakdown[kind] = {label: {"users": int((g == i).sum()),
+                                   **{m: float(mean_user[m][g == i].mean()) for m in ("darec", "sasrec")}}
+                           for i, label in enumerate(labels) if (g == i).any()}
+    d = comparisons["darec - sasrec"]
+    targets = {
+        "darec >= 1.10x sasrec with CI above 0": {"value": d["ratio"], "ci_low": d["bootstrap_95ci"][0],
+                                                 "met": d["ratio"] >= 1.10 and d["bootstrap_95ci"][0] > 0},
+        "darec ahead of the 2-seed SASRec ensemble": {"diff": comparisons["darec - sasrec_2seed_ensemble"]["mean"],
+                                                      "met": comparisons["darec - sasrec_2seed_ensemble"]["bootstrap_95ci"][0] > 0},
+        "darec ahead of SASRec + frozen text": {"diff": comparisons["darec - sasrec_plus_text"]["mean"],
+                                                "met": comparisons["darec - sasrec_plus_text"]["bootstrap_95ci"][0] > 0},
+        "darec without residual >= sasrec": {"ratio": comparisons["darec_no_residual - sasrec"]["ratio"],
+                                             "met": comparisons["darec_no_residual - sasrec"]["ratio"] >= 1.0},
+        "darec fit <= 30 min per seed": {"fit_s": [r["fit_s"] for r in details["darec"]],
+                                         "met": all(r["fit_s"] <= 1800 for r in details["darec"])},
     }
+    result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
+              "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit(),
+              "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len,
+              "darec_config": "configs/darec_ml100k.yaml", "darec_variants": variants,
+              "models": models, "comparisons": comparisons, "breakdowns_test_ndcg@10": breakdown, "targets": targets}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'model':<10}{'test NDCG@10':>20}{'epochs':>14}")
-    for name, r in summary.items():
-        print(f"{name:<10}{r['test_ndcg@10_mean']:>12.4f} ± {r['test_ndcg@10_std']:.4f}{str(r['epochs']):>14}")
-    print(f"DARec - SASRec: {diff.mean():+.4f} (95% CI [{lo:+.4f}, {hi:+.4f}]); ratio {ratio:.2f} (target >= 1.10)")
+    _print(result)
+    print(f"wrote {a.out}")
     return result
+
+
+def _print(r: dict[str, Any]) -> None:
+    print(f"\n{'model':<24}{'test NDCG@10':>20}   per seed")
+    for name, m in r["models"].items():
+        print(f"{name:<24}{m['test_ndcg@10_mean']:>12.4f} ± {m['test_ndcg@10_std']:.4f}   "
+              + ", ".join(f"{x:.4f}" for x in m["per_seed"]))
+    print(f"\n{'comparison':<46}{'diff':>9}{'95% CI':>22}{'ratio':>8}")
+    for name, c in r["comparisons"].items():
+        lo, hi = c["bootstrap_95ci"]
+        print(f"{name:<46}{c['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]{c['ratio']:>8.3f}")
+    for kind, rows in r["breakdowns_test_ndcg@10"].items():
+        print(f"\n{kind:<16}{'users':>7}{'DARec':>9}{'SASRec':>9}")
+        for label, v in rows.items():
+            print(f"{label:<16}{v['users']:>7}{v['darec']:>9.4f}{v['sasrec']:>9.4f}")
+    print()
+    for name, t in r["targets"].items():
+        print(f"{'met ' if t['met'] else 'MISSED'} {name}: " + ", ".join(f"{k} {v}" for k, v in t.items() if k != "met"))
 
 
 if __name__ == "__main__":

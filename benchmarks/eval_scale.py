@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from baselines import git_commit, machine  # noqa: E402
+from common import git_commit, machine  # noqa: E402
 
 from darec.evaluation import RankHistogram, chunked_topk, dot_product_ranks  # noqa: E402
 

@@ -48,7 +48,7 @@ def prepare_in_child(config: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     from amazon_synth import write_amazon2023
-    from baselines import git_commit, machine
+    from common import git_commit, machine
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, nargs="+", default=[10_000_000], help="one run per size, smallest first")

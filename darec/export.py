@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from darec import __version__
 from darec.atomic import atomic_path, atomic_write_text
@@ -89,21 +90,28 @@ class CFEmbeddings:
 class SasrecUserEncoder(SasrecEncoder):
     """A SASRec encoder rebuilt from an export, for causal per-position user states.
 
-    It starts frozen: no gradients, and while no weight requires a gradient it stays in eval mode
-    (no dropout) even when a parent module calls ``.train()``. :meth:`unfreeze` (or
-    ``requires_grad_(True)``) makes it trainable for joint fine-tuning.
+    It starts frozen: no gradients and every dropout probability 0, so it computes the same function in
+    train and eval mode and simply follows its parent's mode. :meth:`unfreeze` makes it trainable for joint
+    fine-tuning and restores its dropout.
     """
 
-    @property
-    def frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.parameters())
+    def _set_dropout(self, on: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = self.cfg.hidden_dropout if on else 0.0
+            if isinstance(getattr(m, "attn_dropout", None), float):
+                m.attn_dropout = self.cfg.attn_dropout if on else 0.0
 
-    def train(self, mode: bool = True) -> "SasrecUserEncoder":
-        return super().train(mode and not self.frozen)
+    def freeze(self) -> "SasrecUserEncoder":
+        """No gradients, no dropout."""
+        self.requires_grad_(False)
+        self._set_dropout(False)
+        return self
 
     def unfreeze(self) -> "SasrecUserEncoder":
-        """Make the weights trainable and let ``.train()`` enable dropout again."""
+        """Make the weights trainable and restore the dropout of the SASRec they came from."""
         self.requires_grad_(True)
+        self._set_dropout(True)
         return self
 
     @classmethod
@@ -115,8 +123,7 @@ class SasrecUserEncoder(SasrecEncoder):
         enc = cls(SasrecConfig(**meta["sasrec"]["config"]))
         n = len(SASREC_PREFIX)
         enc.load_state_dict({k[n:]: v for k, v in tensors.items() if k.startswith(SASREC_PREFIX)})
-        enc.requires_grad_(False)
-        return enc.eval()
+        return enc.freeze()
 
 
 def _has_cf(data: PreparedData, num_items: int) -> torch.Tensor:

@@ -109,7 +109,7 @@ class _TextItems:
             self.titles.append(_title(sentence))
             new_ids.append(len(self.raw_ids) - 1)
         m = self.model
-        m.encoder.set_tokens(tokenize_sentences(self.sentences, m.backbone.tokenizer, m.max_item_tokens))
+        m.encoder.set_tokens(tokenize_sentences(self.sentences, m.backbone.tokenizer, m.max_item_tokens, framing=m.item_framing))
         return new_ids
 
 

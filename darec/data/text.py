@@ -1,9 +1,10 @@
 """Item text: tokenising sentences once (cached with HF ``datasets``) and packing them into dense rows.
 
-Tokenisation never adds special tokens (no ``[CLS]``/``[SEP]``/BOS/EOS): an item is its sentence's tokens followed by
-the backbone's ``[ALIGN]`` id, nothing else. The same item therefore has the same tokens whether it is encoded
-alone (:func:`pad_items`) or packed with others (:func:`pack_items`), which makes packed == unpacked hold under
-context masking.
+An item is its sentence's tokens followed by the backbone's ``[ALIGN]`` id. With ``framing=True`` the sentence
+tokens carry the tokenizer's own framing (``[CLS] … [SEP]`` for BERT-family models, BOS for LLaMA-family ones),
+as the backbone saw text in pretraining; with ``framing=False`` they are the bare word pieces. Either way the
+same item has the same tokens whether it is encoded alone (:func:`pad_items`) or packed with others
+(:func:`pack_items`), which makes packed == unpacked hold under context masking.
 
 This module does not import ``darec.modules``; the ``[ALIGN]`` id is passed in.
 """
@@ -73,9 +74,10 @@ class PackedBatch:
         return PackedBatch(**moved)
 
 
-def tokens_cache_key(text_hash: str, tokenizer_name: str, max_tokens: int) -> str:
-    """Cache key of tokenised sentences: sha256 of (text hash, tokenizer name or path, max_tokens)."""
-    return hashlib.sha256(f"{text_hash}\x00{tokenizer_name}\x00{max_tokens}".encode()).hexdigest()[:32]
+def tokens_cache_key(text_hash: str, tokenizer_name: str, max_tokens: int, framing: bool = False) -> str:
+    """Cache key of tokenised sentences: sha256 of (text hash, tokenizer name or path, max_tokens, framing)."""
+    extra = "\x00framed" if framing else ""
+    return hashlib.sha256(f"{text_hash}\x00{tokenizer_name}\x00{max_tokens}{extra}".encode()).hexdigest()[:32]
 
 
 def tokenize_sentences(
@@ -84,8 +86,9 @@ def tokenize_sentences(
     max_tokens: int = 64,
     cache_dir: str | None = None,
     text_hash: str | None = None,
+    framing: bool = False,
 ) -> list[list[int]]:
-    """Token ids of each sentence, without special tokens, truncated to ``max_tokens``.
+    """Token ids of each sentence, truncated to ``max_tokens`` (framing tokens included when ``framing``).
 
     Runs once through ``datasets.Dataset.from_dict(...).map(batched=True)``. With ``cache_dir`` and ``text_hash``
     the result is saved under ``cache_dir/tokens-<key>`` (key from :func:`tokens_cache_key`) and reloaded from there.
@@ -97,14 +100,14 @@ def tokenize_sentences(
     path = None
     if cache_dir is not None and text_hash is not None:
         name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
-        path = os.path.join(cache_dir, f"tokens-{tokens_cache_key(text_hash, name, max_tokens)}")
+        path = os.path.join(cache_dir, f"tokens-{tokens_cache_key(text_hash, name, max_tokens, framing)}")
         if os.path.isdir(path):
             cached = load_from_disk(path)
             if len(cached) == len(sentences):
                 return [list(ids) for ids in cached["input_ids"]]
 
     def _tok(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
-        enc = tokenizer(batch["text"], add_special_tokens=False, truncation=True, max_length=max_tokens)
+        enc = tokenizer(batch["text"], add_special_tokens=framing, truncation=True, max_length=max_tokens)
         return {"input_ids": enc["input_ids"]}
 
     from datasets.utils import logging as ds_logging

@@ -41,6 +41,7 @@ __all__ = [
 SPECIAL_TOKENS: tuple[str, ...] = ("[ALIGN]", "[SEQ]")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTOCAST: dict[str, torch.dtype | None] = {"none": None, "bfloat16": torch.bfloat16}
 TINY_NAMES = ("tiny-bert", "tiny-gpt2", "tiny-llama")
 # Randomly initialised, full-size shapes for speed checks where no pretrained weights can be fetched.
 RANDOM_SHAPES: dict[str, dict[str, Any]] = {
@@ -64,6 +65,9 @@ class BackboneConfig:
         tiny_layers, tiny_hidden, tiny_heads: shape of the ``tiny-*`` models.
         seed: seed for the ``tiny-*`` weights and the special-token embeddings.
         special_init: ``"mean"`` (mean vocabulary row plus small noise) or ``"normal"`` (N(0, 0.02)).
+        autocast: ``"none"`` or ``"bfloat16"``: run the backbone's passes under ``torch.autocast`` in bfloat16
+            while its weights stay in ``dtype`` (CPUs with AMX/AVX512-BF16 and GPUs run the matmuls faster; the
+            losses and the item tables stay in float32). ``benchmarks/darec_epoch.py`` measures it per part.
     """
 
     name: str = "minilm"
@@ -74,6 +78,7 @@ class BackboneConfig:
     tiny_heads: int = 4
     seed: int = 0
     special_init: str = "mean"
+    autocast: str = "none"
 
     def __post_init__(self) -> None:
         _check_attn(self.attn_implementation)
@@ -81,6 +86,8 @@ class BackboneConfig:
             raise ConfigError(f"backbone.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.special_init not in ("mean", "normal"):
             raise ConfigError(f"backbone.special_init must be 'mean' or 'normal', got {self.special_init!r}")
+        if self.autocast not in AUTOCAST:
+            raise ConfigError(f"backbone.autocast must be one of {sorted(AUTOCAST)}, got {self.autocast!r}")
         if self.tiny_layers < 1 or self.tiny_hidden < 1 or self.tiny_heads < 1:
             raise ConfigError("backbone.tiny_layers, tiny_hidden and tiny_heads must be positive")
         if self.tiny_hidden % self.tiny_heads or (self.tiny_hidden // self.tiny_heads) % 2:
@@ -170,12 +177,21 @@ class Backbone(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module, tokenizer: Any = None, name: str = "custom", seed: int = 0, special_init: str = "mean"
+        self,
+        model: nn.Module,
+        tokenizer: Any = None,
+        name: str = "custom",
+        seed: int = 0,
+        special_init: str = "mean",
+        autocast: str = "none",
     ) -> None:
         super().__init__()
         spec = family_spec(model.config.model_type)
         _check_attn(model.config._attn_implementation)
+        disable_dropout(model)
+        model.train()  # dropout-free, so the mode changes nothing; it follows the parent's like every other module
         self.model = model
+        self.autocast_dtype = AUTOCAST[autocast]
         self.tokenizer = tokenizer
         self.name = name
         self.spec = spec
@@ -258,7 +274,8 @@ class Backbone(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
         mask = self._prepare_mask(attention_mask_4d, embeds.dtype)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        with torch.autocast(embeds.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
     def encode_segments(
@@ -267,9 +284,15 @@ class Backbone(nn.Module):
         segment_ids: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         attend_earlier: bool = False,
+        hide_last: bool = False,
     ) -> torch.Tensor:
-        """Encode packed item sentences under context masking; returns all token states ``[R, L, H]``."""
-        mask = segment_mask(segment_ids, causal=self.is_decoder, dtype=self.dtype, attend_earlier=attend_earlier)
+        """Encode packed item sentences under context masking; returns all token states ``[R, L, H]``.
+
+        ``hide_last``: no token attends the last token of another's segment (see :func:`segment_mask`).
+        """
+        mask = segment_mask(
+            segment_ids, causal=self.is_decoder, dtype=self.dtype, attend_earlier=attend_earlier, hide_last=hide_last
+        )
         if position_ids is None:
             position_ids = position_ids_from_segments(segment_ids)
         return self.forward(self.embed(input_ids), mask, position_ids)
@@ -297,6 +320,27 @@ class Backbone(nn.Module):
         }
 
 
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability of a frozen model to 0, so it computes the same function in train and eval mode.
+
+    The backbone is frozen: dropout there would only make a fresh (train-mode) encoding of an item differ from its
+    cached (eval-mode) one. Regularisation, where wanted, belongs to the trainable parts. ``nn.Dropout`` modules,
+    float attributes that attention functions read (``attention_dropout``, ``dropout_prob``) and the config's
+    dropout fields are all zeroed.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for attr in ("attention_dropout", "attn_dropout", "dropout_prob"):
+            if isinstance(module.__dict__.get(attr), float):
+                setattr(module, attr, 0.0)
+    config = getattr(model, "config", None)
+    if config is not None:
+        for key, value in config.to_dict().items():
+            if isinstance(value, float) and ("dropout" in key or "pdrop" in key):
+                setattr(config, key, 0.0)
+
+
 def _load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
@@ -312,6 +356,7 @@ def load_backbone_from_config(
     seed: int = 0,
     device: str | torch.device | None = None,
     special_init: str = "mean",
+    autocast: str = "none",
 ) -> Backbone:
     """Build a randomly initialised backbone from an in-memory HF config (deterministic given ``seed``).
 
@@ -327,8 +372,7 @@ def load_backbone_from_config(
         torch.manual_seed(seed)
         with torch.device(device if device is not None else "cpu"):
             model = AutoModel.from_config(hf_config, attn_implementation=attn_implementation, dtype=torch_dtype)
-    model.eval()
-    return Backbone(model, tokenizer=tokenizer, name=name, seed=seed, special_init=special_init)
+    return Backbone(model, tokenizer=tokenizer, name=name, seed=seed, special_init=special_init, autocast=autocast)
 
 
 def load_backbone(cfg: BackboneConfig | None = None, **overrides: Any) -> Backbone:
@@ -343,13 +387,14 @@ def load_backbone(cfg: BackboneConfig | None = None, **overrides: Any) -> Backbo
 
         return load_backbone_from_config(
             Qwen2Config(**RANDOM_SHAPES[name]), _load_tokenizer(minilm_path()), cfg.attn_implementation, cfg.dtype,
-            name, cfg.seed, special_init=cfg.special_init,
+            name, cfg.seed, special_init=cfg.special_init, autocast=cfg.autocast,
         )
     if name in TINY_NAMES:
         tokenizer = _load_tokenizer(minilm_path())
         hf_config = tiny_hf_config(name, len(tokenizer), cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_heads)
         return load_backbone_from_config(
-            hf_config, tokenizer, cfg.attn_implementation, cfg.dtype, name, cfg.seed, special_init=cfg.special_init
+            hf_config, tokenizer, cfg.attn_implementation, cfg.dtype, name, cfg.seed, special_init=cfg.special_init,
+            autocast=cfg.autocast,
         )
     if name == "minilm":
         path = minilm_path()
@@ -372,6 +417,7 @@ def load_backbone(cfg: BackboneConfig | None = None, **overrides: Any) -> Backbo
         raise ConfigError(f"cannot load backbone {name!r}: {err}") from err
     family_spec(hf_config.model_type)
     model = AutoModel.from_pretrained(path, attn_implementation=cfg.attn_implementation, dtype=DTYPES[cfg.dtype])
-    model.eval()
-    return Backbone(model, _load_tokenizer(path), name=name, seed=cfg.seed, special_init=cfg.special_init)
+    return Backbone(
+        model, _load_tokenizer(path), name=name, seed=cfg.seed, special_init=cfg.special_init, autocast=cfg.autocast
+    )
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from darec.errors import ConfigError
 from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable, parse_assignment
 from darec.modules.backbone import BackboneConfig, load_backbone
 from darec.modules.base import EvalBatch, RecModule
+from darec.modules.frozen_prefix import first_adapted_layer
 from darec.modules.hard_negatives import cached_hard_negatives
 from darec.modules.injection import CollaborativeInjection, InjectionConfig
 from darec.modules.item_encoder import ItemEncoder
@@ -68,9 +71,38 @@ class DARec(RecModule):
             only by windows that another training item follows, so it learns slowly: after one epoch on
             ml-100k (MiniLM, SASRec + LightGCN injection) validation NDCG@10 was 0.078 with "last_item" and
             0.040 with "seq" at 3x the learning rate.
-        max_fresh_items: in-batch items encoded with gradient per step; others come from the cache.
-        refresh_every: rebuild the item cache every N steps (0: once per epoch).
-        lr, weight_decay: AdamW settings for the trainable parameters.
+        item_vector: the semantic vector ``s_i``: ``"mean"`` (mean of the item's token states; the text tokens
+            never attend ``[ALIGN]``), ``"align"`` (the ``[ALIGN]`` state), ``"align_mean"`` (their sum) or
+            ``"auto"`` (``mean`` for encoder backbones, ``align`` for decoders; see :class:`ItemEncoder`). On
+            ml-100k with MiniLM the 10 nearest neighbours of an item share its year 0.16 of the time with the frozen
+            ``[ALIGN]`` state and 0.50 with the mean (random: 0.11); ``benchmarks/darec_epoch.py`` reports this.
+        item_framing: tokenise item sentences with the backbone's own framing tokens (``[CLS] … [SEP]``, BOS).
+        item_adapters: the adapters act at the item level too (the method). False encodes item sentences with the
+            frozen backbone: the adapters then shape the sequence level only, and with ``max_fresh_items: 0`` the
+            item vectors are computed once and never go stale.
+        frozen_prefix: compute the item-level states below the first adapted layer once (exact; only with the
+            ``mean`` item vector, and a no-op when layer 0 has an adapter).
+        max_fresh_items: in-batch items encoded with gradient per step; the others take no adapter gradient.
+        fresh_gradient: how fresh encodings enter the item table. ``"straight_through"``: every row's value comes
+            from the cache and fresh items pass their gradient straight through to the adapters, so fresh and
+            cached rows never differ (fresh rows are mostly the batch's targets, and any difference would be a
+            training-only cue to the label). ``"replace"``: fresh values replace cached ones (the old behaviour).
+        refresh_every: rebuild the item cache every N training steps (0: only at the start of an epoch when stale).
+            Evaluation always rebuilds it first.
+        calibrate_inputs: at the start of fitting, rescale ``W_s``, ``W_c`` and ``W_u`` so that the text,
+            item-CF and user-CF input terms each start at the RMS of the backbone's word embeddings (measured on
+            the catalogue and on training windows); without it the user-CF term starts about 9x larger than the
+            text term.
+        dropout: dropout on the sequence-level input (the sum of its terms) and on the states before ``W_o``; the
+            frozen backbone itself never drops anything.
+        text_path: > 0 adds a direct text path to the scoring state: ``W_t`` applied to the mean of the last
+            ``text_path`` items' standardised semantic vectors (items up to the scoring position only), beside
+            ``W_o h``. 0 turns it off.
+        lr, weight_decay: AdamW settings for the trainable parameters. Weight decay applies to weight matrices
+            only: never to biases, scales, the special tokens or the item-ID table.
+        lr_adapters: learning rate of the adapters and special tokens (None: ``lr``); the projections and tables
+            train at ``lr``.
+        warmup_steps: linear learning-rate warm-up over this many optimizer steps (0: none).
         cache_dir: where tokenisations and hard negatives are cached (outside the prepared data).
     """
 
@@ -94,10 +126,20 @@ class DARec(RecModule):
         losses: LossConfig = LossConfig(),
         proj_dim: int = 0,
         predict_from: str = "last_item",
+        item_vector: str = "auto",
+        item_framing: bool = True,
+        item_adapters: bool = True,
+        frozen_prefix: bool = True,
         max_fresh_items: int = 256,
-        refresh_every: int = 0,
+        fresh_gradient: str = "straight_through",
+        refresh_every: int = 10,
+        calibrate_inputs: bool = True,
+        dropout: float = 0.0,
+        text_path: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
+        lr_adapters: float | None = None,
+        warmup_steps: int = 0,
         cache_dir: str = ".darec_cache",
     ):
         super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k, breakdowns, sampled_negatives)
@@ -112,10 +154,19 @@ class DARec(RecModule):
         if predict_from not in ("seq", "last_item"):
             raise ConfigError(f"predict_from must be 'seq' or 'last_item', got {predict_from!r}")
         self.predict_from = predict_from
+        if fresh_gradient not in ("straight_through", "replace"):
+            raise ConfigError(f"fresh_gradient must be 'straight_through' or 'replace', got {fresh_gradient!r}")
         self.losses = losses
         self.max_fresh_items = max_fresh_items
+        self.fresh_gradient = fresh_gradient
         self.refresh_every = refresh_every
+        self.item_framing = item_framing
+        self.calibrate_inputs = calibrate_inputs
         self.lr, self.weight_decay = lr, weight_decay
+        self.lr_adapters = lr if lr_adapters is None else lr_adapters
+        self.warmup_steps = warmup_steps
+        self.text_path = text_path
+        self.drop = nn.Dropout(dropout)
         self.cache_dir = cache_dir
         self.backbone = load_backbone(backbone)
         self.assignment = parse_assignment(adapters, self.backbone.num_layers)
@@ -124,11 +175,15 @@ class DARec(RecModule):
         h = self.backbone.hidden_size
         d = proj_dim or h
         self.injection = CollaborativeInjection(injection, num_items, h, data_fingerprint, self.backbone.layers)
-        self.encoder = ItemEncoder(self.backbone, [[]], pack_len)
+        self.encoder = ItemEncoder(self.backbone, [[]], pack_len, item_vector=item_vector, adapters=item_adapters)
+        cut = first_adapted_layer(self.assignment)
+        if frozen_prefix and 0 < cut < self.backbone.num_layers and context_masking and self.encoder.hide_align:
+            self.encoder.enable_frozen_prefix(cut)
         self.max_item_tokens = max_item_tokens
         self.w_s = nn.Linear(h, h)
         self.w_o = nn.Linear(h, d)
         self.w_p = nn.Linear(h + self.injection.item_dim, d)
+        self.w_t = nn.Linear(h, d) if text_path > 0 else None
         self._init_projections()
         if self.injection.item_dim and d >= self.injection.item_dim:
             with torch.no_grad():  # e_j starts out carrying c_j itself, so CF knowledge is usable at once
@@ -142,9 +197,11 @@ class DARec(RecModule):
         self.register_buffer("sem_std", torch.ones(h), persistent=False)
         self.register_buffer("hard_negs", torch.zeros(num_items + 1, max(losses.hard_k, 1), dtype=torch.long), persistent=False)
         self.register_buffer("dup_text", torch.zeros(num_items + 1, dtype=torch.bool), persistent=False)
+        self.register_buffer("inputs_calibrated", torch.zeros((), dtype=torch.bool))
         self._eval_table: torch.Tensor | None = None
         self._ready = False
         self._mined = False
+        self._cache_built = False
         self._steps_since_refresh = 0
 
     @torch.no_grad()
@@ -154,20 +211,26 @@ class DARec(RecModule):
         h = self.backbone.hidden_size
         emb_rms = float(self.backbone.word_embeddings.weight.float().pow(2).mean().sqrt())
         nn.init.normal_(self.w_s.weight, std=emb_rms / h**0.5)
-        for lin in (self.w_o, self.w_p):
+        heads = [lin for lin in (self.w_o, self.w_p, self.w_t) if lin is not None]
+        for lin in heads:
             nn.init.normal_(lin.weight, std=1.0 / h)
-        for lin in (self.w_s, self.w_o, self.w_p):
+        for lin in (self.w_s, *heads):
             nn.init.zeros_(lin.bias)
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         dm = self.attached_datamodule()
-        if dm is None or (self._ready and (self._mined or stage != "fit")):
+        if dm is None:
             return
         data = dm.data
         if self.data_fingerprint:
             data.check_fingerprint(self.data_fingerprint, "this DARec model")
-        self.attach_data(data.sentences, data.text_hash, data.fingerprint, data.train_sequences(), data.item_raw_ids)
+        train = data.train_sequences()
+        if not (self._ready and (self._mined or stage != "fit")):
+            self.attach_data(data.sentences, data.text_hash, data.fingerprint, train, data.item_raw_ids)
+        if stage == "fit" and self.calibrate_inputs and not bool(self.inputs_calibrated):
+            self.refresh_cache()
+            self.calibrate_input_scales(_recent_windows(train, self.max_len))
 
     def attach_data(self, sentences: list[str], text_hash: str, fingerprint: str, train_seqs: list, item_raw_ids: list[str] | None = None) -> None:
         """Tokenise item sentences (cached) and mine hard negatives from training sequences.
@@ -179,8 +242,11 @@ class DARec(RecModule):
         self.item_raw_ids = list(item_raw_ids) if item_raw_ids is not None else [str(i) for i in range(len(sentences))]
         self.text_hash = text_hash
         tok = self.backbone.tokenizer
-        tokens = tokenize_sentences(sentences, tok, self.max_item_tokens, str(Path(self.cache_dir) / "tokens"), text_hash)
+        tokens = tokenize_sentences(
+            sentences, tok, self.max_item_tokens, str(Path(self.cache_dir) / "tokens"), text_hash, self.item_framing
+        )
         self.encoder.set_tokens(tokens)
+        self._cache_built = False
         seen: dict[str, int] = {}
         for i in range(1, self.num_items + 1):
             seen[sentences[i]] = seen.get(sentences[i], 0) + 1
@@ -190,12 +256,14 @@ class DARec(RecModule):
             log.info("%d items share their sentence with another item; excluded from the alignment loss", int(dup.sum()))
         if self.losses.hard_negative and self.losses.lambda_hard > 0 and train_seqs:
             if self.losses.hard_source == "cf" and self.injection.item_dim:
-                vecs = self.injection.item_vectors.detach().cpu()
+                vecs: Any = self.injection.item_vectors.detach().cpu()
+                source = None
             else:
-                vecs = self.encoder.encode_all(self.num_items, mean_pool=True).cpu()
+                vecs = lambda: self.encoder.encode_all(self.num_items, mean_pool=True).cpu()  # noqa: E731
+                source = self._text_source_key()
             hn = cached_hard_negatives(
                 Path(self.cache_dir) / "hard_negatives", fingerprint, vecs, train_seqs, sentences,
-                self.num_items, self.losses.hard_k, self.losses.hard_window,
+                self.num_items, self.losses.hard_k, self.losses.hard_window, source_key=source,
             )
             self.hard_negs.copy_(hn.negatives.to(self.hard_negs.device))
             self.hard_negative_share_without = hn.share_targets_without
@@ -203,20 +271,77 @@ class DARec(RecModule):
         self._ready = True
         log.info("DARec: %s trainable parameters", f"{count_trainable(self):,}")
 
+    def _text_source_key(self) -> str:
+        """What the frozen mean-pooled text vectors are computed from: backbone weights, texts and tokenisation."""
+        ident = self.backbone.identity()["weights_sha256"]
+        text = f"{ident}|{self.text_hash}|{self.max_item_tokens}|{self.item_framing}|{self.encoder.pack_len}|mean"
+        return hashlib.sha256(text.encode()).hexdigest()
+
     # ----------------------------------------------------------------- item tables
     @torch.no_grad()
     def refresh_cache(self) -> None:
-        """Re-encode every catalogue item with the current adapters (no gradient)."""
-        was = self.training
-        self.eval()
-        self.sem_cache.copy_(self.encoder.encode_all(self.num_items).to(self.sem_cache.dtype))
+        """Re-encode every catalogue item with the current adapters (no gradient, trainable parts in eval mode).
+
+        A no-op once built when nothing at the item level trains (``item_adapters: false``, no fresh items)."""
+        if self._cache_built and self.item_level_frozen:
+            self._steps_since_refresh = 0
+            return
+        with _eval_mode(self):
+            self.sem_cache.copy_(self.encoder.encode_all(self.num_items).to(self.sem_cache.dtype))
         rows = self.sem_cache[1:].float()
         self.sem_mean.copy_(rows.mean(0))
         centred = rows - rows.mean(0)
         scale = centred.pow(2).sum(1).mean().sqrt() / max(1, rows.shape[1]) ** 0.5 if len(rows) > 1 else rows.new_ones(())
         self.sem_std.fill_(float(scale.clamp(min=1e-6)))
-        self.train(was)
+        self._cache_built = True
         self._steps_since_refresh = 0
+
+    @property
+    def item_level_frozen(self) -> bool:
+        """Nothing that item vectors depend on trains: the cache, once built, never goes stale."""
+        return not self.encoder.adapters and self.max_fresh_items == 0
+
+    def _input_terms(self, windows: torch.Tensor) -> dict[str, tuple[nn.Linear, torch.Tensor]]:
+        """Each sequence-level input term as (its projection, its inputs): the text term ``W_s s_i`` and the
+        item-CF term ``W_c c_i`` over the catalogue, the user-CF term ``W_u u_t`` over the valid positions of
+        ``windows`` [B, L]."""
+        inj = self.injection
+        items = torch.arange(1, self.num_items + 1, device=self.sem_cache.device)
+        terms = {"text": (self.w_s, self.standardise(self.sem_cache[items].float()))}
+        if inj.w_c is not None:
+            has = inj.has_cf.clone()
+            has[0] = False
+            terms["item_cf"] = (inj.w_c, inj.item_vectors[has].float())
+        windows = windows.to(self.sem_cache.device)
+        user = inj.user_states(windows) if inj.w_u is not None and inj.cfg.mode != "none" else None
+        if user is not None:
+            terms["user_cf"] = (inj.w_u, user[windows > 0].float())
+        return terms
+
+    @torch.no_grad()
+    def input_scales(self, windows: torch.Tensor) -> dict[str, float]:
+        """RMS of each sequence-level input term (see :meth:`_input_terms`) at the current weights, beside the
+        RMS of the backbone's word embeddings and, when it has them, of its first ``max_len`` position embeddings."""
+        out = {"word_embeddings": float(self.backbone.word_embeddings.weight.float().pow(2).mean().sqrt())}
+        for name, (lin, x) in self._input_terms(windows).items():
+            out[name] = float(lin(x).pow(2).mean().sqrt()) if len(x) else 0.0
+        pos = getattr(getattr(self.backbone.model, "embeddings", None), "position_embeddings", None)
+        if isinstance(pos, nn.Embedding):
+            out["positions"] = float(pos.weight[: self.max_len].float().pow(2).mean().sqrt())
+        return out
+
+    @torch.no_grad()
+    def calibrate_input_scales(self, windows: torch.Tensor) -> dict[str, float]:
+        """Rescale ``W_s``, ``W_c`` and ``W_u`` so that each input term starts at the RMS of the backbone's word
+        embeddings, the scale its own inputs had in pretraining; returns :meth:`input_scales` afterwards."""
+        target = float(self.backbone.word_embeddings.weight.float().pow(2).mean().sqrt())
+        for lin, x in self._input_terms(windows).values():
+            rms = float(lin(x).pow(2).mean().sqrt()) if len(x) else 0.0
+            if rms > 0:
+                lin.weight.mul_(target / rms)
+                lin.bias.mul_(target / rms)
+        self.inputs_calibrated.fill_(True)
+        return self.input_scales(windows)
 
     def standardise(self, sem: torch.Tensor) -> torch.Tensor:
         """Centre semantic vectors on the catalogue mean and scale them to unit RMS per dimension.
@@ -252,6 +377,8 @@ class DARec(RecModule):
             uniq = uniq[torch.randperm(len(uniq), device=uniq.device)[: self.max_fresh_items]]
         fresh = self.encoder.encode(uniq.cpu()).float()
         table = self.sem_cache.detach().clone().float()
+        if self.fresh_gradient == "straight_through":
+            fresh = table[uniq] + (fresh - fresh.detach())
         table[uniq] = fresh
         return table, uniq, fresh
 
@@ -266,7 +393,7 @@ class DARec(RecModule):
         if user is None:
             user = self.injection.user_states(seq)
         item_sem = sem[seq] if self.context_masking else self.history_semantics(seq, sem)
-        x = self.w_s(self.standardise(item_sem)) + self.injection.input_term(seq, user)
+        x = self.drop(self.w_s(self.standardise(item_sem)) + self.injection.input_term(seq, user))
         if self.predict_from == "last_item":
             valid = seq > 0
         else:
@@ -281,17 +408,43 @@ class DARec(RecModule):
         """``s_i`` [B, L, H] with context masking off (see :meth:`ItemEncoder.encode_histories`)."""
         return self.encoder.encode_histories(seq, sem, self.history_tokens)
 
-    def _predictions(self, states: torch.Tensor) -> torch.Tensor:
-        """Outputs aligned with window targets: item positions 0..L-2, then the ``[SEQ]`` position
-        (with ``predict_from="last_item"``: item positions 0..L-1)."""
-        if self.predict_from == "last_item":
-            return self.w_o(states)
-        length = states.shape[1] - 1
-        return self.w_o(torch.cat([states[:, : length - 1], states[:, length:]], 1))
+    def scoring_states(self, seq: torch.Tensor, sem: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """The scoring states of windows ``seq`` [B, L], aligned with their targets: ``[B, L, d']`` (item
+        positions 0..L-1; with ``predict_from="seq"`` positions 0..L-2 and then the ``[SEQ]`` token), or only
+        the last one ``[B, 1, d']`` with ``last_only``.
+
+        A state is ``W_o h`` (+ ``W_t`` of the recent text with ``text_path``), then ``alpha u_t`` appended with
+        ``injection.residual``; its dot product with a row of :meth:`item_table` is the score.
+        """
+        user = self.injection.user_states(seq)
+        states = self.sequence_states(seq, sem, user)
+        if last_only:
+            states = states[:, -1:]
+        elif self.predict_from == "seq":
+            length = states.shape[1] - 1
+            states = torch.cat([states[:, : length - 1], states[:, length:]], 1)
+        out = self.w_o(self.drop(states))
+        if self.w_t is not None:
+            recent = self._recent_text(seq, sem)
+            out = out + self.w_t(recent[:, -1:] if last_only else recent)
+        if user is not None and last_only:
+            user = user[:, -1:]
+        return self._with_residual(out, user)
+
+    def _recent_text(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
+        """[B, L, H]: at position t, the mean standardised ``s_i`` of the last ``text_path`` items up to t."""
+        valid = (seq > 0).unsqueeze(-1).to(torch.float32)
+        x = self.standardise(sem[seq].float()) * valid
+        k = self.text_path
+        csum, ccount = x.cumsum(1), valid.cumsum(1)
+        if seq.shape[1] > k:
+            csum = torch.cat([csum[:, :k], csum[:, k:] - csum[:, :-k]], 1)
+            ccount = torch.cat([ccount[:, :k], ccount[:, k:] - ccount[:, :-k]], 1)
+        return csum / ccount.clamp(min=1)
 
     # ----------------------------------------------------------------- training
     def on_train_epoch_start(self) -> None:
-        if self.refresh_every <= 0 or self.current_epoch == 0:
+        if not self._cache_built or self._steps_since_refresh > 0:
             self.refresh_cache()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -301,8 +454,7 @@ class DARec(RecModule):
         seq, tgt = batch["input"], batch["target"]
         sem, fresh_ids, fresh = self._fresh_semantics(torch.cat([seq, tgt], 1))
         table = self.item_table(sem)
-        user = self.injection.user_states(seq)
-        out = self._with_residual(self._predictions(self.sequence_states(seq, sem, user)), user)
+        out = self.scoring_states(seq, sem)
         keep = tgt > 0
         h, t = out[keep], tgt[keep]
         lo = self.losses
@@ -321,9 +473,22 @@ class DARec(RecModule):
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=seq.shape[0])
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+    def configure_optimizers(self) -> Any:
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                plain = p.dim() < 2 or name.endswith(("special_embeddings", "id_table"))
+                adapter = name.startswith(("backbone.adapters.", "backbone.special_embeddings"))
+                groups.setdefault((plain, adapter), []).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": ps, "weight_decay": 0.0 if plain else self.weight_decay,
+              "lr": self.lr_adapters if adapter else self.lr} for (plain, adapter), ps in groups.items()],
+            lr=self.lr,
+        )
+        if self.warmup_steps <= 0:
+            return opt
+        warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / self.warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": warm, "interval": "step"}}
 
     # ----------------------------------------------------------------- evaluation
     def _build_eval_table(self) -> None:
@@ -346,10 +511,8 @@ class DARec(RecModule):
         return {**batch, "user_vec": self.user_vectors(seq, self.sem_cache.float())}
 
     def user_vectors(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
-        """The scoring state [B, d] after each history ``seq`` [B, L] (left-padded)."""
-        user = self.injection.user_states(seq)
-        last = self.w_o(self.sequence_states(seq, sem, user)[:, -1:])
-        return self._with_residual(last, None if user is None else user[:, -1:])[:, 0]
+        """The scoring state [B, d'] after each history ``seq`` [B, L] (left-padded)."""
+        return self.scoring_states(seq, sem, last_only=True)[:, 0]
 
     def _with_residual(self, states: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor:
         """``[W_o h ; alpha u_t]`` with ``injection.residual`` (matching ``[e_j ; c_j]``), else ``W_o h``;
@@ -364,6 +527,7 @@ class DARec(RecModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["darec_backbone"] = self.backbone.identity()
         if self._ready:
             checkpoint["darec_items"] = {"raw_ids": self.item_raw_ids, "sentences": self.item_sentences, "text_hash": self.text_hash}
@@ -376,6 +540,7 @@ class DARec(RecModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         ident = checkpoint.get("darec_backbone")
         if ident and ident.get("weights_sha256") != self.backbone.identity()["weights_sha256"]:
             raise ConfigError(
@@ -388,3 +553,26 @@ class DARec(RecModule):
         own = self.state_dict()
         for k, v in own.items():
             checkpoint["state_dict"].setdefault(k, v)
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode for the block; each one's own mode is restored afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _recent_windows(train_seqs: list, max_len: int, users: int = 256) -> torch.Tensor:
+    """The last ``max_len`` training items of up to ``users`` users (spread over the user ids), left-padded."""
+    seqs = [s for s in train_seqs if len(s)]
+    step = max(1, len(seqs) // users)
+    out = torch.zeros(min(users, len(seqs)), max_len, dtype=torch.long)
+    for row, seq in enumerate(seqs[::step][: len(out)]):
+        tail = torch.tensor(list(seq[-max_len:]), dtype=torch.long)
+        out[row, max_len - len(tail) :] = tail
+    return out

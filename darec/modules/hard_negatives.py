@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -117,19 +118,29 @@ def mine_hard_negatives(
 def cached_hard_negatives(
     cache_dir: str | os.PathLike,
     fingerprint: str,
-    vectors: torch.Tensor,
+    vectors: torch.Tensor | Callable[[], torch.Tensor],
     train_seqs: list[np.ndarray],
     sentences: list[str],
     num_items: int,
     k: int = 10,
     window: int = 5,
+    source_key: str | None = None,
 ) -> HardNegatives:
-    """:func:`mine_hard_negatives` with an on-disk cache keyed by (fingerprint, vector hash, k)."""
-    key = f"{fingerprint[:16]}-{vector_hash(vectors)[:16]}-k{k}-w{window}"
+    """:func:`mine_hard_negatives` with an on-disk cache keyed by (fingerprint, vector source, k, window).
+
+    ``vectors`` may be a function that computes them: with ``source_key`` (a hash that identifies what the vectors
+    are computed from, e.g. the backbone's weights and the item texts) a cache hit never calls it. Without
+    ``source_key`` the key is the hash of the vectors themselves.
+    """
+    if source_key is None:
+        vectors = vectors() if callable(vectors) else vectors
+        source_key = vector_hash(vectors)
+    key = f"{fingerprint[:16]}-{source_key[:16]}-k{k}-w{window}"
     path = Path(cache_dir) / f"hardneg-{key}.pt"
     if path.is_file():
         blob = torch.load(path, weights_only=True)
         return HardNegatives(blob["negatives"], float(blob["share_without"]), float(blob["share_targets_without"]))
+    vectors = vectors() if callable(vectors) else vectors
     hn = mine_hard_negatives(vectors, train_seqs, sentences, num_items, k, window)
     with atomic_path(path) as tmp:
         torch.save(

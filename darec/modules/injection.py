@@ -76,9 +76,8 @@ class CollaborativeInjection(nn.Module):
                     self.lightgcn_dim = emb.item_emb.shape[1]
                 elif cfg.user_vector:
                     self.sasrec_encoder = emb.user_encoder()
-                    if self.sasrec_encoder is not None:
-                        for p in self.sasrec_encoder.parameters():
-                            p.requires_grad_(cfg.finetune)
+                    if cfg.finetune:
+                        self.sasrec_encoder.unfreeze()
         cf = torch.cat(tables, 1) if tables else torch.zeros(num_items + 1, 0)
         has = torch.stack(flags, 0).all(0) if flags else torch.zeros(num_items + 1, dtype=torch.bool)
         self.item_dim = cf.shape[1]
@@ -103,13 +102,6 @@ class CollaborativeInjection(nn.Module):
 
     def _sasrec_dim(self) -> int:
         return int(self.sasrec_encoder.cfg.hidden_size)
-
-    def train(self, mode: bool = True) -> "CollaborativeInjection":
-        """Frozen CF encoders stay in eval mode (no dropout) while DARec trains."""
-        super().train(mode)
-        if self.sasrec_encoder is not None and not self.cfg.finetune:
-            self.sasrec_encoder.eval()
-        return self
 
     @property
     def item_vectors(self) -> torch.Tensor:

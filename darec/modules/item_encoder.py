@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import torch
 
-from darec.data.text import layout_rows, pack_items
+from darec.data.text import PackedBatch, layout_rows, pack_items
+from darec.errors import ConfigError
 from darec.modules.backbone import Backbone
+from darec.modules.frozen_prefix import FrozenPrefix
+from darec.modules.wrapping import adapters_bypassed
+
+ITEM_VECTORS = ("auto", "align", "mean", "align_mean")
 
 
 class ItemEncoder:
@@ -15,7 +21,16 @@ class ItemEncoder:
 
     Every item's tokens are followed by ``[ALIGN]``; items are packed densely into rows of
     ``pack_len`` tokens under a block-diagonal mask with positions restarting per item, so the
-    result equals encoding each item alone. The ``[ALIGN]`` hidden state is ``s_i``.
+    result equals encoding each item alone.
+
+    The semantic vector ``s_i`` (``item_vector``):
+
+    - ``"align"``: the final ``[ALIGN]`` state (the paper's choice);
+    - ``"mean"``: the mean of the item's sentence-token states, ``[ALIGN]`` excluded and hidden from them, which is
+      how sentence encoders such as all-MiniLM-L6-v2 were trained to represent a sentence;
+    - ``"align_mean"``: the sum of the two;
+    - ``"auto"``: ``"mean"`` for encoder (bidirectional) families, ``"align"`` for decoders, whose last token is
+      the one that has read the whole sentence (a mean over causal states weights the shared prefix heavily).
 
     A plain helper, not an ``nn.Module``: the backbone it uses is owned (and saved) by the model.
 
@@ -24,54 +39,148 @@ class ItemEncoder:
         token_lists: token ids of every item id (index = item id; index 0 unused).
         pack_len: tokens per packed row.
         rows_per_pass: packed rows sent through the backbone at once.
+        item_vector: ``"auto"``, ``"align"``, ``"mean"`` or ``"align_mean"`` (above).
+        adapters: whether the adapters act at the item level. False encodes items with the frozen backbone (the
+            adapters then shape the sequence level only, and item vectors never go stale).
     """
 
-    def __init__(self, backbone: Backbone, token_lists: list[list[int]], pack_len: int = 128, rows_per_pass: int = 64):
+    def __init__(
+        self,
+        backbone: Backbone,
+        token_lists: list[list[int]],
+        pack_len: int = 128,
+        rows_per_pass: int = 64,
+        item_vector: str = "align",
+        adapters: bool = True,
+    ):
+        if item_vector not in ITEM_VECTORS:
+            raise ConfigError(f"item_vector must be one of {ITEM_VECTORS}, got {item_vector!r}")
         self.backbone = backbone
         self.token_lists = token_lists
         self.pack_len = pack_len
         self.rows_per_pass = rows_per_pass
+        if item_vector == "auto":
+            item_vector = "align" if backbone.is_decoder else "mean"
+        self.item_vector = item_vector
+        self.adapters = adapters
+        self.prefix: FrozenPrefix | None = None
+        self._prefix_states: torch.Tensor | None = None
+        self._prefix_offsets: torch.Tensor | None = None
 
     @property
     def num_items(self) -> int:
         return len(self.token_lists) - 1
 
+    @property
+    def hide_align(self) -> bool:
+        """No text token attends ``[ALIGN]`` (so the text-token states do not depend on its trainable embedding)."""
+        return self.item_vector == "mean"
+
     def set_tokens(self, token_lists: list[list[int]]) -> None:
         self.token_lists = token_lists
+        self._prefix_states = self._prefix_offsets = None
+
+    def enable_frozen_prefix(self, cut: int) -> None:
+        """Cache the item-level states entering layer ``cut`` (the first adapted layer); see
+        :mod:`darec.modules.frozen_prefix`. Needs ``item_vector="mean"``, the only choice that reads no
+        state depending on the trainable ``[ALIGN]`` embedding below the cut."""
+        if not self.hide_align:
+            raise ConfigError(
+                f"frozen-prefix caching needs item_vector 'mean' (got {self.item_vector!r}): the [ALIGN] embedding "
+                "trains, so its states below the first adapted layer are not frozen"
+            )
+        self.prefix = FrozenPrefix(self.backbone.layers, cut)
 
     def _device(self) -> torch.device:
         return self.backbone.special_embeddings.device
 
-    def encode(self, item_ids: torch.Tensor, mean_pool: bool = False) -> torch.Tensor:
-        """Semantic vectors [M, H] of ``item_ids`` (each id once, in the given order).
+    def _pack(self, ids: list[int]) -> PackedBatch:
+        return pack_items([self.token_lists[i] for i in ids], ids, self.backbone.align_id, self.pack_len).to(self._device())
 
-        ``mean_pool=True`` returns the mean of each item's sentence token states instead of
-        ``[ALIGN]`` (the frozen text vectors used for hard-negative mining).
-        """
-        ids = item_ids.tolist()
-        packed = pack_items([self.token_lists[i] for i in ids], ids, self.backbone.align_id, self.pack_len)
-        packed = packed.to(self._device())
-        out = torch.empty(len(ids), self.backbone.hidden_size, device=self._device(), dtype=self.backbone.dtype)
+    def _run(self, packed: PackedBatch, lo: int, hi: int) -> torch.Tensor:
+        with contextlib.nullcontext() if self.adapters else adapters_bypassed(self.backbone):
+            return self.backbone.encode_segments(
+                packed.input_ids[lo:hi], packed.segment_ids[lo:hi], packed.position_ids[lo:hi], hide_last=self.hide_align
+            )
+
+    def _token_index(self, packed: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item id and token position of every packed token (``-1`` item on padding)."""
+        seg, rows, cols = packed.segment_ids, packed.align_index[:, 0], packed.align_index[:, 1]
+        table = torch.full((packed.num_rows, int(seg.max()) + 2), -1, dtype=torch.long, device=seg.device)
+        table[rows, seg[rows, cols]] = packed.item_ids.to(seg.device)
+        item_at = torch.where(seg >= 0, table.gather(1, seg.clamp(min=0)), torch.full_like(seg, -1))
+        return item_at, packed.position_ids
+
+    @torch.no_grad()
+    def _capture_prefix(self, chunk_items: int = 512) -> None:
+        """Run every item once up to the cut and keep its token states there, flat, in item-id order."""
+        assert self.prefix is not None
+        n = self.num_items
+        lengths = torch.tensor([0] + [min(len(self.token_lists[i]), self.pack_len - 1) + 1 for i in range(1, n + 1)])
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(self._device())
+        flat: torch.Tensor | None = None
+        for lo in range(1, n + 1, chunk_items):
+            packed = self._pack(list(range(lo, min(n + 1, lo + chunk_items))))
+            for r in range(0, packed.num_rows, self.rows_per_pass):
+                hi = min(packed.num_rows, r + self.rows_per_pass)
+                states = self.prefix.run_capturing(lambda: self._run(packed, r, hi))
+                if flat is None:
+                    flat = states.new_zeros(int(offsets[-1]), states.shape[-1])
+                item_at, pos = self._token_index(packed)
+                item_at, pos = item_at[r:hi], pos[r:hi]
+                real = item_at >= 0
+                flat[offsets[item_at[real]] + pos[real]] = states[real]
+        self._prefix_states, self._prefix_offsets = flat, offsets
+
+    def _encode_rows(self, packed: PackedBatch) -> torch.Tensor:
+        """All token states ``[R, L, H]`` of a packed batch, resuming from the frozen prefix when it is on."""
+        cached = self.prefix is not None and int(packed.item_ids.max()) <= self.num_items
+        if cached and self._prefix_states is None:
+            self._capture_prefix()
         outs = []
         for lo in range(0, packed.num_rows, self.rows_per_pass):
             hi = min(packed.num_rows, lo + self.rows_per_pass)
-            states = self.backbone.encode_segments(
-                packed.input_ids[lo:hi], packed.segment_ids[lo:hi], packed.position_ids[lo:hi]
-            )
-            outs.append(states)
-        states = torch.cat(outs, 0) if outs else out.new_zeros(0, self.pack_len, self.backbone.hidden_size)
-        rows, cols = packed.align_index[:, 0], packed.align_index[:, 1]
-        if not mean_pool:
-            return states[rows, cols]
-        seg = packed.segment_ids
-        seg_at_align = seg[rows, cols]
-        member = (seg[rows] == seg_at_align[:, None]) & (torch.arange(seg.shape[1], device=seg.device)[None] < cols[:, None])
+            if not cached:
+                outs.append(self._run(packed, lo, hi))
+                continue
+            item_at, pos = self._token_index(packed)
+            item_at, pos = item_at[lo:hi], pos[lo:hi]
+            start = self._prefix_states.new_zeros(*item_at.shape, self._prefix_states.shape[-1])
+            real = item_at >= 0
+            start[real] = self._prefix_states[self._prefix_offsets[item_at[real]] + pos[real]]
+            with self.prefix.resume(start):
+                outs.append(self._run(packed, lo, hi))
+        if not outs:
+            return torch.zeros(0, self.pack_len, self.backbone.hidden_size, device=self._device())
+        return torch.cat(outs, 0)
+
+    def encode(self, item_ids: torch.Tensor, mean_pool: bool | None = None) -> torch.Tensor:
+        """Semantic vectors [M, H] of ``item_ids`` (each id once, in the given order).
+
+        ``mean_pool`` overrides the configured vector: True gives the mean of each item's sentence-token
+        states, False the ``[ALIGN]`` state.
+        """
+        ids = item_ids.tolist()
+        if not ids:
+            return torch.zeros(0, self.backbone.hidden_size, device=self._device())
+        packed = self._pack(ids)
+        kind = self.item_vector if mean_pool is None else ("mean" if mean_pool else "align")
+        return self._pool(self._encode_rows(packed), packed.segment_ids, packed.align_index, kind)
+
+    def _pool(self, states: torch.Tensor, seg: torch.Tensor, align_index: torch.Tensor, kind: str) -> torch.Tensor:
+        """Item vectors [M, H] from token states [R, L, H]: the ``[ALIGN]`` state at ``align_index`` [M, 2], the
+        mean of the tokens before it in its segment, or their sum (``kind``)."""
+        rows, cols = align_index[:, 0], align_index[:, 1]
+        align = states[rows, cols]
+        if kind == "align":
+            return align
+        member = (seg[rows] == seg[rows, cols][:, None]) & (torch.arange(seg.shape[1], device=seg.device)[None] < cols[:, None])
         w = member.to(states.dtype)
-        summed = torch.einsum("ml,mlh->mh", w, states[rows])
-        return summed / w.sum(1, keepdim=True).clamp(min=1)
+        mean = torch.einsum("ml,mlh->mh", w, states[rows]) / w.sum(1, keepdim=True).clamp(min=1)
+        return mean if kind == "mean" else align + mean
 
     @torch.no_grad()
-    def encode_all(self, num_items: int | None = None, chunk_items: int = 512, mean_pool: bool = False) -> torch.Tensor:
+    def encode_all(self, num_items: int | None = None, chunk_items: int = 512, mean_pool: bool | None = None) -> torch.Tensor:
         """Vectors of item ids ``0..num_items`` (row 0 zero), encoded in chunks without gradient."""
         n = self.num_items if num_items is None else num_items
         out = torch.zeros(n + 1, self.backbone.hidden_size, device=self._device())
@@ -110,8 +219,11 @@ class ItemEncoder:
         counter = itertools.count()
         numbered = [[(next(counter), toks) for _, toks in kept] for kept in rows]
         ids, segs, pos, align = layout_rows(numbered, len(where), width, self.backbone.align_id)
-        states = self.backbone.encode_segments(ids.to(device), segs.to(device), pos.to(device), attend_earlier=True)
+        segs = segs.to(device)
+        with contextlib.nullcontext() if self.adapters else adapters_bypassed(self.backbone):
+            states = self.backbone.encode_segments(
+                ids.to(device), segs, pos.to(device), attend_earlier=True, hide_last=self.hide_align
+            )
         b_idx, cols = (torch.tensor(v, device=device) for v in zip(*where))
-        align = align.to(device)
-        out[b_idx, cols] = states[align[:, 0], align[:, 1]].to(out.dtype)
+        out[b_idx, cols] = self._pool(states, segs, align.to(device), self.item_vector).to(out.dtype)
         return out

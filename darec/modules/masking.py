@@ -27,6 +27,7 @@ def segment_mask(
     causal: bool,
     dtype: torch.dtype = torch.float32,
     attend_earlier: bool = False,
+    hide_last: bool = False,
 ) -> torch.Tensor:
     """Block-diagonal mask over packed item sentences.
 
@@ -36,6 +37,9 @@ def segment_mask(
     With ``attend_earlier=True`` (the "context masking off" ablation) token ``i`` also attends every real token
     ``j < i`` of an earlier segment (``0 <= seg[j] < seg[i]``) in the same row. Segment ids are assumed to increase
     along a row, as :func:`darec.data.text.pack_items` produces them.
+
+    With ``hide_last=True`` the last token of every segment (the item's ``[ALIGN]``) is attended by no other
+    token: it reads its item, and the item's text tokens compute exactly what they would without it.
     """
     if segment_ids.dim() != 2:
         raise ValueError(f"segment_ids must be [B, L], got shape {tuple(segment_ids.shape)}")
@@ -52,6 +56,10 @@ def segment_mask(
         earlier = (k_seg >= 0) & (k_seg < q_seg) & (idx[None, :] < idx[:, None])[None]
         allowed |= earlier & real_q
     eye = torch.eye(length, dtype=torch.bool, device=seg.device)[None]
+    if hide_last:
+        nxt = torch.cat([seg[:, 1:], seg.new_full((seg.shape[0], 1), -1)], 1)
+        last = (seg >= 0) & (nxt != seg)
+        allowed &= ~last[:, None, :] | eye
     allowed |= eye & ~real_q
     return bool_to_additive(allowed, dtype)
 

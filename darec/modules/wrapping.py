@@ -5,14 +5,15 @@ Injection never uses forward hooks, whose return conventions change between tran
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from darec.errors import ConfigError
 
-__all__ = ["ModuleWrapper", "AdapterWrapper", "wrap_output"]
+__all__ = ["ModuleWrapper", "AdapterWrapper", "adapters_bypassed", "wrap_output"]
 
 
 def _run_adapter(adapter: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -57,6 +58,8 @@ class AdapterWrapper(ModuleWrapper):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         out = self.base_layer(*args, **kwargs)
+        if self.__dict__.get("bypassed", False):
+            return out
         first = out[0] if isinstance(out, tuple) else out
         if self.mode == "residual":
             new = first + _run_adapter(self.adapter, first)
@@ -67,6 +70,20 @@ class AdapterWrapper(ModuleWrapper):
                 raise RuntimeError(f"parallel adapter expects input #{self.input_index} as a positional argument")
             new = first + _run_adapter(self.adapter, args[self.input_index])
         return (new, *out[1:]) if isinstance(out, tuple) else new
+
+
+@contextmanager
+def adapters_bypassed(module: nn.Module) -> Iterator[None]:
+    """Within the block, every :class:`AdapterWrapper` under ``module`` returns its base module's output alone:
+    the frozen model, with the adapters in place but inactive."""
+    wrappers = [m for m in module.modules() if isinstance(m, AdapterWrapper)]
+    for w in wrappers:
+        w.__dict__["bypassed"] = True
+    try:
+        yield
+    finally:
+        for w in wrappers:
+            w.__dict__["bypassed"] = False
 
 
 def wrap_output(

@@ -145,3 +145,66 @@ def test_context_masking_off_lets_items_see_earlier_items(small_synth_dir, tmp_p
     with torch.no_grad():
         again = off.history_semantics(changed, off.sem_cache)
     assert torch.allclose(again[0, :3], together[0, :3], atol=1e-5)  # later items never leak backwards
+
+
+def test_cache_is_built_once_per_epoch_start_and_validation(small_synth_dir, tmp_path, monkeypatch):
+    """Validation rebuilds the cache; the next epoch start must not rebuild it again (no training step since)."""
+    dm = SequenceDataModule(str(small_synth_dir), batch_size=16, eval_batch_size=64, max_len=12, num_negatives=0)
+    m = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
+              backbone=BackboneConfig(name="tiny-bert"), max_len=12, cache_dir=str(tmp_path), refresh_every=2)
+    calls: list[int] = []
+    original = m.refresh_cache
+    monkeypatch.setattr(m, "refresh_cache", lambda: (calls.append(m.global_step), original())[1])
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=5, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(m, datamodule=dm)
+    # setup (calibration) at step 0; every 2 steps within an epoch (before steps 2 and 4); validation after 5 and 10
+    assert calls == [0, 2, 4, 5, 7, 9, 10], calls
+
+
+def test_weight_decay_only_on_weight_matrices(small_synth_dir, tmp_path):
+    m, _ = _model(small_synth_dir, tmp_path=tmp_path)
+    opt = m.configure_optimizers()
+    names = {id(p): n for n, p in m.named_parameters()}
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    plain = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert {"backbone.special_embeddings", "id_table", "w_s.bias", "w_o.bias"} <= plain
+    assert {"w_s.weight", "w_o.weight", "w_p.weight"} <= decayed
+    assert not any(n.endswith("bias") for n in decayed)
+    assert decayed | plain == {n for n, p in m.named_parameters() if p.requires_grad}
+
+
+def test_hard_negatives_come_from_the_cache_without_encoding(small_synth_dir, tmp_path, monkeypatch):
+    m, d = _model(small_synth_dir, tmp_path=tmp_path)
+    first = m.hard_negs.clone()
+    assert (first[1:] > 0).any()
+
+    def refuse(*a, **k):
+        raise AssertionError("the text vectors were encoded although the mined negatives are cached")
+
+    again, _ = _model(small_synth_dir, tmp_path=tmp_path)  # same cache dir
+    monkeypatch.setattr(again.encoder, "encode_all", refuse)
+    again.attach_data(d.sentences, d.text_hash, d.fingerprint, d.train_sequences())
+    assert torch.equal(again.hard_negs, first)
+
+
+@pytest.mark.parametrize("predict_from", ["last_item", "seq"])
+def test_scoring_states_with_the_text_path_are_causal_and_match_evaluation(small_synth_dir, tmp_path, predict_from):
+    m, _ = _model(small_synth_dir, tmp_path=tmp_path, text_path=3, predict_from=predict_from)
+    m.eval()
+    m.refresh_cache()
+    with torch.no_grad():
+        for p in m.w_t.parameters():
+            p.normal_()  # the text path starts small; make it matter
+    seq = torch.tensor([[0, 0, 3, 7, 9, 11, 2, 5]])
+    changed = seq.clone()
+    changed[0, 6:] = torch.tensor([13, 17])
+    with torch.no_grad():
+        a, b = m.scoring_states(seq, m.sem_cache), m.scoring_states(changed, m.sem_cache)
+        last = m.user_vectors(seq, m.sem_cache)
+        without = m.w_o(m.sequence_states(seq, m.sem_cache))
+    torch.testing.assert_close(a[0, 2:6], b[0, 2:6], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a[0, 6:], b[0, 6:], atol=1e-5)
+    torch.testing.assert_close(last, a[:, -1], atol=1e-5, rtol=1e-5)  # training and evaluation agree
+    recent = m.standardise(m.sem_cache[torch.tensor([11, 2, 5])]).mean(0)  # the last 3 items
+    torch.testing.assert_close(a[0, -1] - without[0, -1], m.w_t(recent), atol=1e-4, rtol=1e-4)

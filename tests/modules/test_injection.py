@@ -63,7 +63,7 @@ def test_position_t_does_not_see_later_items_with_injection(small_synth_dir, cf_
     with torch.no_grad():
         a, b = m.sequence_states(seq, m.sem_cache), m.sequence_states(changed, m.sem_cache)
         if mode == "residual":  # the scoring states, residual included
-            a, b = (m._with_residual(m._predictions(x), m.injection.user_states(s)) for x, s in ((a, seq), (b, changed)))
+            a, b = m.scoring_states(seq, m.sem_cache), m.scoring_states(changed, m.sem_cache)
     assert torch.isfinite(a).all()
     torch.testing.assert_close(a[0, 2:6], b[0, 2:6], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a[0, 6:], b[0, 6:], atol=1e-5)
@@ -132,3 +132,23 @@ def test_residual_needs_a_sasrec_user_encoder(small_synth_dir, cf_exports):
     with pytest.raises(ConfigError, match="residual"):
         DARec(num_items=PreparedData(small_synth_dir).num_items, backbone=BackboneConfig(name="tiny-bert"),
               injection={"mode": "input", "residual": True, "lightgcn": cf_exports["lightgcn"]})
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "minilm"])
+def test_input_terms_start_at_the_word_embedding_scale(small_synth_dir, cf_exports, tmp_path, name):
+    """Without calibration the user-CF term dwarfs the text term; after it, text, item CF and user CF each start
+    at the RMS of the backbone's word embeddings."""
+    from darec.modules.darec import _recent_windows
+
+    d = PreparedData(small_synth_dir)
+    m = _model(small_synth_dir, cf_exports, tmp_path, name=name, mode="input")
+    windows = _recent_windows(d.train_sequences(), 12)
+    before = m.input_scales(windows)
+    after = m.calibrate_input_scales(windows)
+    target = after["word_embeddings"]
+    for term in ("text", "item_cf", "user_cf"):
+        assert after[term] == pytest.approx(target, rel=1e-4), (term, after)
+    assert max(before[t] for t in ("text", "item_cf", "user_cf")) / min(before[t] for t in ("text", "item_cf", "user_cf")) > 1.5
+    assert bool(m.inputs_calibrated)
+    if name == "minilm":
+        assert 0.25 < after["positions"] / target < 1.0  # the backbone's own position embeddings, for reference

@@ -1,0 +1,54 @@
+"""What every benchmark records beside its figures: the machine, the load, the commit; and the paired bootstrap."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict[str, Any]:
+    """Platform, cores, torch threads and versions, and the load average when called."""
+    import lightning as L
+
+    return {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+        "torch": torch.__version__, "lightning": L.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def git_commit() -> dict[str, Any]:
+    """HEAD and whether the working tree had uncommitted changes."""
+
+    def git(*a: str) -> str | None:
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
+def command(script: str, argv: list[str] | None) -> str:
+    """The command line that ran ``script`` (for the JSON)."""
+    return " ".join(["python", script, *(argv if argv is not None else sys.argv[1:])])
+
+
+def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean of per-user differences with a bootstrap 95% CI over users (resampling users, ``n`` times)."""
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (n, len(diff)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(diff.mean()), "bootstrap_95ci": [float(lo), float(hi)], "users": int(len(diff))}

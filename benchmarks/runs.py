@@ -1,0 +1,240 @@
+"""Training runs shared by the ml-100k quality benchmarks: one model, one seed, kept as full score matrices.
+
+A run trains the model of a shipped config (``configs/<kind>_ml100k.yaml``, with overrides) with early stopping
+on validation NDCG@10, reloads the best checkpoint, and stores the score of every (user, item) pair on the
+validation and the test split. Scores rather than metrics, so that benchmarks can combine models (seed
+ensembles, fusions) and pair them user by user. A run is stored under ``WORK/<name>/`` and is never trained twice:
+``meta.json`` marks it done. SASRec and LightGCN runs also export their embeddings there (``cf/``), which the
+DARec runs of the same seed inject.
+
+Several runs execute in parallel as subprocesses (``python benchmarks/runs.py SPEC``), one torch thread each.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONFIGS = {"sasrec": "sasrec_ml100k.yaml", "lightgcn": "lightgcn_ml100k.yaml", "darec": "darec_ml100k.yaml"}
+
+
+@dataclass
+class RunSpec:
+    """One training run: which model (``kind``), seed and overrides of its shipped config."""
+
+    name: str
+    kind: str
+    seed: int
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of model.init_args (nested dicts merge)
+    data: dict[str, Any] = field(default_factory=dict)  # overrides of data.init_args
+    trainer: dict[str, Any] = field(default_factory=dict)  # max_epochs, patience, max_minutes
+    cf_from: str | None = None  # DARec: the SASRec run whose exports (and that seed's LightGCN run) it injects
+    lightgcn_from: str | None = None
+    shuffle_text: bool = False  # DARec: item sentences permuted across items (text then carries no meaning)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_dir(work: Path, name: str) -> Path:
+    return work / name
+
+
+def is_done(work: Path, name: str) -> bool:
+    return (run_dir(work, name) / "meta.json").is_file()
+
+
+@torch.no_grad()
+def score_matrices(model: Any, dm: Any) -> dict[str, dict[str, np.ndarray]]:
+    """``{split: {scores [U, N+1] (column 0 = padding, -inf), targets [U], histories (ragged)}}`` for val and test."""
+    from darec.modules.base import RecModule
+
+    assert isinstance(model, RecModule)
+    model.eval()
+    out = {}
+    for split, hook, loader in (("val", model.on_validation_epoch_start, dm.val_dataloader),
+                                ("test", model.on_test_epoch_start, dm.test_dataloader)):
+        if split == "test":
+            dm.setup("test")
+        hook()
+        scores, targets, hist = [], [], []
+        for batch in loader():
+            b = model.prepare_eval_batch(batch)
+            s = model.score_chunk(b, 1, model.num_items + 1).float()
+            scores.append(torch.cat([torch.full((s.shape[0], 1), float("-inf")), s], 1).numpy())
+            targets.append(batch["target"].numpy())
+            hist.extend([h[h > 0] for h in batch["history"].numpy()])
+        out[split] = {"scores": np.concatenate(scores).astype(np.float32), "targets": np.concatenate(targets),
+                      "history": hist}
+    return out
+
+
+def ranks(scores: np.ndarray, targets: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
+    """0-based full-ranking ranks with the project's rules (history masked, ties against the target)."""
+    from darec.data.datamodules import left_pad
+    from darec.evaluation import target_ranks
+
+    s = torch.from_numpy(scores[:, 1:].copy())
+    return target_ranks(s, torch.from_numpy(targets).long(), left_pad(list(history))).numpy()
+
+
+def ndcg10(r: np.ndarray) -> np.ndarray:
+    return np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)
+
+
+def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
+    """Train ``spec`` (unless done) and store its score matrices and ``meta.json``; returns the meta."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from darec.export import export_module
+
+    out = run_dir(work, spec.name)
+    if is_done(work, spec.name):
+        return json.loads((out / "meta.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load((ROOT / "configs" / CONFIGS[spec.kind]).read_text())
+    model_kw = _merge(cfg["model"]["init_args"], spec.model)
+    data_kw = _merge(cfg["data"]["init_args"], dict(spec.data, data_dir=data_dir))
+    if spec.kind == "darec":
+        model_kw["cache_dir"] = str(work / "cache")
+        inj = dict(model_kw.get("injection") or {})
+        if inj.get("mode", "none") != "none":
+            inj["sasrec"] = str(run_dir(work, spec.cf_from) / "cf" / "sasrec.safetensors") if spec.cf_from else None
+            inj["lightgcn"] = str(run_dir(work, spec.lightgcn_from) / "cf" / "lightgcn.safetensors") if spec.lightgcn_from else None
+        model_kw["injection"] = inj
+        data_kw["max_len"] = model_kw.get("max_len", data_kw.get("max_len"))
+    trainer_cfg = cfg["trainer"]
+    patience = next((c["init_args"]["patience"] for c in trainer_cfg.get("callbacks", [])
+                     if c["class_path"].endswith("EarlyStopping")), 5)
+    max_epochs = spec.trainer.get("max_epochs", trainer_cfg.get("max_epochs", 100))
+    patience = spec.trainer.get("patience", patience)
+    max_minutes = spec.trainer.get("max_minutes", 30)
+    L.seed_everything(spec.seed)
+    dm = _import(cfg["data"]["class_path"])(**data_kw)
+    cls = _import(cfg["model"]["class_path"])
+    model = cls(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint, **model_kw)
+    if spec.shuffle_text:
+        d = dm.data
+        body = list(d.sentences[1:])
+        np.random.default_rng(spec.seed).shuffle(body)
+        model.attach_data([""] + body, "shuffled-" + d.text_hash, d.fingerprint, d.train_sequences(), d.item_raw_ids)
+    curve: list[dict[str, float]] = []
+
+    class Curve(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.t = time.perf_counter()
+
+        def on_validation_end(self, trainer, pl_module):
+            curve.append({"epoch": trainer.current_epoch, "val_ndcg@10": float(trainer.callback_metrics["val/ndcg@10"]),
+                          "epoch_s": time.perf_counter() - self.t})
+            print(f"{spec.name} epoch {trainer.current_epoch}: val NDCG@10 {curve[-1]['val_ndcg@10']:.4f} "
+                  f"({curve[-1]['epoch_s']:.0f} s)", flush=True)
+
+    ckpt = ModelCheckpoint(dirpath=out / "ckpt", monitor="val/ndcg@10", mode="max", save_top_k=1, filename="best")
+    trainer = L.Trainer(
+        max_epochs=max_epochs, max_time={"minutes": max_minutes}, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1,
+        gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
+        callbacks=[ckpt, EarlyStopping(monitor="val/ndcg@10", mode="max", patience=patience), Curve()],
+    )
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    fit_s = time.perf_counter() - t0
+    best = cls.load_from_checkpoint(ckpt.best_model_path, map_location="cpu")
+    if spec.kind in ("sasrec", "lightgcn"):
+        export_module(best, dm.data, out / "cf" / f"{spec.kind}.safetensors")
+    mats = score_matrices(best, dm)
+    meta: dict[str, Any] = {"spec": asdict(spec), "fit_s": fit_s, "epochs_run": trainer.current_epoch,
+                            "best_val_ndcg@10": float(ckpt.best_model_score), "curve": curve,
+                            "stopped_by_time": fit_s >= max_minutes * 60 - 5, "torch_threads": torch.get_num_threads()}
+    for split, m in mats.items():
+        np.save(out / f"{split}_scores.npy", m["scores"])
+        r = ranks(m["scores"], m["targets"], m["history"])
+        np.save(out / f"{split}_ranks.npy", r)
+        meta[f"{split}_ndcg@10"] = float(ndcg10(r).mean())
+    np.savez(out / "eval_data.npz", **{f"{split}_targets": m["targets"] for split, m in mats.items()})
+    with open(out / "histories.json", "w") as f:
+        json.dump({split: [h.tolist() for h in m["history"]] for split, m in mats.items()}, f)
+    os.remove(ckpt.best_model_path)
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+@dataclass
+class Run:
+    """A finished run, loaded: meta, score matrices, targets and histories per split."""
+
+    meta: dict[str, Any]
+    scores: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray]
+    history: dict[str, list[np.ndarray]]
+
+    def ranks(self, split: str, scores: np.ndarray | None = None) -> np.ndarray:
+        return ranks(self.scores[split] if scores is None else scores, self.targets[split], self.history[split])
+
+
+def load(work: Path, name: str) -> Run:
+    d = run_dir(work, name)
+    ev = np.load(d / "eval_data.npz")
+    hist = json.loads((d / "histories.json").read_text())
+    return Run(json.loads((d / "meta.json").read_text()),
+               {s: np.load(d / f"{s}_scores.npy") for s in ("val", "test")},
+               {s: ev[f"{s}_targets"] for s in ("val", "test")},
+               {s: [np.asarray(h, dtype=np.int64) for h in hist[s]] for s in ("val", "test")})
+
+
+def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2) -> None:
+    """Train every spec not done yet, ``jobs`` subprocesses at a time, each after the runs it injects."""
+    pending = [s for s in specs if not is_done(work, s.name)]
+    running: list[tuple[RunSpec, subprocess.Popen]] = []
+    work.mkdir(parents=True, exist_ok=True)
+    while pending or running:
+        for spec, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((spec, proc))
+                if proc.returncode != 0 or not is_done(work, spec.name):
+                    raise RuntimeError(f"run {spec.name} failed (exit {proc.returncode}); see {run_dir(work, spec.name)}/log.txt")
+        ready = [s for s in pending if all(is_done(work, dep) for dep in (s.cf_from, s.lightgcn_from) if dep)]
+        while ready and len(running) < jobs:
+            spec = ready.pop(0)
+            pending.remove(spec)
+            run_dir(work, spec.name).mkdir(parents=True, exist_ok=True)
+            log = open(run_dir(work, spec.name) / "log.txt", "w")
+            env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+            cmd = [sys.executable, __file__, json.dumps(asdict(spec)), str(work), data_dir]
+            running.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+            print(f"started {spec.name}", flush=True)
+        if not ready and not running and pending:
+            raise RuntimeError(f"runs waiting on runs that never finish: {[s.name for s in pending]}")
+        time.sleep(2)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    spec_json, work_dir, data = sys.argv[1:4]
+    meta = train(RunSpec(**json.loads(spec_json)), Path(work_dir), data)
+    print(json.dumps({k: meta[k] for k in ("fit_s", "epochs_run", "best_val_ndcg@10", "test_ndcg@10")}))
