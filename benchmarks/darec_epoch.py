@@ -45,7 +45,8 @@ from common import command, git_commit, machine  # noqa: E402
 CONFIG = ROOT / "configs" / "darec_ml100k.yaml"
 BEFORE_MODEL = dict(
     adapters="serial", max_fresh_items=128, fresh_gradient="replace", refresh_every=0, item_vector="align",
-    item_framing=False, frozen_prefix=False, calibrate_inputs=False,
+    item_framing=False, item_adapter_layers=None, frozen_prefix=False, calibrate_inputs=False, dropout=0.0,
+    text_path=0, lr_adapters=None, warmup_steps=0,
 )
 BEFORE_BACKBONE = dict(autocast="none")
 BEFORE_DATA = dict(max_len=50, stride=25, batch_size=64)

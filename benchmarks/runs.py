@@ -97,7 +97,7 @@ def ranks(scores: np.ndarray, targets: np.ndarray, history: list[np.ndarray]) ->
     from darec.data.datamodules import left_pad
     from darec.evaluation import target_ranks
 
-    s = torch.from_numpy(scores[:, 1:].copy())
+    s = torch.from_numpy(scores.copy())
     return target_ranks(s, torch.from_numpy(targets).long(), left_pad(list(history))).numpy()
 
 

@@ -41,7 +41,8 @@ def test_config_instantiates(path, synth_dir, tmp_path, monkeypatch):
             "--trainer.logger", "false"]
     if doc["model"]["class_path"].endswith("DARec"):
         args += ["--model.init_args.backbone.name", "tiny-llama", "--model.init_args.backbone.dtype", "float32",
-                 "--model.init_args.cache_dir", str(tmp_path)]
+                 "--model.init_args.cache_dir", str(tmp_path), "--model.init_args.injection.mode", "none",
+                 "--model.init_args.injection.residual", "false"]
     cli = LightningCLI(RecModule, RecDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
                        args=args, save_config_callback=None, auto_configure_optimizers=False)
     assert isinstance(cli.model, RecModule) and isinstance(cli.datamodule, RecDataModule)

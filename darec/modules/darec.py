@@ -14,6 +14,7 @@ from torch import nn
 
 from darec.data.text import tokenize_sentences
 from darec.errors import ConfigError
+from darec.evaluation import RankHistogram, chunked_target_ranks
 from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable, parse_assignment
 from darec.modules.backbone import BackboneConfig, load_backbone
 from darec.modules.base import EvalBatch, RecModule
@@ -24,6 +25,9 @@ from darec.modules.item_encoder import ItemEncoder
 from darec.modules.losses import alignment_loss, hard_negative_loss, next_item_loss
 
 log = logging.getLogger(__name__)
+
+# SASRec-score weights tried after every validation pass with ``injection.residual_weight: validation``
+RESIDUAL_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 @dataclass
@@ -77,9 +81,11 @@ class DARec(RecModule):
             ml-100k with MiniLM the 10 nearest neighbours of an item share its year 0.16 of the time with the frozen
             ``[ALIGN]`` state and 0.50 with the mean (random: 0.11); ``benchmarks/darec_epoch.py`` reports this.
         item_framing: tokenise item sentences with the backbone's own framing tokens (``[CLS] … [SEP]``, BOS).
-        item_adapters: the adapters act at the item level too (the method). False encodes item sentences with the
-            frozen backbone: the adapters then shape the sequence level only, and with ``max_fresh_items: 0`` the
-            item vectors are computed once and never go stale.
+        item_adapter_layers: how many of the top layers' adapters also act at the item level. ``null``: all of them
+            (the method). ``0``: item sentences are encoded by the frozen backbone, the adapters shape the sequence
+            level only, and with ``max_fresh_items: 0`` the item vectors are computed once and never go stale.
+            ``k``: the top ``k`` layers' adapters act at both levels; below them the item level is frozen (and
+            computed once with ``frozen_prefix``).
         frozen_prefix: compute the item-level states below the first adapted layer once (exact; only with the
             ``mean`` item vector, and a no-op when layer 0 has an adapter).
         max_fresh_items: in-batch items encoded with gradient per step; the others take no adapter gradient.
@@ -128,7 +134,7 @@ class DARec(RecModule):
         predict_from: str = "last_item",
         item_vector: str = "auto",
         item_framing: bool = True,
-        item_adapters: bool = True,
+        item_adapter_layers: int | None = None,
         frozen_prefix: bool = True,
         max_fresh_items: int = 256,
         fresh_gradient: str = "straight_through",
@@ -175,8 +181,10 @@ class DARec(RecModule):
         h = self.backbone.hidden_size
         d = proj_dim or h
         self.injection = CollaborativeInjection(injection, num_items, h, data_fingerprint, self.backbone.layers)
-        self.encoder = ItemEncoder(self.backbone, [[]], pack_len, item_vector=item_vector, adapters=item_adapters)
-        cut = first_adapted_layer(self.assignment)
+        self.encoder = ItemEncoder(
+            self.backbone, [[]], pack_len, item_vector=item_vector, adapter_layers=item_adapter_layers
+        )
+        cut = max(first_adapted_layer(self.assignment), self.encoder.bypass_below)
         if frozen_prefix and 0 < cut < self.backbone.num_layers and context_masking and self.encoder.hide_align:
             self.encoder.enable_frozen_prefix(cut)
         self.max_item_tokens = max_item_tokens
@@ -198,6 +206,7 @@ class DARec(RecModule):
         self.register_buffer("hard_negs", torch.zeros(num_items + 1, max(losses.hard_k, 1), dtype=torch.long), persistent=False)
         self.register_buffer("dup_text", torch.zeros(num_items + 1, dtype=torch.bool), persistent=False)
         self.register_buffer("inputs_calibrated", torch.zeros((), dtype=torch.bool))
+        self.val_by_weight = nn.ModuleList(RankHistogram() for _ in RESIDUAL_GRID) if self._weight_on_validation else None
         self._eval_table: torch.Tensor | None = None
         self._ready = False
         self._mined = False
@@ -282,7 +291,7 @@ class DARec(RecModule):
     def refresh_cache(self) -> None:
         """Re-encode every catalogue item with the current adapters (no gradient, trainable parts in eval mode).
 
-        A no-op once built when nothing at the item level trains (``item_adapters: false``, no fresh items)."""
+        A no-op once built when nothing at the item level trains (``item_adapter_layers: 0``, no fresh items)."""
         if self._cache_built and self.item_level_frozen:
             self._steps_since_refresh = 0
             return
@@ -299,7 +308,7 @@ class DARec(RecModule):
     @property
     def item_level_frozen(self) -> bool:
         """Nothing that item vectors depend on trains: the cache, once built, never goes stale."""
-        return not self.encoder.adapters and self.max_fresh_items == 0
+        return self.encoder.frozen and self.max_fresh_items == 0
 
     def _input_terms(self, windows: torch.Tensor) -> dict[str, tuple[nn.Linear, torch.Tensor]]:
         """Each sequence-level input term as (its projection, its inputs): the text term ``W_s s_i`` and the
@@ -416,6 +425,11 @@ class DARec(RecModule):
         A state is ``W_o h`` (+ ``W_t`` of the recent text with ``text_path``), then ``alpha u_t`` appended with
         ``injection.residual``; its dot product with a row of :meth:`item_table` is the score.
         """
+        base, user = self._scoring_parts(seq, sem, last_only)
+        return self._with_residual(base, user)
+
+    def _scoring_parts(self, seq: torch.Tensor, sem: torch.Tensor, last_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``W_o h`` (+ text path) and the causal user vectors (aligned the same way) of :meth:`scoring_states`."""
         user = self.injection.user_states(seq)
         states = self.sequence_states(seq, sem, user)
         if last_only:
@@ -429,7 +443,7 @@ class DARec(RecModule):
             out = out + self.w_t(recent[:, -1:] if last_only else recent)
         if user is not None and last_only:
             user = user[:, -1:]
-        return self._with_residual(out, user)
+        return out, user
 
     def _recent_text(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
         """[B, L, H]: at position t, the mean standardised ``s_i`` of the last ``text_path`` items up to t."""
@@ -508,7 +522,40 @@ class DARec(RecModule):
 
     def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
         seq = batch["history"][:, -self.max_len :]
-        return {**batch, "user_vec": self.user_vectors(seq, self.sem_cache.float())}
+        base, user = self._scoring_parts(seq, self.sem_cache.float(), last_only=True)
+        out = {**batch, "user_vec": self._with_residual(base, user)[:, 0]}
+        if self.injection.residual_scale is not None:
+            out["user_base"], out["user_sasrec"] = base[:, 0], self.injection.sasrec_part(user)[:, 0]
+        return out
+
+    @property
+    def _weight_on_validation(self) -> bool:
+        return self.injection.residual_scale is not None and self.injection.cfg.residual_weight == "validation"
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        if not self._weight_on_validation:
+            return super().validation_step(batch, batch_idx)
+        b = self.prepare_eval_batch(batch)
+        table = self._eval_table
+        assert table is not None
+        d = b["user_base"].shape[1]
+        for metric, alpha in zip(self.val_by_weight, RESIDUAL_GRID):
+            def chunk(lo: int, hi: int, alpha: float = alpha) -> torch.Tensor:
+                return b["user_base"] @ table[lo:hi, :d].T + alpha * (b["user_sasrec"] @ table[lo:hi, d:].T)
+
+            metric.update(chunked_target_ranks(chunk, self.num_items, b["target"], b["history"], chunk_size=self.eval_chunk_size))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._weight_on_validation:
+            return super().on_validation_epoch_end()
+        ndcg = [float(m.compute()["ndcg@10"]) for m in self.val_by_weight]
+        best = max(range(len(ndcg)), key=lambda i: (ndcg[i], -i))
+        self.injection.residual_scale.fill_(RESIDUAL_GRID[best])
+        for i, m in enumerate(self.val_by_weight):
+            if i != best:
+                m.reset()
+        self._log_metric(self.val_by_weight[best], "val")
+        self.log("val/residual_weight", RESIDUAL_GRID[best])
 
     def user_vectors(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
         """The scoring state [B, d'] after each history ``seq`` [B, L] (left-padded)."""

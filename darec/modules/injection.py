@@ -24,16 +24,28 @@ from darec.modules.masking import item_causal_mask
 from darec.modules.prefix import layer_prefixes, prefix_causal_mask, wrap_layers
 
 
+RESIDUAL_WEIGHTS = ("learned", "validation")
+
+
 @dataclass
 class InjectionConfig:
-    """Which collaborative knowledge enters DARec, and how."""
+    """Which collaborative knowledge enters DARec, and how.
+
+    ``residual`` adds SASRec's own score ``alpha <u_t, c_j>`` to DARec's. With ``residual_weight: learned``
+    ``alpha`` trains with everything else, so the language model learns a correction to SASRec; but SASRec's
+    scores on its own training data are more confident than on unseen targets, so the correction learnt there is
+    too timid. With ``residual_weight: validation`` the language model trains alone (``alpha = 0``) and after
+    every validation pass ``alpha`` is set to the value of a fixed grid that gives the best validation NDCG@10 (a
+    late fusion of two models whose weight is chosen on validation only); it is saved with the model.
+    """
 
     mode: Literal["none", "input", "attention"] = "none"  # none | input | attention (input + per-layer prefixes)
     sasrec: str | None = None  # SASRec export (safetensors from `darec export-embeddings`)
     lightgcn: str | None = None  # LightGCN export
     user_vector: bool = True  # add the causal user vector at each position
     finetune: bool = False  # train the CF tables jointly (frozen by default)
-    residual: bool = False  # add SASRec's own score alpha <u_t, c_j> (frozen) to DARec's; the LM learns a correction
+    residual: bool = False  # add SASRec's own score alpha <u_t, c_j> (frozen) to DARec's
+    residual_weight: str = "learned"  # learned: alpha trains with the LM, which learns a correction | validation: see below
 
 
 class CollaborativeInjection(nn.Module):
@@ -94,11 +106,17 @@ class CollaborativeInjection(nn.Module):
                 nn.init.normal_(lin.weight, std=0.1 / user_dim**0.5)
                 nn.init.zeros_(lin.bias)
             self.__dict__["_prefix_layers"] = wrap_layers(layers)
-        self.residual_scale: nn.Parameter | None = None
+        if cfg.residual_weight not in RESIDUAL_WEIGHTS:
+            raise ConfigError(f"injection.residual_weight must be one of {RESIDUAL_WEIGHTS}, got {cfg.residual_weight!r}")
         if cfg.residual:
             if cfg.mode == "none" or self.sasrec_encoder is None:
                 raise ConfigError("injection.residual needs a SASRec export (injection.sasrec) and injection.user_vector: true")
-            self.residual_scale = nn.Parameter(torch.ones(()))
+            if cfg.residual_weight == "learned":
+                self.residual_scale = nn.Parameter(torch.ones(()))
+            else:
+                self.register_buffer("residual_scale", torch.zeros(()))
+        else:
+            self.residual_scale = None
 
     def _sasrec_dim(self) -> int:
         return int(self.sasrec_encoder.cfg.hidden_size)
@@ -145,6 +163,10 @@ class CollaborativeInjection(nn.Module):
             sas = torch.cat([sas, sas.new_zeros(rows - sas.shape[0], sas.shape[1])], 0)
         return sas[:rows]
 
+    def sasrec_part(self, user: torch.Tensor) -> torch.Tensor:
+        """SASRec's state ``u_t`` [B, L, d_sas] from :meth:`user_states` ``user`` (its SASRec part comes last)."""
+        return user[..., -self._sasrec_dim() :]
+
     def residual_users(self, user: torch.Tensor) -> torch.Tensor:
         """``alpha * u_t`` [B, L, d_sas] from :meth:`user_states` ``user`` (its SASRec part, which comes last),
         appended to the scoring state when ``residual``.
@@ -152,7 +174,9 @@ class CollaborativeInjection(nn.Module):
         With the item side :meth:`residual_items`, the score becomes ``<W_o h, e_j> + alpha <u_t, c_j>``:
         the language model learns a correction on top of SASRec's own score, which stays frozen.
         """
-        return self.residual_scale * user[..., -self._sasrec_dim() :]
+        if self.training and self.cfg.residual_weight == "validation":
+            return torch.zeros_like(self.sasrec_part(user))  # the language model trains alone
+        return self.residual_scale * self.sasrec_part(user)
 
     def run_with_prefixes(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from typing import Any
 
 import torch
 
@@ -40,8 +41,9 @@ class ItemEncoder:
         pack_len: tokens per packed row.
         rows_per_pass: packed rows sent through the backbone at once.
         item_vector: ``"auto"``, ``"align"``, ``"mean"`` or ``"align_mean"`` (above).
-        adapters: whether the adapters act at the item level. False encodes items with the frozen backbone (the
-            adapters then shape the sequence level only, and item vectors never go stale).
+        adapter_layers: how many of the top layers' adapters act at the item level: ``None`` all (the method),
+            ``0`` none (items are encoded by the frozen backbone and their vectors never go stale), ``k`` the top
+            ``k`` (below them the item level is frozen, so frozen-prefix caching can skip those layers).
     """
 
     def __init__(
@@ -51,7 +53,7 @@ class ItemEncoder:
         pack_len: int = 128,
         rows_per_pass: int = 64,
         item_vector: str = "align",
-        adapters: bool = True,
+        adapter_layers: int | None = None,
     ):
         if item_vector not in ITEM_VECTORS:
             raise ConfigError(f"item_vector must be one of {ITEM_VECTORS}, got {item_vector!r}")
@@ -62,7 +64,10 @@ class ItemEncoder:
         if item_vector == "auto":
             item_vector = "align" if backbone.is_decoder else "mean"
         self.item_vector = item_vector
-        self.adapters = adapters
+        n = backbone.num_layers
+        if adapter_layers is not None and not 0 <= adapter_layers <= n:
+            raise ConfigError(f"item adapter layers must be null or in 0..{n}, got {adapter_layers}")
+        self.bypass_below = 0 if adapter_layers is None else n - adapter_layers
         self.prefix: FrozenPrefix | None = None
         self._prefix_states: torch.Tensor | None = None
         self._prefix_offsets: torch.Tensor | None = None
@@ -75,6 +80,15 @@ class ItemEncoder:
     def hide_align(self) -> bool:
         """No text token attends ``[ALIGN]`` (so the text-token states do not depend on its trainable embedding)."""
         return self.item_vector == "mean"
+
+    @property
+    def frozen(self) -> bool:
+        """No adapter acts at the item level."""
+        return self.bypass_below >= self.backbone.num_layers
+
+    def _bypass(self) -> Any:
+        layers = list(self.backbone.layers)[: self.bypass_below]
+        return adapters_bypassed(layers) if layers else contextlib.nullcontext()
 
     def set_tokens(self, token_lists: list[list[int]]) -> None:
         self.token_lists = token_lists
@@ -98,7 +112,7 @@ class ItemEncoder:
         return pack_items([self.token_lists[i] for i in ids], ids, self.backbone.align_id, self.pack_len).to(self._device())
 
     def _run(self, packed: PackedBatch, lo: int, hi: int) -> torch.Tensor:
-        with contextlib.nullcontext() if self.adapters else adapters_bypassed(self.backbone):
+        with self._bypass():
             return self.backbone.encode_segments(
                 packed.input_ids[lo:hi], packed.segment_ids[lo:hi], packed.position_ids[lo:hi], hide_last=self.hide_align
             )
@@ -220,7 +234,7 @@ class ItemEncoder:
         numbered = [[(next(counter), toks) for _, toks in kept] for kept in rows]
         ids, segs, pos, align = layout_rows(numbered, len(where), width, self.backbone.align_id)
         segs = segs.to(device)
-        with contextlib.nullcontext() if self.adapters else adapters_bypassed(self.backbone):
+        with self._bypass():
             states = self.backbone.encode_segments(
                 ids.to(device), segs, pos.to(device), attend_earlier=True, hide_last=self.hide_align
             )

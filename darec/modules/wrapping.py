@@ -73,10 +73,10 @@ class AdapterWrapper(ModuleWrapper):
 
 
 @contextmanager
-def adapters_bypassed(module: nn.Module) -> Iterator[None]:
-    """Within the block, every :class:`AdapterWrapper` under ``module`` returns its base module's output alone:
-    the frozen model, with the adapters in place but inactive."""
-    wrappers = [m for m in module.modules() if isinstance(m, AdapterWrapper)]
+def adapters_bypassed(modules: list[nn.Module]) -> Iterator[None]:
+    """Within the block, every :class:`AdapterWrapper` under ``modules`` returns its base module's output alone:
+    the frozen computation, with the adapters in place but inactive."""
+    wrappers = [m for module in modules for m in module.modules() if isinstance(m, AdapterWrapper)]
     for w in wrappers:
         w.__dict__["bypassed"] = True
     try:

@@ -152,3 +152,40 @@ def test_input_terms_start_at_the_word_embedding_scale(small_synth_dir, cf_expor
     assert bool(m.inputs_calibrated)
     if name == "minilm":
         assert 0.25 < after["positions"] / target < 1.0  # the backbone's own position embeddings, for reference
+
+
+def test_residual_weight_chosen_on_validation(small_synth_dir, cf_exports, tmp_path):
+    """With residual_weight "validation" the LM trains alone; each validation pass tries every SASRec-score weight
+    of the grid, keeps the best and reports its NDCG@10, and evaluation after it uses that weight."""
+    import lightning as L
+
+    from darec.modules.darec import RESIDUAL_GRID
+    from darec.modules.injection import InjectionConfig
+
+    dm = SequenceDataModule(str(small_synth_dir), batch_size=16, eval_batch_size=64, max_len=12, num_negatives=0)
+    m = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
+              backbone=BackboneConfig(name="tiny-bert"), max_len=12, cache_dir=str(tmp_path),
+              injection=InjectionConfig(mode="input", residual=True, residual_weight="validation", **cf_exports))
+    assert not m.injection.residual_scale.requires_grad and float(m.injection.residual_scale) == 0.0
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(m, datamodule=dm)
+    chosen = float(m.injection.residual_scale)
+    assert chosen in RESIDUAL_GRID and float(trainer.callback_metrics["val/residual_weight"]) == chosen
+    reported = float(trainer.callback_metrics["val/ndcg@10"])
+    per_weight = []
+    for w in RESIDUAL_GRID:  # recompute each weight through the ordinary evaluation path
+        m.injection.residual_scale.fill_(w)
+        m.injection.cfg.residual_weight = "learned"  # plain validation with this fixed weight
+        per_weight.append(L.Trainer(logger=False, enable_progress_bar=False).validate(m, datamodule=dm, verbose=False)[0]["val/ndcg@10"])
+        m.injection.cfg.residual_weight = "validation"
+    assert reported == pytest.approx(max(per_weight), abs=1e-6)
+    assert per_weight[RESIDUAL_GRID.index(chosen)] == pytest.approx(max(per_weight), abs=1e-6)
+    assert max(per_weight) > min(per_weight)  # the weight matters
+    m.injection.residual_scale.fill_(2.0)
+    m.train()
+    seq = torch.tensor([[0, 3, 7, 9]])
+    d_sas = m.injection.sasrec_part(m.injection.user_states(seq)).shape[-1]
+    assert torch.equal(m.scoring_states(seq, m.sem_cache)[..., -d_sas:], torch.zeros(1, 4, d_sas))  # trains alone
+    m.eval()
+    assert m.scoring_states(seq, m.sem_cache)[..., -d_sas:].abs().sum() > 0

@@ -105,7 +105,7 @@ def test_frozen_prefix_is_only_used_where_it_is_exact(small_synth_dir, tmp_path)
 
 def test_item_adapters_off_encodes_with_the_frozen_backbone_once(small_synth_dir, tmp_path):
     on = _model(small_synth_dir, tmp_path)
-    off = _model(small_synth_dir, tmp_path, item_adapters=False, max_fresh_items=0)
+    off = _model(small_synth_dir, tmp_path, item_adapter_layers=0, max_fresh_items=0)
     load_adapter_state_dict(off.backbone, adapter_state_dict(on.backbone))
     frozen = on.encoder.encode_all()  # identity adapters at init: the frozen backbone
     _perturb_adapters(on)
@@ -119,5 +119,21 @@ def test_item_adapters_off_encodes_with_the_frozen_backbone_once(small_synth_dir
     off.refresh_cache()  # nothing at the item level trains: the cache is not rebuilt
     assert off.item_level_frozen and torch.equal(off.sem_cache, built)
     seq = torch.tensor([[0, 2, 5, 9]])
-    assert not torch.allclose(off.sequence_states(seq, off.sem_cache), _model(small_synth_dir, tmp_path, item_adapters=False,
+    assert not torch.allclose(off.sequence_states(seq, off.sem_cache), _model(small_synth_dir, tmp_path, item_adapter_layers=0,
                               max_fresh_items=0).sequence_states(seq, off.sem_cache), atol=1e-4)  # the sequence level adapts
+
+
+def test_top_item_adapter_layers_only_are_exact_and_cached(small_synth_dir, tmp_path):
+    """``item_adapter_layers: 1`` of 3: the item level equals a model whose lower adapters are absent, and layers
+    below the top one are computed once."""
+    kw = dict(backbone={"tiny_layers": 3}, item_vector="mean")
+    top = _model(small_synth_dir, tmp_path, adapters="serial", item_adapter_layers=1, **kw)
+    ref = _model(small_synth_dir, tmp_path, adapters=["none", "none", "serial"], frozen_prefix=False, **kw)
+    assert top.encoder.prefix is not None and top.encoder.prefix.cut == 2
+    _perturb_adapters(top)
+    with torch.no_grad():
+        for (n, p) in ref.backbone.adapters[2].named_parameters():
+            p.copy_(dict(top.backbone.adapters[2].named_parameters())[n])
+    torch.testing.assert_close(top.encoder.encode_all(), ref.encoder.encode_all(), atol=1e-5, rtol=1e-5)
+    seq = torch.tensor([[0, 2, 5, 9]])
+    assert not torch.allclose(top.sequence_states(seq, top.sem_cache), ref.sequence_states(seq, top.sem_cache), atol=1e-4)
