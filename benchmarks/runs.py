@@ -168,6 +168,14 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
     if spec.kind in ("sasrec", "lightgcn"):
         export_module(best, dm.data, out / "cf" / f"{spec.kind}.safetensors")
     mats = score_matrices(best, dm)
+    lm_only = None
+    if spec.kind == "darec" and best.injection.residual_scale is not None:
+        weight = float(best.injection.residual_scale)
+        with torch.no_grad():
+            best.injection.residual_scale.fill_(0.0)
+        lm_only = score_matrices(best, dm)  # the same checkpoint without SASRec's score: the language-model path
+        with torch.no_grad():
+            best.injection.residual_scale.fill_(weight)
     meta: dict[str, Any] = {"spec": asdict(spec), "fit_s": fit_s, "epochs_run": trainer.current_epoch,
                             "best_val_ndcg@10": float(ckpt.best_model_score), "curve": curve,
                             "stopped_by_time": fit_s >= max_minutes * 60 - 5, "torch_threads": torch.get_num_threads()}
@@ -176,6 +184,11 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
         r = ranks(m["scores"], m["targets"], m["history"])
         np.save(out / f"{split}_ranks.npy", r)
         meta[f"{split}_ndcg@10"] = float(ndcg10(r).mean())
+        if lm_only is not None:
+            np.save(out / f"{split}_scores_lm.npy", lm_only[split]["scores"])
+            meta[f"{split}_ndcg@10_lm_only"] = float(ndcg10(ranks(lm_only[split]["scores"], m["targets"], m["history"])).mean())
+    if lm_only is not None:
+        meta["residual_weight"] = float(best.injection.residual_scale)
     np.savez(out / "eval_data.npz", **{f"{split}_targets": m["targets"] for split, m in mats.items()})
     with open(out / "histories.json", "w") as f:
         json.dump({split: [h.tolist() for h in m["history"]] for split, m in mats.items()}, f)
@@ -197,12 +210,14 @@ class Run:
         return ranks(self.scores[split] if scores is None else scores, self.targets[split], self.history[split])
 
 
-def load(work: Path, name: str) -> Run:
+def load(work: Path, name: str, lm_only: bool = False) -> Run:
+    """A finished run; ``lm_only`` takes a residual DARec's scores without SASRec's part (same checkpoint)."""
     d = run_dir(work, name)
     ev = np.load(d / "eval_data.npz")
     hist = json.loads((d / "histories.json").read_text())
+    suffix = "_lm" if lm_only else ""
     return Run(json.loads((d / "meta.json").read_text()),
-               {s: np.load(d / f"{s}_scores.npy") for s in ("val", "test")},
+               {s: np.load(d / f"{s}_scores{suffix}.npy") for s in ("val", "test")},
                {s: ev[f"{s}_targets"] for s in ("val", "test")},
                {s: [np.asarray(h, dtype=np.int64) for h in hist[s]] for s in ("val", "test")})
 
