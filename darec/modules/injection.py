@@ -45,7 +45,7 @@ class InjectionConfig:
     user_vector: bool = True  # add the causal user vector at each position
     finetune: bool = False  # train the CF tables jointly (frozen by default)
     residual: bool = False  # add SASRec's own score alpha <u_t, c_j> (frozen) to DARec's
-    residual_weight: str = "learned"  # learned: alpha trains with the LM, which learns a correction | validation: see below
+    residual_weight: str = "validation"  # learned: alpha trains with the LM, which learns a correction | validation: see below
 
 
 class CollaborativeInjection(nn.Module):

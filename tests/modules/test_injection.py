@@ -34,7 +34,8 @@ def _model(data_dir, cf, tmp_path, name="tiny-bert", mode="attention", **kw) -> 
     d = PreparedData(data_dir)
     m = DARec(num_items=d.num_items, num_users=d.num_users, data_fingerprint=d.fingerprint,
               backbone=BackboneConfig(name=name), max_len=12, cache_dir=str(tmp_path),
-              injection={"mode": "input", "residual": True, **cf} if mode == "residual" else {"mode": mode, **cf}, **kw)
+              injection={"mode": "input", "residual": True, "residual_weight": "learned", **cf} if mode == "residual"
+              else {"mode": mode, **cf}, **kw)
     m.attach_data(d.sentences, d.text_hash, d.fingerprint, d.train_sequences())
     m.eval()
     m.refresh_cache()

@@ -13,6 +13,9 @@ from darec.modules.darec import DARec
 
 
 def _model(data_dir, tmp_path, name="tiny-bert", **kw) -> DARec:
+    """A DARec whose adapters act at the item level too (the paper's item-level adaptation)."""
+    kw.setdefault("item_adapter_layers", None)
+    kw.setdefault("max_fresh_items", 64)
     d = PreparedData(data_dir)
     m = DARec(num_items=d.num_items, num_users=d.num_users, data_fingerprint=d.fingerprint,
               backbone=BackboneConfig(name=name, **kw.pop("backbone", {})), max_len=12, cache_dir=str(tmp_path), **kw)
@@ -43,8 +46,9 @@ def test_mean_vector_equals_the_frozen_sentence_embedding(small_synth_dir, tmp_p
 
 
 def test_fresh_encoding_equals_cached_in_train_mode(small_synth_dir, tmp_path):
-    """MiniLM ships with dropout 0.1; the frozen backbone must not apply it at either level."""
-    m = _model(small_synth_dir, tmp_path, name="minilm")
+    """MiniLM ships with dropout 0.1; the frozen backbone must not apply it at either level (DARec's own dropout,
+    on the trainable inputs, is off here)."""
+    m = _model(small_synth_dir, tmp_path, name="minilm", dropout=0.0)
     _perturb_adapters(m)
     m.refresh_cache()
     m.train()
