@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from darec.errors import ConfigError
+from darec.errors import ConfigError, FingerprintError
 from darec.evaluation import (
     GroupedRankHistogram,
     RankHistogram,
@@ -242,13 +242,46 @@ class RecModule(L.LightningModule):
         checkpoint[MODEL_RECORD] = {
             "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "items": None if self.item_catalog is None else asdict(self.item_catalog),
+            "data_fingerprint": self.data_fingerprint,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Take the items' raw ids and titles from the checkpoint. Subclasses that override this call it."""
-        items = (checkpoint.get(MODEL_RECORD) or {}).get("items")
+        """Take the items' raw ids and titles from the checkpoint, and refuse a checkpoint trained on another
+        dataset than the one this model was built for. Subclasses that override this call it."""
+        record = checkpoint.get(MODEL_RECORD) or {}
+        trained_on = record.get("data_fingerprint") or checkpoint.get("hyper_parameters", {}).get("data_fingerprint", "")
+        if trained_on and self.data_fingerprint and trained_on != self.data_fingerprint:
+            raise FingerprintError(
+                f"this {type(self).__name__} checkpoint was trained on the prepared dataset with fingerprint "
+                f"{trained_on[:12]}…, but the data given has fingerprint {self.data_fingerprint[:12]}…; "
+                "evaluate it on the dataset it was trained on, or retrain"
+            )
+        items = record.get("items")
         if items:
             self.item_catalog = ItemCatalog.from_json(items)
+
+    def _check_attached_data(self) -> None:
+        """Refuse to run on a datamodule whose dataset is not the one this model was built for."""
+        dm = self.attached_datamodule()
+        fingerprint = getattr(dm, "fingerprint", "") if dm is not None else ""
+        if self.data_fingerprint and fingerprint and fingerprint != self.data_fingerprint:
+            raise FingerprintError(
+                f"this {type(self).__name__} was built for the prepared dataset with fingerprint "
+                f"{self.data_fingerprint[:12]}…, but the datamodule holds fingerprint {fingerprint[:12]}… "
+                f"({getattr(dm, 'data_dir', '?')}); use the dataset it was trained on, or retrain"
+            )
+
+    def on_fit_start(self) -> None:
+        self._check_attached_data()
+
+    def on_validation_start(self) -> None:
+        self._check_attached_data()
+
+    def on_test_start(self) -> None:
+        self._check_attached_data()
+
+    def on_predict_start(self) -> None:
+        self._check_attached_data()
 
     def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Any]:
         batch = self.prepare_eval_batch(batch)
