@@ -13,17 +13,56 @@ def _train_seqs(d: PreparedData) -> list[np.ndarray]:
     return d.train_sequences()
 
 
-def test_unchanged_when_validation_and_test_rows_are_deleted(synth_dir):
-    d = PreparedData(synth_dir)
-    vecs = torch.randn(d.num_total_items + 1, 8, generator=torch.Generator().manual_seed(0))
-    a = mine_hard_negatives(vecs, _train_seqs(d), d.sentences, d.num_items, k=5)
-    # the same mining with each user's full history (train + valid + test) would differ: the
-    # miner must only ever be given training rows, which is what DARec does
-    full = [np.concatenate([d.train.row(u), d.valid.row(u), d.test.row(u)]) for u in range(1, d.num_users + 1)]
-    b = mine_hard_negatives(vecs, _train_seqs(d), d.sentences, d.num_items, k=5)
-    c = mine_hard_negatives(vecs, full, d.sentences, d.num_items, k=5)
-    assert torch.equal(a.negatives, b.negatives)
-    assert not torch.equal(a.negatives, c.negatives)
+def _prepared_variant(out, change: str) -> str:
+    """The same synthetic log prepared as is (``change="none"``), with every user's validation and test
+    interactions (the last two) replaced by other items (``"eval"``), or with one training interaction replaced
+    (``"train"``)."""
+    from darec.data.pipeline import PrepareOptions, build_tables
+    from darec.data.prepared import save_prepared
+    from darec.data.synth import SynthConfig, make_synthetic
+
+    inter, items = make_synthetic(SynthConfig(num_users=60, num_items=30, num_clusters=4, min_len=8, max_len=12, seed=3))
+    inter = inter.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
+    last = inter.groupby("user").cumcount(ascending=False)
+    pool = sorted(set(items["item"]))
+    if change == "eval":
+        for k in np.nonzero((last < 2).to_numpy())[0]:
+            seen = set(inter.loc[inter["user"] == inter.at[k, "user"], "item"])
+            inter.at[k, "item"] = next(i for i in reversed(pool) if i not in seen)
+    elif change == "train":
+        k = int(np.nonzero((last == 5).to_numpy())[0][0])
+        seen = set(inter.loc[inter["user"] == inter.at[k, "user"], "item"])
+        inter.at[k, "item"] = next(i for i in pool if i not in seen)
+    save_prepared(build_tables(inter, items, PrepareOptions(), source="synthetic"), out, config={}, inputs={})
+    return str(out)
+
+
+def _mined_through_setup(data_dir: str, cache: str) -> torch.Tensor:
+    import lightning as L
+
+    from darec.data.windows import SequenceDataModule
+    from darec.modules.backbone import BackboneConfig
+    from darec.modules.darec import DARec
+
+    dm = SequenceDataModule(data_dir, batch_size=8, max_len=8, num_negatives=0)
+    m = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
+              backbone=BackboneConfig(name="tiny-bert"), max_len=8, cache_dir=cache,
+              losses={"hard_negative": True, "hard_k": 5})
+    L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+              enable_checkpointing=False, enable_model_summary=False).fit(m, datamodule=dm)
+    return m.hard_negs.clone()
+
+
+def test_unchanged_when_validation_and_test_rows_change(tmp_path):
+    """Hard negatives mined in ``DARec.setup`` read training rows only: rewriting every validation and test
+    interaction leaves them as they were, while changing one training interaction does not."""
+    base, evalchanged, trainchanged = (_prepared_variant(tmp_path / c, c) for c in ("none", "eval", "train"))
+    fps = {PreparedData(p).fingerprint for p in (base, evalchanged, trainchanged)}
+    assert len(fps) == 3  # three datasets: nothing is served from another's cache entry
+    a = _mined_through_setup(base, str(tmp_path / "cache"))
+    assert (a[1:] > 0).any()
+    assert torch.equal(_mined_through_setup(evalchanged, str(tmp_path / "cache")), a)
+    assert not torch.equal(_mined_through_setup(trainchanged, str(tmp_path / "cache")), a)
 
 
 def test_negatives_never_cooccur_within_window(synth_dir):
