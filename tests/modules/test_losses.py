@@ -19,12 +19,20 @@ def test_next_item_full_softmax_ignores_padding_row():
     assert torch.allclose(next_item_loss(h, table2, t), ref)
 
 
-def test_sampled_softmax_is_finite_and_lower_bounded_by_full():
+def test_sampled_softmax_matches_a_hand_computed_reference():
+    """The target against the batch's shared uniform negatives, an accidental hit on the target masked out."""
     g = torch.Generator().manual_seed(1)
     h, table = torch.randn(8, 4, generator=g), torch.randn(50, 4, generator=g)
     t = torch.randint(1, 50, (8,), generator=g)
-    s = next_item_loss(h, table, t, num_sampled=10, generator=torch.Generator().manual_seed(3))
-    assert torch.isfinite(s) and s <= next_item_loss(h, table, t) + 1e-6
+    neg = torch.randint(1, 50, (10,), generator=torch.Generator().manual_seed(3))  # the same draw
+    t[0] = int(neg[4])  # one accidental hit
+    got = next_item_loss(h, table, t, num_sampled=10, generator=torch.Generator().manual_seed(3))
+    losses = []
+    for r in range(8):
+        logits = [float(h[r] @ table[t[r]])] + [float(h[r] @ table[n]) for n in neg.tolist() if n != int(t[r])]
+        losses.append(torch.logsumexp(torch.tensor(logits), 0) - logits[0])
+    assert torch.allclose(got, torch.stack(losses).mean(), atol=1e-5)
+    assert got <= next_item_loss(h, table, t) + 1e-6  # fewer competitors than the full softmax
 
 
 def test_hard_negative_skips_rows_without_negatives():
