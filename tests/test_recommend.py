@@ -67,14 +67,29 @@ def test_add_items_without_retraining(ckpt):
     assert "new-1" in {o["raw_id"] for o in ranked}
     with pytest.raises(DataError, match="already exists"):
         rec.add_items([{"item": "new-1", "title": "x"}])
+    # the new item is scored like any other: its text through the item encoder, c_j = 0, against the user vector
+    m = rec.model
+    with torch.no_grad():
+        beyond = m.encoder.encode(torch.arange(m.num_items + 1, new + 1)).float()  # cold items, then the new one
+        sem = torch.cat([m.sem_cache.float(), beyond], 0)
+        table = m.item_table(sem)
+        user = m.user_vectors(torch.tensor([[rec.raw_ids.index("3")]]), sem)[0]
+    scores = {o["raw_id"]: o["score"] for o in ranked}
+    assert scores["new-1"] == pytest.approx(float(table[new] @ user), rel=1e-5, abs=1e-6)
+    assert scores[rec.raw_ids[1]] == pytest.approx(float(table[1] @ user), rel=1e-5, abs=1e-6)
 
 
-def test_export_item_vectors(ckpt, tmp_path):
+def test_export_item_vectors(ckpt, tmp_path, synth_dir):
     path = export_item_vectors(ckpt, tmp_path / "items.safetensors")
     vecs = load_file(str(path))["item_vectors"]
     meta = json.loads(path.with_suffix(".json").read_text())
     assert vecs.shape[0] == meta["num_rows"] == len(meta["item_raw_ids"])
-    assert torch.all(vecs[0] == 0) and meta["fingerprint"]
+    assert torch.all(vecs[0] == 0) and meta["fingerprint"] == PreparedData(synth_dir).fingerprint
+    model = DARec.load_from_checkpoint(ckpt, map_location="cpu")
+    model.eval()
+    model._build_eval_table()
+    n = model.num_items
+    torch.testing.assert_close(vecs[: n + 1], model._eval_table, atol=1e-5, rtol=1e-5)  # what evaluation scores with
 
 
 def test_recommend_cli(ckpt, capsys):
@@ -132,8 +147,12 @@ def _eval_scores(model, data, user: int) -> tuple[torch.Tensor, list[int]]:
     return model.score_chunk(batch, 1, model.num_items + 1)[0], split.history.row(k).tolist()
 
 
-def test_sasrec_recommends_as_it_evaluates(cf_ckpts, synth_dir):
-    rec = Recommender.from_checkpoint(cf_ckpts["sasrec"])
+@pytest.mark.parametrize("kind", ["sasrec", "darec"])
+def test_recommends_as_it_evaluates(cf_ckpts, ckpt, synth_dir, kind):
+    """The top-k and the scores equal the model's own evaluation scores for a test user's history."""
+    rec = Recommender.from_checkpoint(cf_ckpts["sasrec"] if kind == "sasrec" else ckpt)
+    if kind == "darec":
+        rec.model._build_eval_table()
     data = PreparedData(synth_dir)
     reference, history = _eval_scores(rec.model, data, user=5)
     raw = [data.item_raw_ids[i] for i in history]
