@@ -13,11 +13,13 @@ product of the two. Every checkpoint records which class wrote it and the raw id
 from __future__ import annotations
 
 import importlib
+import random
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from darec.errors import ConfigError, FingerprintError
@@ -36,6 +38,8 @@ from darec.evaluation import (
 EvalBatch = dict[str, torch.Tensor]
 
 MODEL_RECORD = "darec_model"
+RNG_RECORD = "darec_rng"
+"""Checkpoint key of the random number generators' states when the checkpoint was written (for exact resuming)."""
 """Checkpoint key of ``{"class_path": ..., "items": ItemCatalog | None}``, written by :meth:`RecModule.on_save_checkpoint`."""
 
 # Checkpoints written before MODEL_RECORD existed: the class is told by what it stored.
@@ -244,6 +248,13 @@ class RecModule(L.LightningModule):
             "items": None if self.item_catalog is None else asdict(self.item_catalog),
             "data_fingerprint": self.data_fingerprint,
         }
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        checkpoint[RNG_RECORD] = {  # plain types and tensors only: checkpoints load with weights_only
+            "torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Take the items' raw ids and titles from the checkpoint, and refuse a checkpoint trained on another
@@ -259,6 +270,20 @@ class RecModule(L.LightningModule):
         items = record.get("items")
         if items:
             self.item_catalog = ItemCatalog.from_json(items)
+        self._resume_rng = checkpoint.get(RNG_RECORD)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """On the first step after resuming, the random number generators continue where the checkpoint left them
+        (dropout, sampling): the data loader has drawn its own seed by then, as it had before the checkpoint."""
+        rng = getattr(self, "_resume_rng", None)
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            n = rng["numpy"]
+            np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+            random.setstate(rng["python"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self._resume_rng = None
 
     def _check_attached_data(self) -> None:
         """Refuse to run on a datamodule whose dataset is not the one this model was built for."""

@@ -465,7 +465,8 @@ class DARec(RecModule):
 
     # ----------------------------------------------------------------- training
     def on_train_epoch_start(self) -> None:
-        if not self._cache_built or self._steps_since_refresh > 0:
+        resumed_mid_epoch = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed > 0
+        if not self._cache_built or (self._steps_since_refresh > 0 and not resumed_mid_epoch):
             self.refresh_cache()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -583,6 +584,9 @@ class DARec(RecModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["darec_backbone"] = self.backbone.identity()
+        if self._cache_built and not self.item_level_frozen:  # a frozen item level recomputes the same cache
+            checkpoint["darec_item_cache"] = {"sem_cache": self.sem_cache.cpu(), "sem_mean": self.sem_mean.cpu(),
+                                              "sem_std": self.sem_std.cpu(), "steps_since_refresh": self._steps_since_refresh}
         if self._ready:
             checkpoint["darec_items"] = {"raw_ids": self.item_raw_ids, "sentences": self.item_sentences, "text_hash": self.text_hash}
         checkpoint["darec_assignment"] = [asdict(a) if hasattr(a, "__dataclass_fields__") else a for a in self.assignment]
@@ -595,6 +599,11 @@ class DARec(RecModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        cache = checkpoint.get("darec_item_cache")
+        if cache is not None:  # resume with the item rows training saw, refreshed on the same schedule
+            for name in ("sem_cache", "sem_mean", "sem_std"):
+                getattr(self, name).copy_(cache[name])
+            self._steps_since_refresh, self._cache_built = int(cache["steps_since_refresh"]), True
         ident = checkpoint.get("darec_backbone")
         if ident and ident.get("weights_sha256") != self.backbone.identity()["weights_sha256"]:
             raise ConfigError(
