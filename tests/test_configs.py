@@ -13,7 +13,7 @@ from darec.modules.base import RecModule
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-# search_*.yaml configure `darec search`, not a fit; tests/test_search_config.py loads and checks them
+# search_*.yaml configure `darec search`, not a fit; tests/test_search_integration.py loads and checks them
 MODEL_CONFIGS = [p for p in ALL_CONFIGS if not p.name.startswith("search_")]
 
 
@@ -39,11 +39,19 @@ def test_config_instantiates(path, synth_dir, tmp_path, monkeypatch):
     doc = yaml.safe_load(path.read_text())
     args = ["--config", str(path), "--data.init_args.data_dir", str(synth_dir), "--trainer.accelerator", "cpu",
             "--trainer.logger", "false"]
-    if doc["model"]["class_path"].endswith("DARec"):
-        args += ["--model.init_args.backbone.name", "tiny-llama", "--model.init_args.backbone.dtype", "float32",
-                 "--model.init_args.cache_dir", str(tmp_path), "--model.init_args.injection.mode", "none",
-                 "--model.init_args.injection.residual", "false"]
+    darec = doc["model"]["class_path"].endswith("DARec")
+    backbone = doc["model"]["init_args"].get("backbone", {}).get("name", "") if darec else ""
+    offline = backbone == "minilm" or backbone.startswith("tiny-")  # built as shipped; others need a download
+    if darec:
+        args += ["--model.init_args.cache_dir", str(tmp_path), "--model.init_args.injection.mode", "none",
+                 "--model.init_args.injection.residual", "false"]  # the CF exports are trained, not shipped
+        if not offline:
+            args += ["--model.init_args.backbone.name", "tiny-llama", "--model.init_args.backbone.dtype", "float32"]
     cli = LightningCLI(RecModule, RecDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
                        args=args, save_config_callback=None, auto_configure_optimizers=False)
     assert isinstance(cli.model, RecModule) and isinstance(cli.datamodule, RecDataModule)
     assert cli.datamodule.num_items > 0
+    if darec and offline:  # the shipped backbone itself, e.g. the pretrained MiniLM of darec_ml100k.yaml
+        assert cli.model.backbone.name == backbone
+        if backbone == "minilm":
+            assert cli.model.backbone.num_layers == 6 and cli.model.backbone.hidden_size == 384

@@ -40,3 +40,28 @@ def test_two_processes_equal_one_exactly_sasrec(odd_dir):
     one = _test(model, dm, 1)
     two = _test(model, SequenceDataModule(str(odd_dir), eval_batch_size=16, max_len=10, num_negatives=0), 2)
     assert one == pytest.approx(two, abs=1e-7)
+
+
+def test_two_processes_equal_one_exactly_lightgcn(odd_dir):
+    from darec.data.windows import InteractionDataModule
+    from darec.modules.lightgcn import LightGCN
+
+    L.seed_everything(0)
+    dm = InteractionDataModule(str(odd_dir), eval_batch_size=16)
+    model = LightGCN(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint, embedding_size=16)
+    one = _test(model, dm, 1)
+    two = _test(model, InteractionDataModule(str(odd_dir), eval_batch_size=16), 2)
+    assert one == pytest.approx(two, abs=1e-7) and one["test/ndcg@10"] > 0
+
+
+def test_two_processes_equal_one_exactly_darec(odd_dir, tmp_path):
+    from darec.modules.backbone import BackboneConfig
+    from darec.modules.darec import DARec
+
+    L.seed_everything(0)
+    dm = SequenceDataModule(str(odd_dir), eval_batch_size=16, max_len=10, num_negatives=0)
+    model = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
+                  backbone=BackboneConfig(name="tiny-bert"), max_len=10, cache_dir=str(tmp_path))
+    one = _test(model, dm, 1)
+    two = _test(model, SequenceDataModule(str(odd_dir), eval_batch_size=16, max_len=10, num_negatives=0), 2)
+    assert one == pytest.approx(two, abs=1e-7) and one["test/ndcg@10"] > 0

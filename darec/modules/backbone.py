@@ -301,15 +301,19 @@ class Backbone(nn.Module):
         state = self.model.state_dict()
         return {k.replace(".base_layer", ""): v for k, v in state.items()}
 
+    def frozen_weights_sha256(self) -> str:
+        """sha256 of every frozen weight as it is now (sorted keys, dtype, shape and bytes; adapters excluded)."""
+        digest = hashlib.sha256()
+        for key, tensor in sorted(self._frozen_state().items()):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
     def identity(self) -> dict[str, Any]:
-        """Name, family, shape, dtype and the sha256 of the frozen weights (sorted keys; computed once)."""
+        """Name, family, shape, dtype and the sha256 of the frozen weights (computed once: they never change)."""
         if self._sha256 is None:
-            digest = hashlib.sha256()
-            for key, tensor in sorted(self._frozen_state().items()):
-                t = tensor.detach().cpu().contiguous()
-                digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
-                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._sha256 = digest.hexdigest()
+            self._sha256 = self.frozen_weights_sha256()
         return {
             "name": self.name,
             "model_type": self.model.config.model_type,

@@ -219,3 +219,21 @@ def test_scoring_states_with_the_text_path_are_causal_and_match_evaluation(small
     torch.testing.assert_close(last, a[:, -1], atol=1e-5, rtol=1e-5)  # training and evaluation agree
     recent = m.standardise(m.sem_cache[torch.tensor([11, 2, 5])]).mean(0)  # the last 3 items
     torch.testing.assert_close(a[0, -1] - without[0, -1], m.w_t(recent), atol=1e-4, rtol=1e-4)
+
+
+def test_frozen_backbone_is_bit_identical_after_a_real_fit(small_synth_dir, tmp_path):
+    """Every frozen weight (all layers, not only the vocabulary), hashed afresh before and after Trainer.fit with
+    AdamW weight decay and item-level adaptation on."""
+    dm = SequenceDataModule(str(small_synth_dir), batch_size=16, eval_batch_size=64, max_len=12, num_negatives=0)
+    m = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
+              backbone=BackboneConfig(name="tiny-bert"), adapters="lora:4", max_len=12, cache_dir=str(tmp_path),
+              item_adapter_layers=None, max_fresh_items=16, weight_decay=0.5, lr=0.01)
+    before = m.backbone.frozen_weights_sha256()
+    adapters = {k: v.clone() for k, v in m.backbone.adapters.state_dict().items()}
+    L.Trainer(max_epochs=2, limit_train_batches=4, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+              enable_model_summary=False, num_sanity_val_steps=0).fit(m, datamodule=dm)
+    assert m.backbone.frozen_weights_sha256() == before
+    assert any(not torch.equal(v, m.backbone.adapters.state_dict()[k]) for k, v in adapters.items())  # it did train
+    with torch.no_grad():
+        m.backbone.layers[1].attention.self.query.base_layer.weight[0, 0] += 1e-3  # one frozen weight, deep inside
+    assert m.backbone.frozen_weights_sha256() != before
