@@ -128,8 +128,9 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
         model_kw["injection"] = inj
         data_kw["max_len"] = model_kw.get("max_len", data_kw.get("max_len"))
     trainer_cfg = cfg["trainer"]
-    patience = next((c["init_args"]["patience"] for c in trainer_cfg.get("callbacks", [])
-                     if c["class_path"].endswith("EarlyStopping")), 5)
+    stop = next((c["init_args"] for c in trainer_cfg.get("callbacks", []) if c["class_path"].endswith("EarlyStopping")),
+                {"patience": 5, "monitor": "val/ndcg@10"})
+    patience, stop_on = stop["patience"], stop["monitor"]
     max_epochs = spec.trainer.get("max_epochs", trainer_cfg.get("max_epochs", 100))
     patience = spec.trainer.get("patience", patience)
     max_minutes = spec.trainer.get("max_minutes", 30)
@@ -149,9 +150,12 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
             self.t = time.perf_counter()
 
         def on_validation_end(self, trainer, pl_module):
-            curve.append({"epoch": trainer.current_epoch, "val_ndcg@10": float(trainer.callback_metrics["val/ndcg@10"]),
+            m = trainer.callback_metrics
+            curve.append({"epoch": trainer.current_epoch, "val_ndcg@10": float(m["val/ndcg@10"]),
+                          **({"val_lm_ndcg@10": float(m["val/lm_ndcg@10"])} if "val/lm_ndcg@10" in m else {}),
                           "epoch_s": time.perf_counter() - self.t})
-            print(f"{spec.name} epoch {trainer.current_epoch}: val NDCG@10 {curve[-1]['val_ndcg@10']:.4f} "
+            lm = f", language model alone {curve[-1]['val_lm_ndcg@10']:.4f}" if "val_lm_ndcg@10" in curve[-1] else ""
+            print(f"{spec.name} epoch {trainer.current_epoch}: val NDCG@10 {curve[-1]['val_ndcg@10']:.4f}{lm} "
                   f"({curve[-1]['epoch_s']:.0f} s)", flush=True)
 
     ckpt = ModelCheckpoint(dirpath=out / "ckpt", monitor="val/ndcg@10", mode="max", save_top_k=1, filename="best")
@@ -159,7 +163,7 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
         max_epochs=max_epochs, max_time={"minutes": max_minutes}, logger=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1,
         gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
-        callbacks=[ckpt, EarlyStopping(monitor="val/ndcg@10", mode="max", patience=patience), Curve()],
+        callbacks=[ckpt, EarlyStopping(monitor=stop_on, mode="max", patience=patience), Curve()],
     )
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)

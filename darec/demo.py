@@ -44,7 +44,7 @@ Without a terminal (a log file, CI) it prints one line per training epoch instea
 
 
 def _trainer(root: Path, name: str, max_epochs: int, patience: int | None, *, label: str | None = None,
-             progress: bool | None = None, log_every_n_steps: int = 5, **kw: Any):
+             progress: bool | None = None, log_every_n_steps: int = 5, stop_on: str = "val/ndcg@10", **kw: Any):
     """A CPU Trainer keeping the best validation NDCG@10 checkpoint, with one summary line per epoch and a compact
     progress bar only when stdout is a terminal (``progress`` None) or ``progress`` is True."""
     import lightning as L
@@ -60,7 +60,7 @@ def _trainer(root: Path, name: str, max_epochs: int, patience: int | None, *, la
         EpochSummary(label or name),
     ]
     if patience:
-        callbacks.append(EarlyStopping(monitor="val/ndcg@10", mode="max", patience=patience))
+        callbacks.append(EarlyStopping(monitor=stop_on, mode="max", patience=patience))
     if bars:
         callbacks.append(CompactProgressBar())
     return L.Trainer(
@@ -218,7 +218,7 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
     )
     steps = darec_batches if isinstance(darec_batches, int) else 5  # a log line at least once per epoch
     trainer = _trainer(runs, "darec", darec_epochs, patience=3, label="DARec", log_every_n_steps=min(5, steps),
-                       limit_train_batches=darec_batches, gradient_clip_val=1.0)
+                       limit_train_batches=darec_batches, gradient_clip_val=1.0, stop_on="val/lm_ndcg@10")
     test, fit_s, ep = _fit_test(model, ddm, trainer)
     results["DARec"] = {"test": test, "epochs": ep, "fit_s": fit_s}
     done("DARec")

@@ -554,9 +554,16 @@ class DARec(RecModule):
             metric.update(chunked_target_ranks(chunk, self.num_items, b["target"], b["history"], chunk_size=self.eval_chunk_size))
 
     def on_validation_epoch_end(self) -> None:
+        """Logs ``val/*`` of the model and ``val/lm_ndcg@10``: the language-model path's own NDCG@10 (without SASRec's
+        score) when the residual weight is chosen on validation, else the model's. The language model trains alone
+        in that mode, so early stopping watches ``val/lm_ndcg@10`` (the fused score is flat while SASRec dominates
+        it) and model selection watches ``val/ndcg@10``."""
         if not self._weight_on_validation:
-            return super().on_validation_epoch_end()
+            values = self._log_metric(self.val_metric, "val")
+            self.log("val/lm_ndcg@10", values["val/ndcg@10"])
+            return
         ndcg = [float(m.compute()["ndcg@10"]) for m in self.val_by_weight]
+        self.log("val/lm_ndcg@10", ndcg[RESIDUAL_GRID.index(0.0)])
         best = max(range(len(ndcg)), key=lambda i: (ndcg[i], -i))
         self.injection.residual_scale.fill_(RESIDUAL_GRID[best])
         for i, m in enumerate(self.val_by_weight):
