@@ -268,7 +268,7 @@ class DARec(RecModule):
             seen[sentences[i]] = seen.get(sentences[i], 0) + 1
         dup = torch.tensor([False] + [seen[sentences[i]] > 1 for i in range(1, self.num_items + 1)])
         self.dup_text.copy_(dup.to(self.dup_text.device))
-        if dup.any():
+        if dup.any() and self.losses.masked_context:
             log.info("%d items share their sentence with another item; excluded from the alignment loss", int(dup.sum()))
         if self.losses.hard_negative and self.losses.lambda_hard > 0 and train_seqs:
             if self.losses.hard_source == "cf" and self.injection.item_dim:
