@@ -4,10 +4,13 @@ The reference (``full``) is DARec's default configuration (``configs/darec_ml100
 LightGCN. Each other variant changes one thing:
 
 - ``context_masking_off``: item tokens also attend to the earlier items' tokens of the same window (the
-  concatenated-history ablation of DESIGN.md);
+  concatenated-history ablation of DESIGN.md), within 128 tokens of history text per window;
 - ``injection_none``: no collaborative knowledge at all (no CF input terms, no residual);
 - ``shuffled_text``: item sentences permuted across items (a control: the text then carries no meaning);
-- ``no_next_item`` / ``no_masked_context`` / ``no_hard_negative``: one loss off.
+- ``no_next_item`` / ``no_hard_negative``: one loss off (the masked-context loss is off by default: it trains only
+  with item-level adaptation);
+- ``item_level``: the paper's item-level adaptation on top (adapters act on item text in every layer, 64 fresh items
+  per step, the cache rebuilt every 10 steps) with the masked-context loss on.
 
 Every run trains exactly ``--epochs`` epochs (no early stopping; the best validation epoch is tested), a budget
 chosen to reach at least 0.9x the converged validation NDCG@10 of ``full`` (the JSON records both). The table
@@ -42,12 +45,13 @@ from runs import RunSpec, is_done, load, ndcg10, run_all  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
-    "context_masking_off": {"model": {"context_masking": False}},
+    "context_masking_off": {"model": {"context_masking": False, "history_tokens": 128}},
     "injection_none": {"model": {"injection": {"mode": "none", "residual": False}}},
     "shuffled_text": {"shuffle_text": True},
     "no_next_item": {"model": {"losses": {"next_item": False}}},
-    "no_masked_context": {"model": {"losses": {"masked_context": False}}},
     "no_hard_negative": {"model": {"losses": {"hard_negative": False}}},
+    "item_level": {"model": {"item_adapter_layers": None, "max_fresh_items": 64, "refresh_every": 10,
+                             "losses": {"masked_context": True}}},
 }
 
 
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data/ml-100k")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=3, help="training epochs of every variant (fixed budget)")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs of every variant (fixed budget)")
     p.add_argument("--sasrec-len", type=int, default=50, help="history length of the injected SASRec")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--jobs", type=int, default=2)

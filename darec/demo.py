@@ -90,7 +90,7 @@ def banner(workdir: Path, sasrec_epochs: int, lightgcn_epochs: int, darec_epochs
         f"  3. SASRec, up to {_epochs(sasrec_epochs)} (early stopping on validation NDCG@10)",
         f"  4. LightGCN, up to {_epochs(lightgcn_epochs)} (early stopping on validation NDCG@10)",
         f"  5. DARec (MiniLM backbone, SASRec + LightGCN injected), up to {_epochs(darec_epochs)} of {batches}"
-        " (early stopping on validation NDCG@10)",
+        " (early stopping on the language model's validation NDCG@10; SASRec residual weight chosen on validation)",
         f"{timing} Seed {seed}; working directory {workdir}.",
     ]
 

@@ -32,7 +32,8 @@ def test_banner_says_what_runs_and_when_the_figure_does_not_apply():
     lines = banner(Path("/tmp/d"), 1, 1, 1, 3, 7)
     text = "\n".join(lines)
     assert "SASRec, up to 1 epoch " in text and "LightGCN, up to 1 epoch " in text
-    assert "DARec (MiniLM backbone, SASRec + LightGCN injected), 1 epoch of 3 batches" in text
+    assert "DARec (MiniLM backbone, SASRec + LightGCN injected), up to 1 epoch of 3 batches" in text
+    assert "residual weight chosen on validation" in text
     assert f"With the default budgets it takes {DEMO_TIME}; these budgets differ." in text
     assert "Seed 7; working directory /tmp/d." in text
     assert "50% of the batches" in "\n".join(banner(Path("d"), 30, 40, 2, 0.5, 42))
