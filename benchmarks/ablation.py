@@ -15,7 +15,8 @@ LightGCN. Each other variant changes one thing:
 Every run trains exactly ``--epochs`` epochs (no early stopping; the best validation epoch is tested), a budget
 chosen to reach at least 0.9x the converged validation NDCG@10 of ``full`` (the JSON records both). The table
 gives test NDCG@10 (mean ± std over seeds) and the paired difference from ``full`` over users (per-user NDCG@10
-averaged over seeds) with a bootstrap 95% CI. SASRec/LightGCN runs are shared with ``benchmarks/darec_ml100k.py``
+averaged over seeds) with a bootstrap 95% CI, for the fused score and for the language-model path alone (the
+same checkpoint without SASRec's residual part, which can hide a change in that path). SASRec/LightGCN runs are shared with ``benchmarks/darec_ml100k.py``
 through ``--work-dir`` (same names), so they are trained once. Finished runs are kept, so an interrupted
 benchmark resumes.
 
@@ -41,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
-from runs import RunSpec, is_done, load, ndcg10, run_all  # noqa: E402
+from runs import RunSpec, is_done, load, ndcg10, run_all, run_dir  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   for v in a.variants]
     run_all(specs, work, a.data_dir, a.jobs)
     per_user = {v: [ndcg10(load(work, f"ablation_{v}_e{a.epochs}_s{s}").ranks("test")) for s in a.seeds] for v in a.variants}
+    # the language-model path alone (same checkpoints without SASRec's residual part): the residual can hide a change
+    # in the language-model path, so each variant is also compared on this score
+    lm_user = {v: [ndcg10(_lm_or_fused(work, f"ablation_{v}_e{a.epochs}_s{s}").ranks("test")) for s in a.seeds]
+               for v in a.variants}
     metas = {v: [load(work, f"ablation_{v}_e{a.epochs}_s{s}").meta for s in a.seeds] for v in a.variants}
     rows: dict[str, Any] = {}
     for v in a.variants:
@@ -88,8 +93,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row = {"test_ndcg@10_mean": float(np.mean(vals)), "test_ndcg@10_std": float(np.std(vals)),
                "per_seed": [float(x) for x in vals], "best_val_ndcg@10": [m["best_val_ndcg@10"] for m in metas[v]],
                "fit_s": [m["fit_s"] for m in metas[v]]}
+        lm_vals = [x.mean() for x in lm_user[v]]
+        row["lm_only_test_ndcg@10_mean"] = float(np.mean(lm_vals))
+        row["lm_only_test_ndcg@10_std"] = float(np.std(lm_vals))
         if v != "full" and "full" in per_user:
             row["minus_full"] = paired_bootstrap(np.mean(per_user[v], 0) - np.mean(per_user["full"], 0))
+            row["lm_only_minus_full"] = paired_bootstrap(np.mean(lm_user[v], 0) - np.mean(lm_user["full"], 0))
         rows[v] = row
     converged = [load(Path(a.converged_from), f"darec_s{s}").meta["best_val_ndcg@10"]
                  for s in a.seeds if is_done(Path(a.converged_from), f"darec_s{s}")]
@@ -102,15 +111,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "git": git_commit(), "seeds": a.seeds, "epochs": a.epochs, "variants": {v: VARIANTS[v] for v in a.variants},
               "budget_vs_converged": budget_check, "results": rows}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'variant':<22}{'test NDCG@10':>20}{'vs full (95% CI)':>36}{'fit s':>8}")
+    def vs(d: dict[str, Any] | None) -> str:
+        return f"{d['mean']:+.4f} [{d['bootstrap_95ci'][0]:+.4f}, {d['bootstrap_95ci'][1]:+.4f}]" if d else "-"
+
+    print(f"{'variant':<22}{'test NDCG@10':>20}{'vs full (95% CI)':>34}{'LM alone':>20}{'vs full (95% CI)':>34}{'fit s':>8}")
     for v, r in rows.items():
-        d = r.get("minus_full")
-        vs = f"{d['mean']:+.4f} [{d['bootstrap_95ci'][0]:+.4f}, {d['bootstrap_95ci'][1]:+.4f}]" if d else "-"
-        print(f"{v:<22}{r['test_ndcg@10_mean']:>12.4f} ± {r['test_ndcg@10_std']:.4f}{vs:>36}{np.mean(r['fit_s']):>8.0f}")
+        print(f"{v:<22}{r['test_ndcg@10_mean']:>12.4f} ± {r['test_ndcg@10_std']:.4f}{vs(r.get('minus_full')):>34}"
+              f"{r['lm_only_test_ndcg@10_mean']:>12.4f} ± {r['lm_only_test_ndcg@10_std']:.4f}"
+              f"{vs(r.get('lm_only_minus_full')):>34}{np.mean(r['fit_s']):>8.0f}")
     if budget_check:
         print(f"budget: full reaches {budget_check['ratio']:.2f}x the converged validation NDCG@10 (target >= 0.9)")
     print(f"wrote {a.out}")
     return result
+
+
+def _lm_or_fused(work: Path, name: str) -> Any:
+    """The run's language-model-only scores where it has a residual part, else its scores (they are the same)."""
+    return load(work, name, lm_only=(run_dir(work, name) / "test_scores_lm.npy").exists())
 
 
 if __name__ == "__main__":

@@ -40,9 +40,12 @@ def test_predict_writes_raw_ids_best_first_without_history(synth_dir, tmp_path, 
 
 
 def test_bad_config_value_is_one_clear_error(synth_dir, capsys):
-    code = main(["data", "stats", str(synth_dir / "does-not-exist")])
+    missing = synth_dir / "does-not-exist"
+    code = main(["data", "stats", str(missing)])
     assert code == 2
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {missing}: not a darec prepared dataset (no valid manifest.json); "
+                   "run `darec data prepare` first"), err
 
 
 def test_a_mistyped_command_lists_every_command(capsys):
