@@ -2,7 +2,7 @@
 
 A config looks like::
 
-    reader: ml-100k               # a name in darec.data.readers.READERS
+    reader: ml-100k               # a name in darec.data.readers.registry.READERS
     options: {path: data/raw/ml-100k}
     out: data/ml-100k
     filter: {rating_threshold: null, user_core: 0, item_core: 0, duplicates: keep_first}
@@ -30,7 +30,7 @@ import yaml
 from darec.data.pipeline import FilterOptions, PrepareOptions, SplitOptions, TextOptions, build_tables
 from darec.data.prepared import MANIFEST, STATS, is_prepared_dir, save_prepared, sha256_file
 from darec.data.rawio import parse_time_value
-from darec.data.readers import check_reader_options, read_source
+from darec.data.readers.registry import check_reader_options, read_source
 from darec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 class DataConfig:
     """Everything that decides a prepared dataset."""
 
-    reader: str  # reader name, see darec.data.readers.READERS
+    reader: str  # reader name, see darec.data.readers.registry.READERS
     out: str  # output directory of the prepared dataset
     options: dict[str, Any] = field(default_factory=dict)  # reader options (paths, sep, columns, flavour...)
     filter: FilterOptions = field(default_factory=FilterOptions)

@@ -12,7 +12,7 @@ import yaml
 from darec.data import prepared
 from darec.data.cli import data_main
 from darec.data.prepare import DataConfig, prepare
-from darec.data.readers import read_source
+from darec.data.readers.registry import read_source
 from darec.errors import DataError
 
 

@@ -10,7 +10,9 @@ import pytest
 
 from darec.data.pipeline import PrepareOptions, TextOptions, build_tables
 from darec.data.prepared import fingerprint_of, sha256_file
-from darec.data.readers import READERS, read_ml100k, read_source, register_reader, split_title_year
+from darec.data.readers.movielens import read_ml100k
+from darec.data.readers.movies import split_title_year
+from darec.data.readers.registry import READERS, read_source, register_reader
 from darec.errors import ConfigError, DataError
 
 ML_TEXT = PrepareOptions(text=TextOptions(fields=["title", "year", "genres"]))

@@ -14,7 +14,7 @@ from darec.data.coded import CodedInteractions
 from darec.data.pipeline import FilterOptions, PrepareOptions, SplitOptions, build_tables
 from darec.data.prepare import DataConfig, prepare
 from darec.data.prepared import PreparedData, fingerprint_of
-from darec.data.readers import read_source
+from darec.data.readers.registry import read_source
 from darec.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
