@@ -99,7 +99,7 @@ def text_fusion(sas: Run, vec: np.ndarray) -> tuple[np.ndarray, dict[str, float]
 
 def buckets(data_dir: str, history: list[np.ndarray], targets: np.ndarray) -> dict[str, tuple[np.ndarray, list[str]]]:
     from darec.data.prepared import PreparedData
-    from darec.evaluation import history_length_buckets, popularity_buckets, popularity_edges
+    from darec.evaluation.metrics import history_length_buckets, popularity_buckets, popularity_edges
 
     counts = torch.as_tensor(PreparedData(data_dir).train_item_counts())
     lengths = torch.tensor([len(h) for h in history])

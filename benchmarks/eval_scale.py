@@ -6,9 +6,9 @@ user batch so that load from other processes on a shared machine falls on all th
 
 - ``matmul``: the bare score products ``U_b @ I[c:c+chunk].T`` over the same user batches and item
   chunks, with nothing else done to them (the floor);
-- ``ranks``: :func:`darec.evaluation.dot_product_ranks` (scores, history masking, tie-aware exact
+- ``ranks``: :func:`darec.evaluation.ranking.dot_product_ranks` (scores, history masking, tie-aware exact
   ranks, non-finite check), fed into the rank histogram;
-- ``top-10``: the ``predict`` top-K export (:func:`darec.evaluation.chunked_topk`, the function
+- ``top-10``: the ``predict`` top-K export (:func:`darec.evaluation.ranking.chunked_topk`, the function
   ``RecModule.predict_step`` calls), history masked.
 
 Wall and CPU (``process_time``) seconds are both reported: on a shared machine the CPU-time ratio
@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import git_commit, machine  # noqa: E402
 
-from darec.evaluation import RankHistogram, chunked_topk, dot_product_ranks  # noqa: E402
+from darec.evaluation.metrics import RankHistogram
+from darec.evaluation.ranking import chunked_topk, dot_product_ranks
 
 TARGETS = {"peak_rss_gb_max": 4.0, "time_over_matmul_max": 2.0}
 

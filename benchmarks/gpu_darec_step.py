@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_step import git_commit, peak_flops  # noqa: E402
 from darec.data.synth import SynthConfig, write_synthetic  # noqa: E402
-from darec.data.windows import SequenceDataModule  # noqa: E402
-from darec.modules.adapters import count_trainable  # noqa: E402
-from darec.modules.backbone import BackboneConfig  # noqa: E402
+from darec.data.windows import SequenceDataModule
+from darec.modules.adapters import count_trainable
+from darec.modules.backbone import BackboneConfig
 from darec.modules.darec import DARec  # noqa: E402
 
 

@@ -36,8 +36,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from darec.data.text import pack_items  # noqa: E402
-from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable  # noqa: E402
-from darec.modules.backbone import load_backbone_from_config  # noqa: E402
+from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable
+from darec.modules.backbone import load_backbone_from_config
 from darec.modules.masking import item_causal_mask  # noqa: E402
 
 PEAK_BF16_DENSE = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12}

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from darec.data.prepared import PreparedData  # noqa: E402
 from darec.data.text import PackedBatch, pack_items, pad_items, tokenize_sentences  # noqa: E402
-from darec.modules.backbone import BackboneConfig, load_backbone  # noqa: E402
+from darec.modules.backbone import BackboneConfig, load_backbone
 
 
 @torch.no_grad()

@@ -9,21 +9,19 @@ import pytest
 import torch
 
 from darec.errors import EvaluationError
-from darec.evaluation import (
-    METRIC_KEYS,
-    GroupedRankHistogram,
-    RankHistogram,
-    chunked_target_ranks,
-    chunked_topk,
-    dot_product_ranks,
+from darec.evaluation.metrics import (
     format_metrics_table,
+    GroupedRankHistogram,
     history_length_buckets,
+    METRIC_KEYS,
     popularity_buckets,
     popularity_edges,
+    RankHistogram,
     sample_negatives,
     sampled_target_ranks,
     target_ranks,
 )
+from darec.evaluation.ranking import chunked_target_ranks, chunked_topk, dot_product_ranks
 
 
 def ref_rank(scores: np.ndarray, target: int, history: np.ndarray) -> int:

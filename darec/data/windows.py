@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from darec.data.datamodules import RecDataModule
-from darec.data.loading import EpochSampler, ResumableLoader, identity_collate  # noqa: F401  (EpochSampler re-exported)
+from darec.data.loading import EpochSampler, ResumableLoader, identity_collate
 from darec.data.prepared import Ragged
 from darec.errors import ConfigError, DataError
 

@@ -16,7 +16,7 @@ Protocol of an adapter type (no need to edit this package; see ``tests/modules/c
             wrap_output(layer, spec.ffn_out, container.scale, mode="replace")
             return container
 
-``inject`` receives one transformer layer, the family's :class:`~darec.modules.backbone.FamilySpec` (paths of the
+``inject`` receives one transformer layer, the family's :class:`~darec.modules.families.FamilySpec` (paths of the
 attention/feed-forward modules inside the layer), the hidden size and the requested size (or ``None``). It must
 put every new module in the returned :class:`AdapterContainer` and splice them into the layer with
 :func:`wrap_output` (or its own ``setattr``-based replacement); forward hooks are never used. The container's
@@ -38,7 +38,7 @@ from torch import nn
 
 from darec.errors import ConfigError
 from darec.modules.families import FamilySpec
-from darec.modules.wrapping import AdapterWrapper, wrap_output  # noqa: F401  (re-exported: custom adapter types use wrap_output)
+from darec.modules.wrapping import AdapterWrapper, wrap_output
 
 __all__ = [
     "AdapterChoice",

@@ -1,8 +1,8 @@
 """The frozen language-model backbone: loading, per-family layout table, special tokens and masked forward.
 
 One entry point, :func:`load_backbone`, turns a :class:`BackboneConfig` into a :class:`Backbone`. Any Hugging Face
-model whose ``config.model_type`` appears in :data:`FAMILIES` works; adding a family is one
-:func:`register_family` call (or one line in the table). :func:`load_backbone_from_config` builds a randomly
+model whose ``config.model_type`` appears in :data:`~darec.modules.families.FAMILIES` works; adding a family is one
+:func:`~darec.modules.families.register_family` call (or one line in the table). :func:`load_backbone_from_config` builds a randomly
 initialised backbone from an in-memory HF config (benchmarks, tests).
 
 Special tokens (``[ALIGN]``, ``[SEQ]``) are not written into the vocabulary: they live in the trainable
@@ -21,22 +21,8 @@ import torch
 from torch import nn
 
 from darec.errors import ConfigError
-from darec.modules.families import FAMILIES, FamilySpec, family_spec, register_family
+from darec.modules.families import family_spec
 from darec.modules.masking import bool_to_additive, position_ids_from_segments, segment_mask
-
-__all__ = [
-    "BackboneConfig",
-    "FamilySpec",
-    "FAMILIES",
-    "register_family",
-    "family_spec",
-    "Backbone",
-    "load_backbone",
-    "load_backbone_from_config",
-    "tiny_hf_config",
-    "minilm_path",
-    "SPECIAL_TOKENS",
-]
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[ALIGN]", "[SEQ]")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
@@ -168,7 +154,7 @@ class Backbone(nn.Module):
     Attributes:
         model: the bare HF model (``BertModel``, ``GPT2Model``, ``LlamaModel``, ...), every parameter frozen.
         tokenizer: its tokenizer (may be ``None`` for a backbone built from a bare config).
-        spec: the :class:`FamilySpec` of the model family.
+        spec: the :class:`~darec.modules.families.FamilySpec` of the model family.
         is_decoder: causal family.
         hidden_size, num_layers: model shape.
         layers: the model's ``nn.ModuleList`` of transformer layers.

@@ -23,17 +23,16 @@ import numpy as np
 import torch
 
 from darec.errors import ConfigError, FingerprintError
-from darec.evaluation import (
+from darec.evaluation.metrics import (
     GroupedRankHistogram,
-    RankHistogram,
-    chunked_target_ranks,
-    chunked_topk,
     history_length_buckets,
     popularity_buckets,
     popularity_edges,
+    RankHistogram,
     sample_negatives,
     sampled_target_ranks,
 )
+from darec.evaluation.ranking import chunked_target_ranks, chunked_topk
 
 EvalBatch = dict[str, torch.Tensor]
 

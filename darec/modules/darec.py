@@ -14,7 +14,8 @@ from torch import nn
 
 from darec.data.text import tokenize_sentences
 from darec.errors import ConfigError
-from darec.evaluation import RankHistogram, chunked_target_ranks
+from darec.evaluation.metrics import RankHistogram
+from darec.evaluation.ranking import chunked_target_ranks
 from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable, parse_assignment
 from darec.modules.backbone import BackboneConfig, load_backbone
 from darec.modules.base import EvalBatch, RecModule

@@ -75,7 +75,7 @@ def family_spec(model_type: str) -> FamilySpec:
     if model_type not in FAMILIES:
         raise ConfigError(
             f"backbone family {model_type!r} is not supported yet (known: {sorted(FAMILIES)}); add it with "
-            "darec.modules.backbone.register_family(model_type, FamilySpec(layers=..., attn_out=..., ffn_out=..., "
+            "darec.modules.families.register_family(model_type, FamilySpec(layers=..., attn_out=..., ffn_out=..., "
             "ffn_block=..., lora_targets=(...), decoder=...))"
         )
     return FAMILIES[model_type]

@@ -10,7 +10,8 @@ import torch
 
 from darec.data.prepared import Ragged
 from darec.data.synth import SynthConfig, write_synthetic
-from darec.data.windows import EpochSampler, InteractionDataModule, PositiveSets, SequenceDataModule, make_windows
+from darec.data.loading import EpochSampler
+from darec.data.windows import InteractionDataModule, make_windows, PositiveSets, SequenceDataModule
 from darec.errors import ConfigError
 
 

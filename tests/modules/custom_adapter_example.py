@@ -8,8 +8,9 @@ to 1, so it starts as the identity). Use it in an assignment as ``"custom_adapte
 import torch
 from torch import nn
 
-from darec.modules.adapters import AdapterContainer, AdapterType, wrap_output
-from darec.modules.backbone import FamilySpec
+from darec.modules.adapters import AdapterContainer, AdapterType
+from darec.modules.wrapping import wrap_output
+from darec.modules.families import FamilySpec
 
 
 class ChannelScale(nn.Module):

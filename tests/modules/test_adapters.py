@@ -9,9 +9,9 @@ import torch
 from darec.data.text import pack_items, pad_items, tokenize_sentences
 from darec.errors import ConfigError
 from darec.modules.adapters import (
-    AdapterChoice,
     adapter_params,
     adapter_state_dict,
+    AdapterChoice,
     apply_adapters,
     count_trainable,
     load_adapter_state_dict,

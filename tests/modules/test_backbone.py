@@ -9,7 +9,8 @@ import torch
 
 from darec.data.text import pack_items, pad_items, tokenize_sentences
 from darec.errors import ConfigError
-from darec.modules.backbone import BackboneConfig, family_spec, load_backbone
+from darec.modules.backbone import BackboneConfig, load_backbone
+from darec.modules.families import family_spec
 from darec.modules.masking import item_causal_mask
 
 MOVIES = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from darec.data.prepared import PreparedData
-from darec.data.windows import SequenceDataModule, normalized_adjacency
+from darec.data.windows import normalized_adjacency, SequenceDataModule
 from darec.errors import ConfigError
 from darec.export import export_module
 from darec.modules.backbone import BackboneConfig

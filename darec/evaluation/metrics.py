@@ -1,20 +1,4 @@
-"""Full-ranking evaluation for sequential recommendation.
-
-Protocol (the one number everybody compares):
-
-* Item ids are ``1..num_items``; id 0 is padding and is never ranked (score column 0 is ignored).
-* Items in the user's history (ids before the target) are masked out of the ranking. The target
-  itself is never masked, even when it also appears in the history (a repeat consumption still has
-  to be ranked against the rest of the catalogue).
-* Ties count against the target: ``rank = #(s > t) + #(s == t)`` over the unmasked items other
-  than the target, so a constant scorer gets the worst possible rank.
-* A non-finite score on an unmasked item (target included) raises :class:`EvaluationError`.
-* Metrics are derived from an integer histogram of ranks ``0..19``: HR@{5,10,20}, NDCG@{5,10,20}
-  (``1/log2(rank+2)``) and MRR@10 (``1/(rank+1)``), each zero when ``rank >= k``.
-
-The sampled protocol (100 negatives) is available on request and its keys are always prefixed
-``sampled_``.
-"""
+"""Metrics of the full-ranking protocol (see :mod:`darec.evaluation`): rank histograms, buckets, reference ranks, tables."""
 
 from __future__ import annotations
 
@@ -27,14 +11,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from darec.errors import EvaluationError
-from darec.fullrank import (  # noqa: F401  chunked scoring lives in darec.fullrank; re-exported here
-    ScoreChunkFn,
-    check_targets,
-    raise_non_finite,
-    chunked_target_ranks,
-    chunked_topk,
-    dot_product_ranks,
-)
+from darec.evaluation.ranking import check_targets, chunked_target_ranks, raise_non_finite
 
 MAX_K = 20
 METRIC_KEYS: tuple[str, ...] = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr@10")
