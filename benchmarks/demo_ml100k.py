@@ -10,7 +10,7 @@ subprocess whose output is a pipe, as in a log file or CI (one line per epoch, n
 
     python benchmarks/demo_ml100k.py [--dir DIR] [--out FILE] [-- extra darec demo options]
 
-Run it with nothing else on the machine: ``DEMO_MINUTES`` in ``darec/demo.py`` quotes its wall time.
+Run it with nothing else on the machine: ``DEMO_MINUTES`` in ``darec/cli/demo.py`` quotes its wall time.
 Prints a table and writes ``benchmarks/demo_ml100k.json`` (machine, command, commit) and the demo's chart
 beside it (``demo_ml100k.png``).
 """
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workdir = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="darec_demo_"))
     if workdir.exists() and any(workdir.iterdir()) and a.dir:
         raise SystemExit(f"{workdir} is not empty: the demo must start from nothing (remove it or pick another --dir)")
-    cmd = [sys.executable, "-m", "darec.cli", "demo", "--dir", str(workdir), *a.demo_args]
+    cmd = [sys.executable, "-m", "darec.cli.main", "demo", "--dir", str(workdir), *a.demo_args]
     before = machine()
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})

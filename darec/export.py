@@ -22,7 +22,6 @@ and the data directory. :func:`load_cf_embeddings` refuses an export made from a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -270,20 +269,3 @@ def load_cf_embeddings(path: str | os.PathLike, expected_fingerprint: str | None
         kind=meta["kind"], item_emb=t["item_emb"], has_cf=t["has_cf"], meta=meta, path=path,
         user_emb=t.get("user_emb"), user_has_cf=t.get("user_has_cf"), extra=extra,
     )
-
-
-def export_main(argv: list[str]) -> int:
-    """``darec export-embeddings --ckpt CKPT --out FILE [--data DIR] [--user-emb]``."""
-    p = argparse.ArgumentParser(prog="darec export-embeddings", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, help="a SASRec or LightGCN checkpoint")
-    p.add_argument("--out", required=True, help="output .safetensors path (the .json sidecar goes beside it)")
-    p.add_argument("--data", default=None, help="prepared dataset (default: the one the checkpoint records)")
-    p.add_argument("--user-emb", action="store_true", help="LightGCN: also export non-causal user vectors")
-    a = p.parse_args(argv)
-    path = export_embeddings(a.ckpt, a.out, a.data, a.user_emb)
-    meta = json.loads(sidecar_path(path).read_text())
-    print(
-        f"wrote {path} and {sidecar_path(path).name}: {meta['kind']}, {meta['num_items']} items "
-        f"({meta['num_items_with_cf']} with CF), dim {meta['dim']}, fingerprint {meta['fingerprint'][:12]}…"
-    )
-    return 0

@@ -4,7 +4,7 @@ darec's own messages go through the ``darec`` logger, one line each: plain for i
 before warnings. :func:`command_output` sets this up for the duration of one command and, unless ``verbose``,
 silences third-party output that tells a user nothing they can act on: Lightning's tips and accelerator
 inventory, a deprecation inside Lightning, Hugging Face progress bars. On exit everything is put back as it
-was, so calling :func:`darec.cli.main` from Python (a test, a notebook) leaves no handler, filter or switch
+was, so calling :func:`darec.cli.main.main` from Python (a test, a notebook) leaves no handler, filter or switch
 behind.
 """
 

@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from darec.cli import HELP, OWN_COMMANDS, main
+from darec.cli.main import HELP, main, OWN_COMMANDS
 from darec.data.prepared import PreparedData
 
 ROOT = Path(__file__).resolve().parents[1]

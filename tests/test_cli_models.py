@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from darec.cli import main
+from darec.cli.main import main
 from darec.data.prepared import PreparedData
 from darec.data.synth import SynthConfig, write_synthetic
 from darec.export import load_cf_embeddings

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from darec.cli import HELP, main
-from darec.demo import DEMO_CONDITIONS, DEMO_MINUTES, DEMO_TIME, banner, comparison_figure, default_budgets
+from darec.cli.main import HELP, main
+from darec.cli.demo import banner, comparison_figure, default_budgets, DEMO_CONDITIONS, DEMO_MINUTES, DEMO_TIME
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -1,4 +1,4 @@
-"""`fabric run` launch through darec/launch.py: joins the launched world and agrees with one process."""
+"""`fabric run` launch through darec/cli/launch.py: joins the launched world and agrees with one process."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 
 from darec.data.datamodules import RecDataModule
-from darec.launch import launcher_args
+from darec.cli.launch import launcher_args
 from darec.modules.popularity import Popularity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_launcher_args_fill_only_missing_trainer_flags():
 @pytest.mark.skipif(shutil.which("fabric") is None, reason="the `fabric` launcher (lightning + click) is not installed")
 def test_fabric_run_two_processes_agrees_with_one(synth_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = ["fabric", "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", str(ROOT / "darec/launch.py"),
+    cmd = ["fabric", "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", str(ROOT / "darec/cli/launch.py"),
            "test", "--config", str(ROOT / "configs/pop_ml100k.yaml"), "--data.init_args.data_dir", str(synth_dir),
            "--trainer.enable_progress_bar", "false"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from darec.cli import main
+from darec.cli.main import main
 from darec.data.datamodules import left_pad
 from darec.data.prepared import PreparedData
 from darec.data.windows import InteractionDataModule, SequenceDataModule

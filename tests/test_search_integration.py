@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from darec.cli import main
+from darec.cli.main import main
 from darec.data.prepared import PreparedData
 from darec.errors import ConfigError
 from darec.search import load_search_config

@@ -165,7 +165,7 @@ def read_report(path: Path) -> TrialResult:
 
 
 class FitObjective:
-    """Runs each trial as ``python -m darec.cli fit --config <trial>/config.yaml`` in a fresh process.
+    """Runs each trial as ``python -m darec.cli.main fit --config <trial>/config.yaml`` in a fresh process.
 
     A fresh process per trial guarantees clean state (adapters, caches, RNG). With GPUs present, a trial in
     worker slot ``s`` sees only GPU ``s % n`` (``CUDA_VISIBLE_DEVICES``).
@@ -195,7 +195,7 @@ class FitObjective:
         log_path = job.trial_dir / "log.txt"
         with open(log_path, "w") as log:
             try:
-                proc = subprocess.run([sys.executable, "-m", "darec.cli", "fit", *configs],
+                proc = subprocess.run([sys.executable, "-m", "darec.cli.main", "fit", *configs],
                                       stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
             except subprocess.TimeoutExpired:
                 return TrialResult.failed(f"timed out after {self.cfg.budget.timeout_minutes} minutes")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from darec.data import prepared
-from darec.data.cli import data_main
+from darec.cli.data import data_main
 from darec.data.prepare import DataConfig, prepare
 from darec.data.readers.registry import read_source
 from darec.errors import DataError

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from darec.data import download as dl
-from darec.data.cli import data_main
+from darec.cli.data import data_main
 from darec.errors import DataError
 
 U_DATA = b"196\t242\t3\t881250949\n"
@@ -153,7 +153,7 @@ def test_cli_download(tmp_path: Path, fake_grouplens: list[int], capsys: pytest.
 
 def test_darec_data_download_prints_each_message_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       fake_wheel: list[int], capsys: pytest.CaptureFixture[str]) -> None:
-    from darec.cli import main
+    from darec.cli.main import main
 
     monkeypatch.setattr(dl, "_fetch_grouplens", _offline)
     assert main(["data", "download", "ml-100k", "--dir", str(tmp_path)]) == 0

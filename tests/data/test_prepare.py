@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from darec.data.cli import data_main
+from darec.cli.data import data_main
 from darec.data.prepare import DataConfig, load_config, prepare
 from darec.data.prepared import PreparedData, sha256_file
 from darec.errors import ConfigError
@@ -155,7 +155,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.Capt
 
 def test_darec_data_prepare_prints_each_message_once(tmp_path: Path, grouplens_dir: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from darec.cli import main
+    from darec.cli.main import main
 
     cfg = _config(tmp_path, grouplens_dir)
     assert main(["data", "prepare", "--config", str(cfg)]) == 0

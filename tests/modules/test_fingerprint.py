@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from darec.cli import main
+from darec.cli.main import main
 from darec.data.datamodules import RecDataModule
 from darec.data.synth import SynthConfig, write_synthetic
 from darec.data.windows import InteractionDataModule, SequenceDataModule

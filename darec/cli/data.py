@@ -2,7 +2,7 @@
 
 :func:`data_main` takes the arguments after ``darec data`` and returns an exit code; a
 :class:`~darec.errors.DarecError` is printed as ``error: <message>`` (exit code 2, no traceback). Messages
-are logged to the ``darec`` logger; ``darec`` (:func:`darec.cli.main`) prints each of them once.
+are logged to the ``darec`` logger; ``darec`` (:func:`darec.cli.main.main`) prints each of them once.
 """
 
 from __future__ import annotations

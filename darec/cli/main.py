@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import difflib
 import sys
-import warnings
 from typing import Callable
 
-from darec.demo import DEMO_TIME
+from darec.cli.demo import DEMO_TIME
+from darec.cli.fit import LIGHTNING_COMMANDS, lightning_main
 from darec.errors import DarecError
 from darec.output import command_output
 
 OWN_COMMANDS: dict[str, str] = {
-    "data": "darec.data.cli:data_main",
-    "demo": "darec.demo:demo_main",
-    "recommend": "darec.recommend:recommend_main",
-    "export-item-vectors": "darec.recommend:export_item_vectors_main",
-    "export-embeddings": "darec.export:export_main",
-    "search": "darec.search.cli:search_main",
+    "data": "darec.cli.data:data_main",
+    "demo": "darec.cli.demo:demo_main",
+    "recommend": "darec.cli.recommend:recommend_main",
+    "export-item-vectors": "darec.cli.recommend:export_item_vectors_main",
+    "export-embeddings": "darec.cli.export:export_main",
+    "search": "darec.cli.search:search_main",
 }
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 VERBOSE = "--verbose"
 HELP = f"""usage: darec [--verbose] <command> [options]
 
@@ -64,42 +63,6 @@ def _load(spec: str) -> Callable[[list[str]], int]:
 
     mod, fn = spec.split(":")
     return getattr(importlib.import_module(mod), fn)
-
-
-def lightning_main(args: list[str]) -> None:
-    """Run LightningCLI on ``args`` (the subcommand first)."""
-    from lightning.pytorch.cli import LightningCLI
-
-    from darec.callbacks import JsonlPredictionWriter
-    from darec.data.datamodules import RecDataModule
-    from darec.modules.base import RecModule
-
-    class DarecCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--test_after_fit", type=bool, default=True, help="after fit, test the best checkpoint once")
-            for src, dst in (("num_items", "num_items"), ("num_users", "num_users"), ("fingerprint", "data_fingerprint")):
-                parser.link_arguments(f"data.{src}", f"model.init_args.{dst}", apply_on="instantiate")
-
-        def after_fit(self) -> None:
-            if self.config.fit.get("test_after_fit", True) and not self.trainer.fast_dev_run:
-                ckpt = "best" if self.trainer.checkpoint_callback is not None and self.trainer.checkpoint_callback.best_model_path else None
-                self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
-
-    with warnings.catch_warnings():
-        # LightningCLI warns whenever it is given ``args`` while ``sys.argv`` has arguments, in case both were meant
-        # to be parsed. darec passes the command line itself (minus what it consumed), so both are the same.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
-        DarecCLI(
-            RecModule,
-            RecDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            seed_everything_default=42,
-            trainer_defaults={"callbacks": [JsonlPredictionWriter()]},
-            args=args,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-        )
 
 
 def unknown_command(name: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from darec.figures import save_png
 from darec.output import is_terminal
 
-log = logging.getLogger("darec.demo")
+log = logging.getLogger(__name__)
 
 DEMO_MINUTES = 15
 """Wall time of ``darec demo`` with the default budgets, in minutes, measured under :data:`DEMO_CONDITIONS`.

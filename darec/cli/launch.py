@@ -1,7 +1,7 @@
 """Entry script for launchers that start the processes themselves: ``fabric run`` and ``torchrun``.
 
-    fabric run --accelerator cpu --devices 2 --strategy ddp darec/launch.py fit --config configs/sasrec_ml100k.yaml
-    torchrun --nproc-per-node 2 darec/launch.py test --config configs/pop_ml100k.yaml --trainer.strategy ddp
+    fabric run --accelerator cpu --devices 2 --strategy ddp darec/cli/launch.py fit --config configs/sasrec_ml100k.yaml
+    torchrun --nproc-per-node 2 darec/cli/launch.py test --config configs/pop_ml100k.yaml --trainer.strategy ddp
 
 ``fabric run`` (the successor of ``lightning run model``) records its choices in ``LT_*`` environment
 variables; this script turns them into the matching ``--trainer.*`` arguments, unless given explicitly,
@@ -37,7 +37,7 @@ def launcher_args(argv: list[str], env: dict[str, str] | None = None) -> list[st
 
 
 def main() -> int:
-    from darec.cli import main as darec_main
+    from darec.cli.main import main as darec_main
 
     return darec_main(launcher_args(sys.argv[1:]))
 
