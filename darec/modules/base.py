@@ -140,6 +140,16 @@ class RecModule(L.LightningModule):
         """The trainer's datamodule, or None when the model is not attached to a trainer (or has none)."""
         return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
 
+    def check_window_length(self, model_max_len: int) -> None:
+        """Refuse a datamodule whose windows (``max_len``) are longer than the model's ``model_max_len`` positions:
+        the model would silently cut them. One clear error naming both settings."""
+        dm_len = getattr(self.attached_datamodule(), "max_len", None)
+        if dm_len is not None and dm_len > model_max_len:
+            raise ConfigError(
+                f"data max_len {dm_len} exceeds the model's max_len {model_max_len}: set data.init_args.max_len to at "
+                f"most {model_max_len} (or raise the model's)"
+            )
+
     def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
         """Scores [B, hi-lo] of item ids ``lo..hi-1`` for the users in ``batch``."""
         raise NotImplementedError

@@ -239,6 +239,7 @@ class DARec(RecModule):
         dm = self.attached_datamodule()
         if dm is None:
             return
+        self.check_window_length(self.max_len)
         data = dm.data
         if self.data_fingerprint:
             data.check_fingerprint(self.data_fingerprint, "this DARec model")

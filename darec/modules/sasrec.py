@@ -199,10 +199,7 @@ class SASRec(RecModule):
         return self.encoder.item_embedding.weight
 
     def setup(self, stage: str) -> None:
-        dm = self.attached_datamodule()
-        dm_len = getattr(dm, "max_len", None)
-        if dm_len is not None and dm_len > self.config.max_len:
-            raise ConfigError(f"data max_len {dm_len} exceeds the model's max_len {self.config.max_len}")
+        self.check_window_length(self.config.max_len)
 
     def causal_user_states(self, item_seq: torch.Tensor) -> torch.Tensor:
         """See :meth:`SasrecEncoder.causal_user_states`."""

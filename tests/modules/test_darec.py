@@ -237,3 +237,12 @@ def test_frozen_backbone_is_bit_identical_after_a_real_fit(small_synth_dir, tmp_
     with torch.no_grad():
         m.backbone.layers[1].attention.self.query.base_layer.weight[0, 0] += 1e-3  # one frozen weight, deep inside
     assert m.backbone.frozen_weights_sha256() != before
+
+
+def test_data_windows_longer_than_the_model_are_refused(small_synth_dir, tmp_path):
+    m, _ = _model(small_synth_dir, tmp_path=tmp_path)  # max_len 12
+    dm = SequenceDataModule(small_synth_dir, batch_size=8, max_len=16)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False)
+    with pytest.raises(ConfigError, match="data max_len 16 exceeds the model's max_len 12"):
+        trainer.fit(m, dm)
