@@ -110,7 +110,7 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from darec.export import export_module
+    from darec.modules.cf import export_module
 
     out = run_dir(work, spec.name)
     if is_done(work, spec.name):

@@ -10,7 +10,7 @@ import pytest
 from darec.cli.main import main
 from darec.data.prepared import PreparedData
 from darec.data.synth import SynthConfig, write_synthetic
-from darec.export import load_cf_embeddings
+from darec.modules.cf import load_cf_embeddings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -12,10 +12,10 @@ from darec.data.pipeline import PrepareOptions, build_tables
 from darec.data.prepared import PreparedData, save_prepared
 from darec.data.synth import SynthConfig, make_synthetic
 from darec.data.windows import normalized_adjacency
-from darec.errors import FingerprintError
-from darec.export import SasrecUserEncoder, export_module, load_cf_embeddings, sidecar_path
+from darec.errors import ConfigError, FingerprintError
+from darec.modules.cf import export_module, load_cf_embeddings, sidecar_path
 from darec.modules.lightgcn import LightGCN
-from darec.modules.sasrec import SASRec
+from darec.modules.sasrec import SASRec, SasrecUserEncoder
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +91,11 @@ def test_lightgcn_export_item_and_non_causal_user_vectors(data: PreparedData, tm
     assert path.name == "lgcn.safetensors" and sidecar_path(path).name == "lgcn.json"
     cf = load_cf_embeddings(path, data.fingerprint)
     ids = _no_cf_ids(data)
-    assert cf.kind == "lightgcn" and not cf.has_causal_user_states
+    assert cf.kind == "lightgcn" and cf.causal_user_states is None
     assert (cf.item_emb[[0, *ids]] == 0).all() and not cf.has_cf[ids].any()
     torch.testing.assert_close(cf.item_emb[cf.has_cf], items.detach()[cf.has_cf])
     assert cf.user_emb is not None and cf.user_emb.shape == (data.num_users + 1, 8)
     assert cf.meta["causal"]["user_emb"] is False
     torch.testing.assert_close(cf.user_emb[1:], users.detach()[1:])
-    with pytest.raises(Exception, match="no causal user encoder"):
-        cf.user_encoder()
+    with pytest.raises(ConfigError, match="a lightgcn export has no causal SASRec user encoder"):
+        SasrecUserEncoder.from_cf(cf)

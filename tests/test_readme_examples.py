@@ -12,7 +12,7 @@ EXAMPLES = dict(re.findall(r"<!-- example: (\w+) -->\n```python\n(.*?)```", READ
 
 
 def test_the_documented_examples_are_there():
-    assert {"adapter", "family", "reader", "recommend"} <= set(EXAMPLES)
+    assert {"adapter", "cf_source", "family", "reader", "recommend"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

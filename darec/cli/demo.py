@@ -158,7 +158,7 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
     from darec.data.pipeline import TextOptions
     from darec.data.prepare import DataConfig, prepare
     from darec.data.windows import InteractionDataModule, SequenceDataModule
-    from darec.export import export_module
+    from darec.modules.cf import export_module
     from darec.modules.backbone import BackboneConfig
     from darec.modules.darec import DARec
     from darec.modules.injection import InjectionConfig

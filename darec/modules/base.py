@@ -150,6 +150,15 @@ class RecModule(L.LightningModule):
                 f"most {model_max_len} (or raise the model's)"
             )
 
+    def cf_export(self, data: Any, has_cf: torch.Tensor, include_user_emb: bool = False) -> Any:
+        """This model as a CF source for DARec's injection: a :class:`~darec.modules.cf.CFExport` with one vector
+        per item id (``has_cf`` [num_items + 1] marks items with training interactions; ``data`` is the prepared
+        dataset it was trained on). Models that have no item vectors to give keep this default, which refuses."""
+        raise ConfigError(
+            f"{type(self).__name__} is not a CF source: it does not implement cf_export (see darec.modules.cf); "
+            "SASRec and LightGCN are"
+        )
+
     def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
         """Scores [B, hi-lo] of item ids ``lo..hi-1`` for the users in ``batch``."""
         raise NotImplementedError

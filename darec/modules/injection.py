@@ -1,11 +1,12 @@
-"""Collaborative knowledge injection: CF vectors from SASRec / LightGCN enter the backbone's input.
+"""Collaborative knowledge injection: CF vectors from any CF sources (SASRec, LightGCN, your own) enter the input.
 
-Item level: each history position carries its item's CF vector ``c_i`` (SASRec and/or LightGCN
-item embeddings, concatenated; zero with ``has_cf = False`` for items without training
-interactions), projected by ``W_c`` and added to ``W_s s_i``.
+The sources are exports of CF sources (:mod:`darec.modules.cf`). Item level: each history position carries its
+item's CF vector ``c_i`` (every source's item vectors, concatenated; zero with ``has_cf = False`` for items without
+training interactions), projected by ``W_c`` and added to ``W_s s_i``.
 
-User level (causal): at position ``t`` the user vector uses only items up to ``t``: the running
-mean of the LightGCN item vectors of items ``<= t``, and/or SASRec's hidden state at ``t``.
+User level (causal): at position ``t`` the user vector uses only items up to ``t``: the running mean of the item
+vectors of items ``<= t`` for sources without their own user states (LightGCN, ...), and the hidden state at ``t``
+of the one source that has a causal user encoder (SASRec).
 
 Attention level (mode ``attention``): on top of the input terms, the same causal user vector gives
 per-layer key/value prefixes (:mod:`darec.modules.prefix`).
@@ -13,15 +14,17 @@ per-layer key/value prefixes (:mod:`darec.modules.prefix`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
 from darec.errors import ConfigError
+from darec.modules.cf import load_cf_embeddings
 from darec.modules.masking import item_causal_mask
 from darec.modules.prefix import layer_prefixes, prefix_causal_mask, wrap_layers
+from darec.modules.sasrec import USER_STATES, SasrecUserEncoder
 
 
 RESIDUAL_WEIGHTS = ("learned", "validation")
@@ -40,8 +43,9 @@ class InjectionConfig:
     """
 
     mode: Literal["none", "input", "attention"] = "none"  # none | input | attention (input + per-layer prefixes)
-    sasrec: str | None = None  # SASRec export (safetensors from `darec export-embeddings`)
-    lightgcn: str | None = None  # LightGCN export
+    sources: list[str] = field(default_factory=list)  # CF exports (`darec export-embeddings` of any CF source)
+    sasrec: str | None = None  # shorthand: a SASRec export, added to sources
+    lightgcn: str | None = None  # shorthand: a LightGCN export, added to sources
     user_vector: bool = True  # add the causal user vector at each position
     finetune: bool = False  # train the CF tables jointly (frozen by default)
     residual: bool = False  # add SASRec's own score alpha <u_t, c_j> (frozen) to DARec's
@@ -64,30 +68,35 @@ class CollaborativeInjection(nn.Module):
         self.cfg = cfg
         if cfg.mode not in ("none", "input", "attention"):
             raise ConfigError(f"injection.mode must be none | input | attention, got {cfg.mode!r}")
-        if cfg.mode != "none" and not (cfg.sasrec or cfg.lightgcn):
-            raise ConfigError(f"injection.mode {cfg.mode!r} needs injection.sasrec and/or injection.lightgcn export paths")
+        paths = [p for p in (cfg.lightgcn, *cfg.sources, cfg.sasrec) if p]
+        if cfg.mode != "none" and not paths:
+            raise ConfigError(f"injection.mode {cfg.mode!r} needs CF exports: injection.sources (or the shorthands "
+                              "injection.sasrec / injection.lightgcn)")
         if cfg.mode == "attention" and not cfg.user_vector:
             raise ConfigError("injection.mode 'attention' builds its prefixes from the causal user vector; set injection.user_vector: true")
         if cfg.mode == "attention" and layers is None:
             raise ConfigError("injection.mode 'attention' needs the backbone's layers to wrap")
         tables, flags = [], []
         self.sasrec_encoder = None
-        self.lightgcn_dim = 0
+        self.mean_dim = 0  # columns of the running-mean sources (they lead the CF table)
         if cfg.mode != "none":
-            from darec.export import load_cf_embeddings
-
-            for kind, path in (("lightgcn", cfg.lightgcn), ("sasrec", cfg.sasrec)):
-                if not path:
-                    continue
-                emb = load_cf_embeddings(path, fingerprint or None)
+            exports = [load_cf_embeddings(path, fingerprint or None) for path in paths]
+            for path, emb in zip(paths, exports, strict=True):
                 if emb.item_emb.shape[0] != num_items + 1:
                     raise ConfigError(f"{path}: item table has {emb.item_emb.shape[0] - 1} items, the data has {num_items}")
+                if emb.causal_user_states not in (None, USER_STATES):
+                    raise ConfigError(f"{path}: unknown causal user states {emb.causal_user_states!r}")
+            with_encoder = [(p, e) for p, e in zip(paths, exports, strict=True) if e.causal_user_states is not None]
+            if len(with_encoder) > 1:
+                raise ConfigError(f"at most one injected export may bring causal user states; got {[p for p, _ in with_encoder]}")
+            # running-mean sources first, the source with its own user encoder last (its part of c_j and u_t comes last)
+            for path, emb in [(p, e) for p, e in zip(paths, exports, strict=True) if e.causal_user_states is None] + with_encoder:
                 tables.append(emb.item_emb.float())
                 flags.append(emb.has_cf)
-                if kind == "lightgcn":
-                    self.lightgcn_dim = emb.item_emb.shape[1]
+                if emb.causal_user_states is None:
+                    self.mean_dim += emb.item_emb.shape[1]
                 elif cfg.user_vector:
-                    self.sasrec_encoder = emb.user_encoder()
+                    self.sasrec_encoder = SasrecUserEncoder.from_cf(emb)
                     if cfg.finetune:
                         self.sasrec_encoder.unfreeze()
         cf = torch.cat(tables, 1) if tables else torch.zeros(num_items + 1, 0)
@@ -96,7 +105,7 @@ class CollaborativeInjection(nn.Module):
         self.cf_table = nn.Parameter(cf, requires_grad=cfg.finetune)
         self.register_buffer("has_cf", has)
         self.w_c = nn.Linear(self.item_dim, hidden) if self.item_dim else None
-        user_dim = (self.lightgcn_dim if cfg.user_vector else 0) + (self._sasrec_dim() if self.sasrec_encoder is not None else 0)
+        user_dim = (self.mean_dim if cfg.user_vector else 0) + (self._sasrec_dim() if self.sasrec_encoder is not None else 0)
         self.w_u = nn.Linear(user_dim, hidden) if user_dim else None
         self.w_prefix: nn.ModuleList | None = None
         self.__dict__["_prefix_layers"] = []
@@ -110,7 +119,8 @@ class CollaborativeInjection(nn.Module):
             raise ConfigError(f"injection.residual_weight must be one of {RESIDUAL_WEIGHTS}, got {cfg.residual_weight!r}")
         if cfg.residual:
             if cfg.mode == "none" or self.sasrec_encoder is None:
-                raise ConfigError("injection.residual needs a SASRec export (injection.sasrec) and injection.user_vector: true")
+                raise ConfigError("injection.residual needs a SASRec export (injection.sasrec or in injection.sources) and "
+                                  "injection.user_vector: true")
             if cfg.residual_weight == "learned":
                 self.residual_scale = nn.Parameter(torch.ones(()))
             else:
@@ -147,8 +157,8 @@ class CollaborativeInjection(nn.Module):
     def user_states(self, seq: torch.Tensor) -> torch.Tensor | None:
         """Causal user vectors [B, L, d_u] for windows ``seq`` [B, L] (left-padded); None if disabled."""
         parts = []
-        if self.cfg.user_vector and self.lightgcn_dim:
-            lg = self.vectors_for(seq)[..., : self.lightgcn_dim]
+        if self.cfg.user_vector and self.mean_dim:
+            lg = self.vectors_for(seq)[..., : self.mean_dim]
             valid = (seq > 0).unsqueeze(-1).to(lg.dtype)
             parts.append(lg.cumsum(1) / valid.cumsum(1).clamp(min=1))
         if self.sasrec_encoder is not None:
@@ -158,7 +168,7 @@ class CollaborativeInjection(nn.Module):
 
     def residual_items(self, rows: int) -> torch.Tensor:
         """SASRec's item vectors for ``rows`` item ids (zero beyond the CF table), appended to ``e_j`` when ``residual``."""
-        sas = self.item_vectors[:, self.lightgcn_dim :]
+        sas = self.item_vectors[:, self.mean_dim :]
         if rows > sas.shape[0]:
             sas = torch.cat([sas, sas.new_zeros(rows - sas.shape[0], sas.shape[1])], 0)
         return sas[:rows]

@@ -14,6 +14,7 @@ whenever a checkpoint is saved, so a checkpoint alone can evaluate and export wi
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from torch import nn
 
 from darec.errors import ConfigError
 from darec.modules.base import EvalBatch, RecModule
+from darec.modules.cf import CFExport
 
 
 class _SymmetricSpMM(torch.autograd.Function):
@@ -142,6 +144,17 @@ class LightGCN(RecModule):
         return loss
 
     @torch.no_grad()
+    def cf_export(self, data: Any, has_cf: torch.Tensor, include_user_emb: bool = False) -> CFExport:
+        """LightGCN as a CF source: its propagated item representations over the training graph of ``data`` (and,
+        when asked, its user representations, which summarise whole histories and so are not causal)."""
+        from darec.data.windows import normalized_adjacency
+
+        if not self.has_graph:
+            self.set_graph(normalized_adjacency(data.train, int(self.num_users), int(self.num_items)))
+        self.refresh_representations()
+        user = self.user_rep.detach().cpu().float().clone() if include_user_emb else None
+        return CFExport(kind="lightgcn", item_emb=self.item_rep.detach().cpu().float().clone(), user_emb=user)
+
     def refresh_representations(self) -> None:
         """Recompute the cached ``user_rep``/``item_rep`` from the current weights (needs the graph)."""
         users, items = self.propagate()

@@ -14,6 +14,7 @@ item embedding.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -23,7 +24,13 @@ from torch import nn
 
 from darec.errors import ConfigError
 from darec.modules.base import EvalBatch, RecModule
+from darec.modules.cf import CFEmbeddings, CFExport, load_cf_embeddings
 
+
+SASREC_PREFIX = "sasrec."
+"""Prefix of the encoder weights in a SASRec CF export."""
+USER_STATES = "sasrec_encoder"
+"""``meta["causal"]["user_states"]`` of a SASRec export: :class:`SasrecUserEncoder` rebuilds causal user states."""
 
 @dataclass
 class SasrecConfig:
@@ -205,6 +212,19 @@ class SASRec(RecModule):
         """See :meth:`SasrecEncoder.causal_user_states`."""
         return self.encoder.causal_user_states(item_seq)
 
+    def cf_export(self, data: Any, has_cf: torch.Tensor, include_user_emb: bool = False) -> CFExport:
+        """SASRec as a CF source: its tied item table, and its encoder for causal per-position user states (the
+        untrained rows of items without training interactions zeroed). It has no non-causal user table."""
+        state = {k: v.detach().cpu().clone().float() for k, v in self.encoder.state_dict().items()}
+        state["item_embedding.weight"][~has_cf] = 0.0
+        return CFExport(
+            kind="sasrec", item_emb=state["item_embedding.weight"].clone(),
+            tensors={SASREC_PREFIX + k: v for k, v in state.items()},
+            meta={"causal": {"user_states": USER_STATES}, "sasrec": {
+                "config": self.config.to_dict(), "tensor_prefix": SASREC_PREFIX,
+                "usage": "darec.modules.sasrec.SasrecUserEncoder.from_export(path, fingerprint).causal_user_states(item_seq)"}},
+        )
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         target = batch["target"]
         sel = target > 0
@@ -237,3 +257,46 @@ class SASRec(RecModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class SasrecUserEncoder(SasrecEncoder):
+    """A SASRec encoder rebuilt from an export, for causal per-position user states.
+
+    It starts frozen: no gradients and every dropout probability 0, so it computes the same function in
+    train and eval mode and simply follows its parent's mode. :meth:`unfreeze` makes it trainable for joint
+    fine-tuning and restores its dropout.
+    """
+
+    def _set_dropout(self, on: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = self.cfg.hidden_dropout if on else 0.0
+            if isinstance(getattr(m, "attn_dropout", None), float):
+                m.attn_dropout = self.cfg.attn_dropout if on else 0.0
+
+    def freeze(self) -> "SasrecUserEncoder":
+        """No gradients, no dropout."""
+        self.requires_grad_(False)
+        self._set_dropout(False)
+        return self
+
+    def unfreeze(self) -> "SasrecUserEncoder":
+        """Make the weights trainable and restore the dropout of the SASRec they came from."""
+        self.requires_grad_(True)
+        self._set_dropout(True)
+        return self
+
+    @classmethod
+    def from_export(cls, path: str | os.PathLike, expected_fingerprint: str | None) -> "SasrecUserEncoder":
+        """The encoder of a SASRec export file (checked against the dataset's fingerprint), frozen."""
+        return cls.from_cf(load_cf_embeddings(path, expected_fingerprint))
+
+    @classmethod
+    def from_cf(cls, cf: CFEmbeddings) -> "SasrecUserEncoder":
+        """The encoder of a loaded SASRec export, frozen; a clear error for an export without one."""
+        if cf.causal_user_states != USER_STATES:
+            raise ConfigError(f"{cf.path}: a {cf.kind} export has no causal SASRec user encoder")
+        enc = cls(SasrecConfig(**cf.meta["sasrec"]["config"]))
+        n = len(SASREC_PREFIX)
+        enc.load_state_dict({k[n:]: v for k, v in cf.extra.items() if k.startswith(SASREC_PREFIX)})
+        return enc.freeze()

@@ -8,12 +8,12 @@ import torch
 from darec.data.prepared import PreparedData
 from darec.data.windows import normalized_adjacency, SequenceDataModule
 from darec.errors import ConfigError
-from darec.export import export_module
 from darec.modules.backbone import BackboneConfig
+from darec.modules.cf import export_module
 from darec.modules.darec import DARec
 from darec.modules.lightgcn import LightGCN
 from darec.modules.prefix import PrefixLayer, prefix_causal_mask
-from darec.modules.sasrec import SASRec
+from darec.modules.sasrec import SASRec, SasrecUserEncoder
 
 FROZEN = ("backbone.model.", "backbone.layers.")
 
@@ -105,12 +105,12 @@ def test_attention_mode_needs_a_user_vector(small_synth_dir, cf_exports, tmp_pat
     with pytest.raises(ConfigError, match="user_vector"):
         DARec(num_items=PreparedData(small_synth_dir).num_items, backbone=BackboneConfig(name="tiny-bert"),
               injection={"mode": "attention", "user_vector": False, **cf_exports})
-    with pytest.raises(ConfigError, match="export paths"):
+    with pytest.raises(ConfigError, match="needs CF exports"):
         DARec(num_items=5, backbone=BackboneConfig(name="tiny-bert"), injection={"mode": "attention"})
 
 
 def test_residual_adds_sasrecs_own_score(small_synth_dir, cf_exports, tmp_path):
-    from darec.export import load_cf_embeddings
+    from darec.modules.cf import load_cf_embeddings
 
     plain = _model(small_synth_dir, cf_exports, tmp_path, mode="input")
     m = _model(small_synth_dir, cf_exports, tmp_path, mode="residual")
@@ -123,7 +123,7 @@ def test_residual_adds_sasrecs_own_score(small_synth_dir, cf_exports, tmp_path):
     with torch.no_grad():
         scores = m.user_vectors(seq, m.sem_cache) @ m.item_table(m.sem_cache).T
         base = plain.user_vectors(seq, plain.sem_cache) @ plain.item_table(plain.sem_cache).T
-        sasrec = sas.user_encoder().causal_user_states(seq)[:, -1] @ sas.item_emb.T
+        sasrec = SasrecUserEncoder.from_cf(sas).causal_user_states(seq)[:, -1] @ sas.item_emb.T
     sasrec[:, 0] = 0
     torch.testing.assert_close(scores, base + 0.5 * sasrec, atol=1e-5, rtol=1e-4)
     assert not m.injection.cf_table.requires_grad, "SASRec's item vectors stay frozen"
@@ -190,3 +190,28 @@ def test_residual_weight_chosen_on_validation(small_synth_dir, cf_exports, tmp_p
     assert torch.equal(m.scoring_states(seq, m.sem_cache)[..., -d_sas:], torch.zeros(1, 4, d_sas))  # trains alone
     m.eval()
     assert m.scoring_states(seq, m.sem_cache)[..., -d_sas:].abs().sum() > 0
+
+
+def test_a_list_of_sources_is_the_same_model_as_the_shorthands(small_synth_dir, cf_exports, tmp_path):
+    # SASRec listed first: the source with its own user encoder still goes last, so the parameters line up
+    torch.manual_seed(3)
+    short = _model(small_synth_dir, cf_exports, tmp_path, mode="input")
+    torch.manual_seed(3)
+    listed = _model(small_synth_dir, {"sources": [cf_exports["sasrec"], cf_exports["lightgcn"]]}, tmp_path, mode="input")
+    a, b = short.state_dict(), listed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    seq = torch.tensor([[0, 0, 3, 7, 9, 11], [4, 8, 15, 16, 23, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(listed.user_vectors(seq, listed.sem_cache), short.user_vectors(seq, short.sem_cache))
+    both = {"sources": [cf_exports["sasrec"]], "sasrec": cf_exports["sasrec"]}
+    with pytest.raises(ConfigError, match="at most one injected export may bring causal user states"):
+        _model(small_synth_dir, both, tmp_path, mode="input")
+
+
+def test_a_model_that_is_not_a_cf_source_is_refused(small_synth_dir, tmp_path):
+    from darec.modules.popularity import Popularity
+
+    d = PreparedData(small_synth_dir)
+    with pytest.raises(ConfigError, match="Popularity is not a CF source"):
+        export_module(Popularity(d.num_items, d.num_users, d.fingerprint), d, tmp_path / "pop.safetensors")
+    assert not list(tmp_path.iterdir())
