@@ -100,10 +100,9 @@ def _cli(config: Path, data_dir: Path, seed: int, max_epochs: int | None, timer:
 
 def _user_ranks(model, dm) -> np.ndarray:
     model.eval()
-    if getattr(model, "has_graph", False):
-        model.refresh_representations()
+    model.on_eval_start()
     with torch.no_grad():
-        return torch.cat([model._ranks(b) for b in dm.test_dataloader()]).numpy()
+        return torch.cat([model.eval_ranks(b) for b in dm.test_dataloader()]).numpy()
 
 
 def run_popularity(data_dir: Path) -> dict[str, Any]:

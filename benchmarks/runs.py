@@ -75,11 +75,10 @@ def score_matrices(model: Any, dm: Any) -> dict[str, dict[str, np.ndarray]]:
     assert isinstance(model, RecModule)
     model.eval()
     out = {}
-    for split, hook, loader in (("val", model.on_validation_epoch_start, dm.val_dataloader),
-                                ("test", model.on_test_epoch_start, dm.test_dataloader)):
+    for split, loader in (("val", dm.val_dataloader), ("test", dm.test_dataloader)):
         if split == "test":
             dm.setup("test")
-        hook()
+        model.on_eval_start()
         scores, targets, hist = [], [], []
         for batch in loader():
             b = model.prepare_eval_batch(batch)

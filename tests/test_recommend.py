@@ -87,7 +87,7 @@ def test_export_item_vectors(ckpt, tmp_path, synth_dir):
     assert torch.all(vecs[0] == 0) and meta["fingerprint"] == PreparedData(synth_dir).fingerprint
     model = DARec.load_from_checkpoint(ckpt, map_location="cpu")
     model.eval()
-    model._build_eval_table()
+    model.on_eval_start()
     n = model.num_items
     torch.testing.assert_close(vecs[: n + 1], model._eval_table, atol=1e-5, rtol=1e-5)  # what evaluation scores with
 
@@ -152,7 +152,7 @@ def test_recommends_as_it_evaluates(cf_ckpts, ckpt, synth_dir, kind):
     """The top-k and the scores equal the model's own evaluation scores for a test user's history."""
     rec = Recommender.from_checkpoint(cf_ckpts["sasrec"] if kind == "sasrec" else ckpt)
     if kind == "darec":
-        rec.model._build_eval_table()
+        rec.model.on_eval_start()
     data = PreparedData(synth_dir)
     reference, history = _eval_scores(rec.model, data, user=5)
     raw = [data.item_raw_ids[i] for i in history]

@@ -95,6 +95,16 @@ def checkpoint_model_class(checkpoint: dict[str, Any], where: str = "the checkpo
     return cls
 
 
+@dataclass
+class EvalConfig:
+    """How every model is evaluated and how ``predict`` answers (``model.init_args.evaluation`` in a config)."""
+
+    chunk_size: int = 4096  # items scored at once during evaluation, which bounds peak memory
+    predict_k: int = 10  # items per user written by `darec predict`
+    breakdowns: bool = False  # test metrics by history-length and target-popularity bucket too
+    sampled_negatives: int = 0  # > 0: also the sampled protocol (target + this many negatives), as test/sampled_*
+
+
 class RecModule(L.LightningModule):
     """Base LightningModule: shared evaluation and prediction over the whole catalogue.
 
@@ -102,12 +112,10 @@ class RecModule(L.LightningModule):
         num_items: catalogue size (item ids ``1..num_items``); linked from the data by the CLI.
         num_users: number of users (ids ``1..num_users``); linked from the data by the CLI.
         data_fingerprint: fingerprint of the prepared dataset; linked by the CLI, kept in checkpoints.
-        eval_chunk_size: items scored at once during evaluation, which bounds peak memory.
-        predict_k: how many items ``predict`` returns per user.
-        breakdowns: at test time, also report metrics by history-length and target-popularity bucket
-            (logged as ``test/len5-9/ndcg@10``, ``test/pop<12/hr@10``, ...).
-        sampled_negatives: > 0 also reports the sampled protocol at test time (the target against this
-            many uniform negatives, never history items), logged as ``test/sampled_ndcg@10``, ...
+        evaluation: the shared evaluation settings (:class:`EvalConfig`, or a dict of its fields): the chunk size,
+            ``predict``'s k, the test breakdowns by history-length and target-popularity bucket (logged as
+            ``test/len5-9/ndcg@10``, ``test/pop<12/hr@10``, ...) and the sampled protocol (the target against
+            ``sampled_negatives`` uniform negatives, never history items, logged as ``test/sampled_ndcg@10``, ...).
     """
 
     def __init__(
@@ -115,14 +123,10 @@ class RecModule(L.LightningModule):
         num_items: int = 0,
         num_users: int = 0,
         data_fingerprint: str = "",
-        eval_chunk_size: int = 4096,
-        predict_k: int = 10,
-        breakdowns: bool = False,
-        sampled_negatives: int = 0,
+        evaluation: EvalConfig | dict | None = None,
     ):
         super().__init__()
-        self.breakdowns = breakdowns
-        self.sampled_negatives = sampled_negatives
+        self.evaluation = EvalConfig(**evaluation) if isinstance(evaluation, dict) else (evaluation or EvalConfig())
         self.sampled_metric = RankHistogram(prefix="sampled_")
         self._groups: dict[str, GroupedRankHistogram] = {}
         self._pop_edges: tuple[int, ...] = ()
@@ -130,8 +134,6 @@ class RecModule(L.LightningModule):
         self.num_items = num_items
         self.num_users = num_users
         self.data_fingerprint = data_fingerprint
-        self.eval_chunk_size = eval_chunk_size
-        self.predict_k = predict_k
         self.val_metric = RankHistogram()
         self.test_metric = RankHistogram()
         self.item_catalog: ItemCatalog | None = None
@@ -159,15 +161,23 @@ class RecModule(L.LightningModule):
             "SASRec and LightGCN are"
         )
 
-    def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
-        """Scores [B, hi-lo] of item ids ``lo..hi-1`` for the users in ``batch``."""
-        raise NotImplementedError
+    def on_eval_start(self) -> None:
+        """Hook: build what scoring needs (propagated representations, an item table) before every validation,
+        test and predict pass. Every model overrides this one name; the default does nothing."""
 
     def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
-        """Hook: compute per-batch state once (e.g. user vectors) before chunked scoring."""
-        return batch
+        """Hook: per-batch state computed once before chunked scoring. The default adds ``user_vec``, the
+        :meth:`history_user_vectors` of the batch's histories."""
+        return {**batch, "user_vec": self.history_user_vectors(batch["history"])}
 
-    def _ranks(self, batch: EvalBatch) -> torch.Tensor:
+    def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
+        """Scores [B, hi-lo] of item ids ``lo..hi-1`` for the users in ``batch`` (after :meth:`prepare_eval_batch`).
+        The default scorer: ``user_vec`` against rows ``lo..hi-1`` of :meth:`item_vectors`."""
+        return batch["user_vec"] @ self.item_vectors()[lo:hi].T
+
+    def eval_ranks(self, batch: EvalBatch) -> torch.Tensor:
+        """0-based full-ranking ranks [B] of the batch's targets (history masked, ties against the target), as
+        validation and test compute them; call :meth:`on_eval_start` first."""
         return self._prepared_ranks(self.prepare_eval_batch(batch))
 
     def _prepared_ranks(self, batch: EvalBatch) -> torch.Tensor:
@@ -176,25 +186,25 @@ class RecModule(L.LightningModule):
             self.num_items,
             batch["target"],
             batch["history"],
-            chunk_size=self.eval_chunk_size,
+            chunk_size=self.evaluation.chunk_size,
         )
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self.val_metric.update(self._ranks(batch))
+        self.val_metric.update(self.eval_ranks(batch))
 
     def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
         batch = self.prepare_eval_batch(batch)
         ranks = self._prepared_ranks(batch)
         self.test_metric.update(ranks)
-        if self.breakdowns and self._item_counts is not None:
+        if self.evaluation.breakdowns and self._item_counts is not None:
             lengths = (batch["history"] > 0).sum(1)
             g, _ = history_length_buckets(lengths)
             self._groups["length"].update(ranks, g)
             g, _ = popularity_buckets(self._item_counts.to(ranks.device)[batch["target"]], self._pop_edges)
             self._groups["popularity"].update(ranks, g)
-        if self.sampled_negatives > 0:
+        if self.evaluation.sampled_negatives > 0:
             gen = torch.Generator(device="cpu").manual_seed(1000 + batch_idx)
-            negs = sample_negatives(batch["target"].cpu(), batch["history"].cpu(), self.num_items, self.sampled_negatives, gen)
+            negs = sample_negatives(batch["target"].cpu(), batch["history"].cpu(), self.num_items, self.evaluation.sampled_negatives, gen)
             ids = torch.cat([batch["target"].cpu()[:, None], negs], 1).to(batch["target"].device)
             scores = self._scores_for(batch, ids)
             self.sampled_metric.update(sampled_target_ranks(scores[:, 0], scores[:, 1:]))
@@ -202,8 +212,8 @@ class RecModule(L.LightningModule):
     def _scores_for(self, batch: EvalBatch, ids: torch.Tensor) -> torch.Tensor:
         """Scores [B, K] of the item ids ``ids`` [B, K], gathered chunk by chunk."""
         out = torch.empty(ids.shape, dtype=torch.float32, device=ids.device)
-        for lo in range(1, self.num_items + 1, self.eval_chunk_size):
-            hi = min(self.num_items + 1, lo + self.eval_chunk_size)
+        for lo in range(1, self.num_items + 1, self.evaluation.chunk_size):
+            hi = min(self.num_items + 1, lo + self.evaluation.chunk_size)
             inside = (ids >= lo) & (ids < hi)
             if inside.any():
                 s = self.score_chunk(batch, lo, hi).float()
@@ -211,9 +221,16 @@ class RecModule(L.LightningModule):
                 out[inside] = s[rows, ids[inside] - lo]
         return out
 
+    def on_validation_epoch_start(self) -> None:
+        self.on_eval_start()
+
+    def on_predict_epoch_start(self) -> None:
+        self.on_eval_start()
+
     def on_test_epoch_start(self) -> None:
+        self.on_eval_start()
         dm = self.attached_datamodule()
-        if self.breakdowns and dm is not None and hasattr(dm, "data"):
+        if self.evaluation.breakdowns and dm is not None and hasattr(dm, "data"):
             counts = torch.as_tensor(dm.data.train_item_counts()[: self.num_items + 1])
             self._item_counts = counts
             self._pop_edges = popularity_edges(counts)
@@ -234,7 +251,7 @@ class RecModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metric(self.test_metric, "test")
-        if self.sampled_negatives > 0:
+        if self.evaluation.sampled_negatives > 0:
             self._log_metric(self.sampled_metric, "test")
         for grouped in self._groups.values():
             for label, values in grouped.compute().items():
@@ -332,7 +349,7 @@ class RecModule(L.LightningModule):
             lambda lo, hi: self.score_chunk(batch, lo, hi),
             self.num_items,
             batch["history"],
-            self.predict_k,
-            self.eval_chunk_size,
+            self.evaluation.predict_k,
+            self.evaluation.chunk_size,
         )
         return {"user": batch["user"].cpu(), "items": items.cpu()}

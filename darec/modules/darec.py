@@ -18,7 +18,7 @@ from darec.evaluation.metrics import RankHistogram
 from darec.evaluation.ranking import chunked_target_ranks
 from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable, parse_assignment
 from darec.modules.backbone import BackboneConfig, load_backbone
-from darec.modules.base import EvalBatch, RecModule
+from darec.modules.base import EvalBatch, EvalConfig, RecModule
 from darec.modules.frozen_prefix import first_adapted_layer
 from darec.modules.hard_negatives import cached_hard_negatives
 from darec.modules.injection import CollaborativeInjection, InjectionConfig
@@ -125,10 +125,7 @@ class DARec(RecModule):
         num_items: int = 0,
         num_users: int = 0,
         data_fingerprint: str = "",
-        eval_chunk_size: int = 4096,
-        predict_k: int = 10,
-        breakdowns: bool = False,
-        sampled_negatives: int = 0,
+        evaluation: EvalConfig | None = None,
         backbone: BackboneConfig = BackboneConfig(),
         adapters: str | list[Any] = "serial",
         max_len: int = 50,
@@ -156,7 +153,7 @@ class DARec(RecModule):
         warmup_steps: int = 0,
         cache_dir: str = ".darec_cache",
     ):
-        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k, breakdowns, sampled_negatives)
+        super().__init__(num_items, num_users, data_fingerprint, evaluation)
         backbone, injection, losses = _as(BackboneConfig, backbone), _as(InjectionConfig, injection), _as(LossConfig, losses)
         self.save_hyperparameters()
         for key, value in (("backbone", backbone), ("injection", injection), ("losses", losses)):
@@ -515,20 +512,11 @@ class DARec(RecModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": warm, "interval": "step"}}
 
     # ----------------------------------------------------------------- evaluation
-    def _build_eval_table(self) -> None:
+    def on_eval_start(self) -> None:
+        """Rebuild the item cache and the scoring table ``[e_j (; c_j)]`` once per evaluation pass."""
         self.refresh_cache()
         with torch.no_grad():
             self._eval_table = self.item_table(self.sem_cache.float())
-
-    def on_validation_epoch_start(self) -> None:
-        self._build_eval_table()
-
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        self._build_eval_table()
-
-    def on_predict_epoch_start(self) -> None:
-        self._build_eval_table()
 
     def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
         seq = batch["history"][:, -self.max_len :]
@@ -553,7 +541,7 @@ class DARec(RecModule):
             def chunk(lo: int, hi: int, alpha: float = alpha) -> torch.Tensor:
                 return b["user_base"] @ table[lo:hi, :d].T + alpha * (b["user_sasrec"] @ table[lo:hi, d:].T)
 
-            metric.update(chunked_target_ranks(chunk, self.num_items, b["target"], b["history"], chunk_size=self.eval_chunk_size))
+            metric.update(chunked_target_ranks(chunk, self.num_items, b["target"], b["history"], chunk_size=self.evaluation.chunk_size))
 
     def on_validation_epoch_end(self) -> None:
         """Logs ``val/*`` of the model and ``val/lm_ndcg@10``: the language-model path's own NDCG@10 (without SASRec's

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from darec.errors import ConfigError
-from darec.modules.base import EvalBatch, RecModule
+from darec.modules.base import EvalBatch, EvalConfig, RecModule
 from darec.modules.cf import CFExport
 
 
@@ -57,8 +57,7 @@ class LightGCN(RecModule):
             user, positive and negative batch embeddings divided by the batch size; ``True``: half
             the sum of squared norms divided by the batch size (the LightGCN paper's form).
         lr: Adam learning rate.
-        eval_chunk_size: items scored at once during evaluation.
-        predict_k: items per user returned by ``predict``.
+        evaluation: the shared evaluation settings (:class:`~darec.modules.base.EvalConfig`).
     """
 
     def __init__(
@@ -71,12 +70,9 @@ class LightGCN(RecModule):
         reg_weight: float = 1e-4,
         squared_reg: bool = False,
         lr: float = 1e-3,
-        eval_chunk_size: int = 4096,
-        predict_k: int = 10,
-        breakdowns: bool = False,
-        sampled_negatives: int = 0,
+        evaluation: EvalConfig | None = None,
     ):
-        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k, breakdowns, sampled_negatives)
+        super().__init__(num_items, num_users, data_fingerprint, evaluation)
         if num_layers < 0:
             raise ConfigError(f"num_layers must be >= 0, got {num_layers}")
         self.save_hyperparameters()
@@ -162,21 +158,11 @@ class LightGCN(RecModule):
         self.item_rep.copy_(items)
         self.reps_ready.fill_(True)
 
-    def _eval_start(self) -> None:
+    def on_eval_start(self) -> None:
         if self.has_graph:
             self.refresh_representations()
         elif not bool(self.reps_ready):
             raise ConfigError("LightGCN has neither a graph nor cached representations to evaluate with")
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start()
-
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        self._eval_start()
-
-    def on_predict_epoch_start(self) -> None:
-        self._eval_start()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -204,9 +190,6 @@ class LightGCN(RecModule):
         items = self.item_vectors()
         mask = (history > 0).unsqueeze(-1).to(items.dtype)
         return (items[history] * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-    def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
-        return batch["user_vec"] @ self.item_rep[lo:hi].T
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr)

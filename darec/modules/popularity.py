@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from darec.errors import ConfigError
-from darec.modules.base import EvalBatch, RecModule
+from darec.modules.base import EvalBatch, EvalConfig, RecModule
 
 
 class Popularity(RecModule):
@@ -20,12 +20,9 @@ class Popularity(RecModule):
         num_items: int = 0,
         num_users: int = 0,
         data_fingerprint: str = "",
-        eval_chunk_size: int = 4096,
-        predict_k: int = 10,
-        breakdowns: bool = False,
-        sampled_negatives: int = 0,
+        evaluation: EvalConfig | None = None,
     ):
-        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k, breakdowns, sampled_negatives)
+        super().__init__(num_items, num_users, data_fingerprint, evaluation)
         self.save_hyperparameters()
         self.register_buffer("counts", torch.zeros(num_items + 1))
         self.automatic_optimization = False

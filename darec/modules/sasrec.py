@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from darec.errors import ConfigError
-from darec.modules.base import EvalBatch, RecModule
+from darec.modules.base import EvalConfig, RecModule
 from darec.modules.cf import CFEmbeddings, CFExport, load_cf_embeddings
 
 
@@ -161,8 +161,7 @@ class SASRec(RecModule):
         loss: ``ce`` (full softmax over the catalogue) or ``bce`` (one sampled negative per position).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        eval_chunk_size: items scored at once during evaluation.
-        predict_k: items per user returned by ``predict``.
+        evaluation: the shared evaluation settings (:class:`~darec.modules.base.EvalConfig`).
     """
 
     def __init__(
@@ -182,12 +181,9 @@ class SASRec(RecModule):
         loss: Literal["ce", "bce"] = "ce",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        eval_chunk_size: int = 4096,
-        predict_k: int = 10,
-        breakdowns: bool = False,
-        sampled_negatives: int = 0,
+        evaluation: EvalConfig | None = None,
     ):
-        super().__init__(num_items, num_users, data_fingerprint, eval_chunk_size, predict_k, breakdowns, sampled_negatives)
+        super().__init__(num_items, num_users, data_fingerprint, evaluation)
         if loss not in ("ce", "bce"):
             raise ConfigError(f"loss must be 'ce' or 'bce', got {loss!r}")
         self.save_hyperparameters()
@@ -248,12 +244,6 @@ class SASRec(RecModule):
     def history_user_vectors(self, history: torch.Tensor) -> torch.Tensor:
         """The encoder's state after the history's last ``max_len`` items."""
         return self.encoder.last_state(history)
-
-    def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
-        return {**batch, "user_vec": self.history_user_vectors(batch["history"])}
-
-    def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
-        return batch["user_vec"] @ self.item_weight[lo:hi].T
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -68,7 +68,7 @@ def test_left_padding_does_not_change_outputs(small_synth_dir, tmp_path):
 def test_evaluation_uses_current_adapters(small_synth_dir, tmp_path, item_layers):
     m, _ = _model(small_synth_dir, tmp_path=tmp_path, item_adapter_layers=item_layers)
     m.eval()
-    m._build_eval_table()
+    m.on_eval_start()
     before = m._eval_table.clone()
     seq = torch.tensor([[0, 3, 7, 9]])
     with torch.no_grad():
@@ -76,7 +76,7 @@ def test_evaluation_uses_current_adapters(small_synth_dir, tmp_path, item_layers
         gen = torch.Generator().manual_seed(0)
         for p in m.backbone.adapters.parameters():  # random: a constant shift would vanish in the LayerNorms
             p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-        m._build_eval_table()
+        m.on_eval_start()
         assert not torch.allclose(users, m.user_vectors(seq, m.sem_cache))  # the sequence level always adapts
     # the item table follows the adapters when they act at the item level, and is frozen text otherwise
     assert torch.allclose(before, m._eval_table) == (item_layers == 0)

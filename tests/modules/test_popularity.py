@@ -47,7 +47,7 @@ def test_popularity_matches_reference(synth_dir):
 
 def test_predict_masks_history(synth_dir):
     dm = RecDataModule(str(synth_dir), eval_batch_size=16)
-    model = Popularity(num_items=dm.num_items, predict_k=5)
+    model = Popularity(num_items=dm.num_items, evaluation={"predict_k": 5})
     model.set_counts(torch.as_tensor(dm.data.train_item_counts()[: dm.num_items + 1]))
     batch = next(iter(dm.predict_dataloader()))
     out = model.predict_step(batch, 0)
@@ -61,7 +61,7 @@ def test_breakdowns_and_sampled_protocol(synth_dir):
     import lightning as L
 
     dm = RecDataModule(str(synth_dir), eval_batch_size=64)
-    model = Popularity(num_items=dm.num_items, num_users=dm.num_users, breakdowns=True, sampled_negatives=50)
+    model = Popularity(num_items=dm.num_items, num_users=dm.num_users, evaluation={"breakdowns": True, "sampled_negatives": 50})
     out = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(model, datamodule=dm, verbose=False)[0]
     assert 0 < out["test/ndcg@10"] < out["test/sampled_ndcg@10"] <= 1
     length_keys = [k for k in out if k.startswith("test/len") and k.endswith("/hr@10")]
