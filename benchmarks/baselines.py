@@ -82,7 +82,7 @@ def ensure_data(data_dir: Path, raw_dir: Path) -> Path:
 def _cli(config: Path, data_dir: Path, seed: int, max_epochs: int | None, timer: EpochTimer, extra: list[str]):
     from lightning.pytorch.cli import LightningCLI
 
-    from darec.data.datamodules import RecDataModule
+    from darec.data.datamodules.base import RecDataModule
     from darec.modules.base import RecModule
 
     class BenchCLI(LightningCLI):
@@ -106,7 +106,7 @@ def _user_ranks(model, dm) -> np.ndarray:
 
 
 def run_popularity(data_dir: Path) -> dict[str, Any]:
-    from darec.data.datamodules import RecDataModule
+    from darec.data.datamodules.base import RecDataModule
     from darec.modules.popularity import Popularity
 
     dm = RecDataModule(str(data_dir), eval_batch_size=512)

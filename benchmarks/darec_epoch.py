@@ -76,7 +76,7 @@ def settings(data_dir: str, cf_dir: str | None, cache_dir: str) -> dict[str, tup
 
 
 def build(model_kw: dict, data_kw: dict):
-    from darec.data.windows import SequenceDataModule
+    from darec.data.datamodules.sequence import SequenceDataModule
     from darec.modules.darec import DARec
 
     dm = SequenceDataModule(**data_kw)

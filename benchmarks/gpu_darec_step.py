@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_step import git_commit, peak_flops  # noqa: E402
 from darec.data.synth import SynthConfig, write_synthetic  # noqa: E402
-from darec.data.windows import SequenceDataModule
+from darec.data.datamodules.sequence import SequenceDataModule
 from darec.modules.adapters import count_trainable
 from darec.modules.backbone import BackboneConfig
 from darec.modules.darec import DARec  # noqa: E402

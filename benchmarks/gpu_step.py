@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from darec.data.text import pack_items  # noqa: E402
+from darec.modules.text import pack_items
 from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable
 from darec.modules.backbone import load_backbone_from_config
 from darec.modules.masking import item_causal_mask  # noqa: E402

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from darec.data.prepared import PreparedData  # noqa: E402
-from darec.data.text import PackedBatch, pack_items, pad_items, tokenize_sentences  # noqa: E402
+from darec.modules.text import pack_items, PackedBatch, pad_items, tokenize_sentences
 from darec.modules.backbone import BackboneConfig, load_backbone
 
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def darec_step_time(data_dir: str, steps: int = 3) -> dict:
     """Median seconds of one DARec training step (forward, backward, AdamW) with MiniLM on ml-100k."""
-    from darec.data.windows import SequenceDataModule
+    from darec.data.datamodules.sequence import SequenceDataModule
     from darec.modules.darec import DARec, LossConfig
 
     dm = SequenceDataModule(data_dir, batch_size=64, max_len=50, num_negatives=0)

@@ -93,7 +93,7 @@ def score_matrices(model: Any, dm: Any) -> dict[str, dict[str, np.ndarray]]:
 
 def ranks(scores: np.ndarray, targets: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
     """0-based full-ranking ranks with the project's rules (history masked, ties against the target)."""
-    from darec.data.datamodules import left_pad
+    from darec.data.datamodules.base import left_pad
     from darec.evaluation.metrics import target_ranks
 
     s = torch.from_numpy(scores.copy())

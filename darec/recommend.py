@@ -24,7 +24,7 @@ import torch
 
 from darec.atomic import atomic_path, atomic_write_text
 from darec.data.pipeline import TextOptions, item_sentence
-from darec.data.text import tokenize_sentences
+from darec.modules.text import tokenize_sentences
 from darec.errors import ConfigError, DataError
 from darec.modules.base import ItemCatalog, RecModule, checkpoint_model_class
 

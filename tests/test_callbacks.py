@@ -10,7 +10,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger
 
 from darec.callbacks import CompactProgressBar, EpochSummary
-from darec.data.windows import SequenceDataModule
+from darec.data.datamodules.sequence import SequenceDataModule
 from darec.modules.sasrec import SASRec
 
 

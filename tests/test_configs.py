@@ -8,7 +8,7 @@ import pytest
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
-from darec.data.datamodules import RecDataModule
+from darec.data.datamodules.base import RecDataModule
 from darec.modules.base import RecModule
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import lightning as L
 import pytest
 
-from darec.data.datamodules import RecDataModule
+from darec.data.datamodules.base import RecDataModule
 from darec.data.synth import SynthConfig, write_synthetic
-from darec.data.windows import SequenceDataModule
+from darec.data.datamodules.sequence import SequenceDataModule
 from darec.modules.popularity import Popularity
 from darec.modules.sasrec import SASRec
 
@@ -43,7 +43,7 @@ def test_two_processes_equal_one_exactly_sasrec(odd_dir):
 
 
 def test_two_processes_equal_one_exactly_lightgcn(odd_dir):
-    from darec.data.windows import InteractionDataModule
+    from darec.data.datamodules.interaction import InteractionDataModule
     from darec.modules.lightgcn import LightGCN
 
     L.seed_everything(0)

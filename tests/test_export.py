@@ -11,7 +11,7 @@ import torch
 from darec.data.pipeline import PrepareOptions, build_tables
 from darec.data.prepared import PreparedData, save_prepared
 from darec.data.synth import SynthConfig, make_synthetic
-from darec.data.windows import normalized_adjacency
+from darec.data.datamodules.interaction import normalized_adjacency
 from darec.errors import ConfigError, FingerprintError
 from darec.modules.cf import export_module, load_cf_embeddings, sidecar_path
 from darec.modules.lightgcn import LightGCN

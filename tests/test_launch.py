@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from darec.data.datamodules import RecDataModule
+from darec.data.datamodules.base import RecDataModule
 from darec.cli.launch import launcher_args
 from darec.modules.popularity import Popularity
 

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from darec.cli.main import main
-from darec.data.datamodules import left_pad
+from darec.data.datamodules.base import left_pad
 from darec.data.prepared import PreparedData
-from darec.data.windows import InteractionDataModule, SequenceDataModule
+from darec.data.datamodules.interaction import InteractionDataModule
+from darec.data.datamodules.sequence import SequenceDataModule
 from darec.errors import ConfigError, DataError
 from darec.modules.backbone import BackboneConfig
 from darec.modules.base import MODEL_RECORD

@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from darec.data.windows import SequenceDataModule
+from darec.data.datamodules.sequence import SequenceDataModule
 from darec.modules.backbone import BackboneConfig
 from darec.modules.darec import DARec
 from darec.modules.sasrec import SASRec

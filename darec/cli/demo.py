@@ -153,11 +153,12 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
     """Run the whole demo in ``workdir``; returns the results (also written to ``results.json``)."""
     import lightning as L
 
-    from darec.data.datamodules import RecDataModule
+    from darec.data.datamodules.base import RecDataModule
     from darec.data.download import download_ml100k
     from darec.data.pipeline import TextOptions
     from darec.data.prepare import DataConfig, prepare
-    from darec.data.windows import InteractionDataModule, SequenceDataModule
+    from darec.data.datamodules.interaction import InteractionDataModule
+    from darec.data.datamodules.sequence import SequenceDataModule
     from darec.modules.cf import export_module
     from darec.modules.backbone import BackboneConfig
     from darec.modules.darec import DARec

@@ -12,7 +12,7 @@ def lightning_main(args: list[str]) -> None:
     from lightning.pytorch.cli import LightningCLI
 
     from darec.callbacks import JsonlPredictionWriter
-    from darec.data.datamodules import RecDataModule
+    from darec.data.datamodules.base import RecDataModule
     from darec.modules.base import RecModule
 
     class DarecCLI(LightningCLI):

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from darec.data.text import tokenize_sentences
+from darec.modules.text import tokenize_sentences
 from darec.errors import ConfigError
 from darec.evaluation.metrics import RankHistogram
 from darec.evaluation.ranking import chunked_target_ranks

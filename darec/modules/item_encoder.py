@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from darec.data.text import PackedBatch, layout_rows, pack_items
+from darec.modules.text import layout_rows, pack_items, PackedBatch
 from darec.errors import ConfigError
 from darec.modules.backbone import Backbone
 from darec.modules.frozen_prefix import FrozenPrefix

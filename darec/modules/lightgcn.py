@@ -5,7 +5,7 @@ training user–item graph; the representations are the mean over layers ``0..K`
 BPR with one uniform negative per interaction (never a training positive of the user) plus L2
 regularisation of the batch's layer-0 embeddings.
 
-The graph comes from :class:`darec.data.windows.InteractionDataModule` when the trainer sets up
+The graph comes from :class:`darec.data.datamodules.interaction.InteractionDataModule` when the trainer sets up
 (training interactions only). The propagated representations are cached in the buffers
 ``user_rep``/``item_rep``: recomputed at the start of every validation, test and predict epoch and
 whenever a checkpoint is saved, so a checkpoint alone can evaluate and export without the graph.
@@ -95,7 +95,7 @@ class LightGCN(RecModule):
         if adj is not None:
             self.set_graph(adj)
         elif stage == "fit":
-            raise ConfigError("LightGCN needs a datamodule with an adjacency (darec.data.windows.InteractionDataModule)")
+            raise ConfigError("LightGCN needs a datamodule with an adjacency (darec.data.datamodules.interaction.InteractionDataModule)")
 
     def set_graph(self, adjacency: torch.Tensor) -> None:
         """Use ``adjacency`` (sparse, ``[num_users + num_items + 2]²``, node ids as in the datamodule)."""
@@ -143,7 +143,7 @@ class LightGCN(RecModule):
     def cf_export(self, data: Any, has_cf: torch.Tensor, include_user_emb: bool = False) -> CFExport:
         """LightGCN as a CF source: its propagated item representations over the training graph of ``data`` (and,
         when asked, its user representations, which summarise whole histories and so are not causal)."""
-        from darec.data.windows import normalized_adjacency
+        from darec.data.datamodules.interaction import normalized_adjacency
 
         if not self.has_graph:
             self.set_graph(normalized_adjacency(data.train, int(self.num_users), int(self.num_items)))

@@ -36,7 +36,7 @@ def segment_mask(
 
     With ``attend_earlier=True`` (the "context masking off" ablation) token ``i`` also attends every real token
     ``j < i`` of an earlier segment (``0 <= seg[j] < seg[i]``) in the same row. Segment ids are assumed to increase
-    along a row, as :func:`darec.data.text.pack_items` produces them.
+    along a row, as :func:`darec.modules.text.pack_items` produces them.
 
     With ``hide_last=True`` the last token of every segment (the item's ``[ALIGN]``) is attended by no other
     token: it reads its item, and the item's text tokens compute exactly what they would without it.

@@ -7,7 +7,7 @@ masked out of attention, so left padding never changes an output. The hidden sta
 ``t`` sees only items ``≤ t``.
 
 :class:`SASRec` is the Lightning module: trained on windows from
-:class:`darec.data.windows.SequenceDataModule` with full-softmax cross-entropy (``ce``) or binary
+:class:`darec.data.datamodules.sequence.SequenceDataModule` with full-softmax cross-entropy (``ce``) or binary
 cross-entropy against one sampled negative per position (``bce``); items are scored with the tied
 item embedding.
 """

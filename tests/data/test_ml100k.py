@@ -49,7 +49,7 @@ def test_ml100k_download_and_prepare(tmp_path: Path) -> None:
     # packing density on the real catalogue (MiniLM tokenizer, rows of 128 tokens, sentences + [ALIGN])
     from transformers import AutoTokenizer
 
-    from darec.data.text import mean_items_per_row
+    from darec.modules.text import mean_items_per_row
     from darec.modules.backbone import minilm_path
 
     density = mean_items_per_row(data.sentences[1:], AutoTokenizer.from_pretrained(minilm_path()), pack_len=128)

@@ -10,8 +10,10 @@ import torch
 
 from darec.data.prepared import Ragged
 from darec.data.synth import SynthConfig, write_synthetic
-from darec.data.loading import EpochSampler
-from darec.data.windows import InteractionDataModule, make_windows, PositiveSets, SequenceDataModule
+from darec.data.datamodules.training import EpochSampler
+from darec.data.datamodules.interaction import InteractionDataModule
+from darec.data.datamodules.sequence import make_windows, SequenceDataModule
+from darec.data.datamodules.training import PositiveSets
 from darec.errors import ConfigError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from darec.data.text import pack_items, pad_items, tokenize_sentences
+from darec.modules.text import pack_items, pad_items, tokenize_sentences
 from darec.errors import ConfigError
 from darec.modules.adapters import (
     adapter_params,

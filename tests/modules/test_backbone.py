@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from darec.data.text import pack_items, pad_items, tokenize_sentences
+from darec.modules.text import pack_items, pad_items, tokenize_sentences
 from darec.errors import ConfigError
 from darec.modules.backbone import BackboneConfig, load_backbone
 from darec.modules.families import family_spec

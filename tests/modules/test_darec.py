@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from darec.data.prepared import PreparedData
-from darec.data.windows import SequenceDataModule
+from darec.data.datamodules.sequence import SequenceDataModule
 from darec.errors import ConfigError
 from darec.modules.backbone import BackboneConfig
 from darec.modules.darec import DARec

@@ -7,9 +7,9 @@ import random
 import lightning as L
 import pytest
 
-from darec.data.datamodules import RecDataModule
+from darec.data.datamodules.base import RecDataModule
 from darec.data.synth import SynthConfig, write_synthetic
-from darec.data.windows import SequenceDataModule
+from darec.data.datamodules.sequence import SequenceDataModule
 from darec.modules.backbone import BackboneConfig
 from darec.modules.darec import DARec
 from darec.modules.popularity import Popularity

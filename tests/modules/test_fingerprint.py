@@ -9,9 +9,10 @@ import lightning as L
 import pytest
 
 from darec.cli.main import main
-from darec.data.datamodules import RecDataModule
+from darec.data.datamodules.base import RecDataModule
 from darec.data.synth import SynthConfig, write_synthetic
-from darec.data.windows import InteractionDataModule, SequenceDataModule
+from darec.data.datamodules.interaction import InteractionDataModule
+from darec.data.datamodules.sequence import SequenceDataModule
 from darec.errors import FingerprintError
 from darec.modules.backbone import BackboneConfig
 from darec.modules.darec import DARec

@@ -40,7 +40,7 @@ def _prepared_variant(out, change: str) -> str:
 def _mined_through_setup(data_dir: str, cache: str) -> torch.Tensor:
     import lightning as L
 
-    from darec.data.windows import SequenceDataModule
+    from darec.data.datamodules.sequence import SequenceDataModule
     from darec.modules.backbone import BackboneConfig
     from darec.modules.darec import DARec
 

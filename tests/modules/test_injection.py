@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from darec.data.prepared import PreparedData
-from darec.data.windows import normalized_adjacency, SequenceDataModule
+from darec.data.datamodules.interaction import normalized_adjacency
+from darec.data.datamodules.sequence import SequenceDataModule
 from darec.errors import ConfigError
 from darec.modules.backbone import BackboneConfig
 from darec.modules.cf import export_module

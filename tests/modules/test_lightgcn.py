@@ -9,7 +9,7 @@ import torch
 
 from darec.data.prepared import Ragged
 from darec.data.synth import SynthConfig, write_synthetic
-from darec.data.windows import InteractionDataModule, normalized_adjacency
+from darec.data.datamodules.interaction import InteractionDataModule, normalized_adjacency
 from darec.errors import ConfigError
 from darec.modules.lightgcn import LightGCN, _SymmetricSpMM, to_csr
 
@@ -91,7 +91,7 @@ def test_lightgcn_trains_and_checkpoint_evaluates_without_graph(synth_dir: str, 
 
 
 def test_fit_without_graph_is_a_clear_error(synth_dir: str) -> None:
-    from darec.data.windows import SequenceDataModule
+    from darec.data.datamodules.sequence import SequenceDataModule
 
     dm = SequenceDataModule(synth_dir)
     model = LightGCN(dm.num_items, dm.num_users, dm.fingerprint, embedding_size=8)

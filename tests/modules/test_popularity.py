@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from darec.data.datamodules import RecDataModule
+from darec.data.datamodules.base import RecDataModule
 from darec.data.prepared import PreparedData
 from darec.modules.popularity import Popularity
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from darec.data.synth import SynthConfig, write_synthetic
-from darec.data.windows import SequenceDataModule
+from darec.data.datamodules.sequence import SequenceDataModule
 from darec.errors import ConfigError
 from darec.modules.popularity import Popularity
 from darec.modules.sasrec import SASRec, SasrecConfig, SasrecEncoder
