@@ -69,7 +69,7 @@ def ensure_data(data_dir: Path, raw_dir: Path) -> Path:
     """Download and prepare ml-100k into ``data_dir`` unless it is already there."""
     from darec.data.download import download_ml100k
     from darec.data.prepare import load_config, prepare
-    from darec.data.prepared import is_prepared_dir
+    from darec.data.dataset import is_prepared_dir
 
     if is_prepared_dir(data_dir):
         return data_dir

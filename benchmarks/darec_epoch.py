@@ -230,7 +230,7 @@ def exactness(model) -> dict[str, float]:
 
 def neighbours(data_dir: str, cache_dir: str, k: int = 10) -> dict[str, dict[str, float]]:
     """Share of each item's ``k`` nearest neighbours (cosine, frozen backbone) with its year / a shared genre."""
-    from darec.data.prepared import PreparedData
+    from darec.data.dataset import PreparedData
 
     d = PreparedData(data_dir)
     years, genres = [], []

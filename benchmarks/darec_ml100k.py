@@ -61,7 +61,7 @@ def specs(seeds: list[int], sasrec_len: int, darec_variants: dict[str, dict[str,
 
 def text_vectors(data_dir: str, cache_dir: str) -> np.ndarray:
     """Frozen MiniLM item vectors (mean over the sentence's tokens with its framing), row = item id."""
-    from darec.data.prepared import PreparedData
+    from darec.data.dataset import PreparedData
     from darec.modules.backbone import BackboneConfig
     from darec.modules.darec import DARec
 
@@ -98,7 +98,7 @@ def text_fusion(sas: Run, vec: np.ndarray) -> tuple[np.ndarray, dict[str, float]
 
 
 def buckets(data_dir: str, history: list[np.ndarray], targets: np.ndarray) -> dict[str, tuple[np.ndarray, list[str]]]:
-    from darec.data.prepared import PreparedData
+    from darec.data.dataset import PreparedData
     from darec.evaluation.metrics import history_length_buckets, popularity_buckets, popularity_edges
 
     counts = torch.as_tensor(PreparedData(data_dir).train_item_counts())

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from darec.data.prepared import PreparedData  # noqa: E402
+from darec.data.dataset import PreparedData
 from darec.modules.text import pack_items, PackedBatch, pad_items, tokenize_sentences
 from darec.modules.backbone import BackboneConfig, load_backbone
 

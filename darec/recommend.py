@@ -221,7 +221,7 @@ def check_k(k: int) -> None:
 def _catalog_from_data(checkpoint: dict[str, Any], model: RecModule, path: Path,
                        data_dir: str | os.PathLike | None) -> ItemCatalog:
     """The raw ids and titles of an older checkpoint's items, from its prepared dataset."""
-    from darec.data.prepared import PreparedData, is_prepared_dir
+    from darec.data.dataset import is_prepared_dir, PreparedData
 
     data_dir = data_dir or (checkpoint.get("datamodule_hyper_parameters") or {}).get("data_dir")
     if data_dir is None or not is_prepared_dir(data_dir):

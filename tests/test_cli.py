@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from darec.cli.main import HELP, main, OWN_COMMANDS
-from darec.data.prepared import PreparedData
+from darec.data.dataset import PreparedData
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from darec.cli.main import main
-from darec.data.prepared import PreparedData
+from darec.data.dataset import PreparedData
 from darec.data.synth import SynthConfig, write_synthetic
 from darec.modules.cf import load_cf_embeddings
 

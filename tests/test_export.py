@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from darec.data.pipeline import PrepareOptions, build_tables
-from darec.data.prepared import PreparedData, save_prepared
+from darec.data.dataset import PreparedData, save_prepared
 from darec.data.synth import SynthConfig, make_synthetic
 from darec.data.datamodules.interaction import normalized_adjacency
 from darec.errors import ConfigError, FingerprintError

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from darec.cli.main import main
 from darec.data.datamodules.base import left_pad
-from darec.data.prepared import PreparedData
+from darec.data.dataset import PreparedData
 from darec.data.datamodules.interaction import InteractionDataModule
 from darec.data.datamodules.sequence import SequenceDataModule
 from darec.errors import ConfigError, DataError

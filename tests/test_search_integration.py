@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from darec.cli.main import main
-from darec.data.prepared import PreparedData
+from darec.data.dataset import PreparedData
 from darec.errors import ConfigError
 from darec.search import load_search_config
 from darec.search.space import SearchSpace

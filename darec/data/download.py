@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 
 from darec.atomic import atomic_write_text
-from darec.data.prepared import sha256_file
+from darec.data.dataset import sha256_file
 from darec.errors import DataError
 
 log = logging.getLogger(__name__)

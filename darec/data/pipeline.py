@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from darec.data.coded import CodedInteractions
-from darec.data.prepared import PreparedTables, Ragged
+from darec.data.dataset import PreparedTables, Ragged
 from darec.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from darec.data.pipeline import FilterOptions, PrepareOptions, SplitOptions, TextOptions, build_tables
-from darec.data.prepared import MANIFEST, STATS, is_prepared_dir, save_prepared, sha256_file
+from darec.data.dataset import is_prepared_dir, MANIFEST, save_prepared, sha256_file, STATS
 from darec.data.rawio import parse_time_value
 from darec.data.readers.registry import check_reader_options, read_source
 from darec.errors import ConfigError, DataError

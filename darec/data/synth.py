@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from darec.data.pipeline import PrepareOptions, build_tables
-from darec.data.prepared import save_prepared
+from darec.data.dataset import save_prepared
 
 _GENRES = ["Comedy", "Horror", "Western", "Romance", "Sci-Fi", "Documentary", "Musical", "Thriller", "Animation", "War", "Crime", "Fantasy"]
 _WORDS = [

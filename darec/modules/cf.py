@@ -38,7 +38,7 @@ import torch
 
 from darec import __version__
 from darec.atomic import atomic_path, atomic_write_text
-from darec.data.prepared import PreparedData
+from darec.data.dataset import PreparedData
 from darec.errors import ConfigError, DataError, FingerprintError
 from darec.modules.base import checkpoint_model_class
 

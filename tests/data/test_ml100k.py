@@ -16,7 +16,7 @@ import yaml
 
 from darec.data import download as dl
 from darec.data.prepare import DataConfig, prepare
-from darec.data.prepared import PreparedData
+from darec.data.dataset import PreparedData
 from darec.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]

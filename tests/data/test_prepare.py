@@ -12,7 +12,7 @@ import yaml
 
 from darec.cli.data import data_main
 from darec.data.prepare import DataConfig, load_config, prepare
-from darec.data.prepared import PreparedData, sha256_file
+from darec.data.dataset import PreparedData, sha256_file
 from darec.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

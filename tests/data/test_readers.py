@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from darec.data.pipeline import PrepareOptions, TextOptions, build_tables
-from darec.data.prepared import fingerprint_of, sha256_file
+from darec.data.dataset import fingerprint_of, sha256_file
 from darec.data.readers.movielens import read_ml100k
 from darec.data.readers.movies import split_title_year
 from darec.data.readers.registry import READERS, read_source, register_reader

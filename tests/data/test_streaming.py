@@ -13,7 +13,7 @@ import pytest
 from darec.data.coded import CodedInteractions
 from darec.data.pipeline import FilterOptions, PrepareOptions, SplitOptions, build_tables
 from darec.data.prepare import DataConfig, prepare
-from darec.data.prepared import PreparedData, fingerprint_of
+from darec.data.dataset import fingerprint_of, PreparedData
 from darec.data.readers.registry import read_source
 from darec.errors import DataError
 

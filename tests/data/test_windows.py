@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from darec.data.prepared import Ragged
+from darec.data.dataset import Ragged
 from darec.data.synth import SynthConfig, write_synthetic
 from darec.data.datamodules.training import EpochSampler
 from darec.data.datamodules.interaction import InteractionDataModule

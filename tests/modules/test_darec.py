@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 
-from darec.data.prepared import PreparedData
+from darec.data.dataset import PreparedData
 from darec.data.datamodules.sequence import SequenceDataModule
 from darec.errors import ConfigError
 from darec.modules.backbone import BackboneConfig

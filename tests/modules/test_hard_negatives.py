@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from darec.data.prepared import PreparedData
+from darec.data.dataset import PreparedData
 from darec.modules.hard_negatives import cached_hard_negatives, cooccurrence_keys, mine_hard_negatives
 
 
@@ -18,7 +18,7 @@ def _prepared_variant(out, change: str) -> str:
     interactions (the last two) replaced by other items (``"eval"``), or with one training interaction replaced
     (``"train"``)."""
     from darec.data.pipeline import PrepareOptions, build_tables
-    from darec.data.prepared import save_prepared
+    from darec.data.dataset import save_prepared
     from darec.data.synth import SynthConfig, make_synthetic
 
     inter, items = make_synthetic(SynthConfig(num_users=60, num_items=30, num_clusters=4, min_len=8, max_len=12, seed=3))

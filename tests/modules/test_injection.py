@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from darec.data.prepared import PreparedData
+from darec.data.dataset import PreparedData
 from darec.data.datamodules.interaction import normalized_adjacency
 from darec.data.datamodules.sequence import SequenceDataModule
 from darec.errors import ConfigError

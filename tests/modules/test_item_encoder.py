@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from darec.data.prepared import PreparedData
+from darec.data.dataset import PreparedData
 from darec.errors import ConfigError
 from darec.modules.adapters import adapter_state_dict, load_adapter_state_dict
 from darec.modules.backbone import BackboneConfig

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from darec.data.prepared import Ragged
+from darec.data.dataset import Ragged
 from darec.data.synth import SynthConfig, write_synthetic
 from darec.data.datamodules.interaction import InteractionDataModule, normalized_adjacency
 from darec.errors import ConfigError

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from darec.data.datamodules.base import RecDataModule
-from darec.data.prepared import PreparedData
+from darec.data.dataset import PreparedData
 from darec.modules.popularity import Popularity
 
 

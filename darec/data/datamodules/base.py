@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from darec.data.prepared import EvalSplit, PreparedData
+from darec.data.dataset import EvalSplit, PreparedData
 
 
 def left_pad(rows: list[np.ndarray], length: int | None = None) -> torch.Tensor:

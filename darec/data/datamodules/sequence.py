@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from darec.data.datamodules.base import RecDataModule
 from darec.data.datamodules.training import BatchDataset, PositiveSets, TrainLoaderMixin, resolve_seed
-from darec.data.prepared import Ragged
+from darec.data.dataset import Ragged
 from darec.errors import ConfigError
 
 

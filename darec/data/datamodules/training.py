@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from darec.data.prepared import Ragged
+from darec.data.dataset import Ragged
 from darec.errors import DataError
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from darec.data.prepared import sha256_file
+from darec.data.dataset import sha256_file
 from darec.data.rawio import RawTable
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from darec.data.pipeline import PrepareOptions, build_tables
-from darec.data.prepared import PreparedData, Ragged, fingerprint_of, save_prepared
+from darec.data.dataset import fingerprint_of, PreparedData, Ragged, save_prepared
 from darec.data.synth import SynthConfig, make_synthetic, write_synthetic
 from darec.errors import DataError, FingerprintError
 
