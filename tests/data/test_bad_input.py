@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from darec.data import prepared
+from darec.data import dataset
 from darec.cli.data import data_main
 from darec.data.prepare import DataConfig, prepare
 from darec.data.readers.registry import read_source
@@ -173,24 +173,24 @@ def test_foreign_output_directory_untouched(tmp_path: Path) -> None:
         prepare(cfg)
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
     with pytest.raises(DataError, match="is not a darec prepared dataset"):
-        prepared.save_prepared(None, out, {}, {})  # type: ignore[arg-type]
+        dataset.save_prepared(None, out, {}, {})  # type: ignore[arg-type]
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _cfg(tmp_path, "user,item,timestamp\na,x,1\na,y,2\na,z,3\nb,x,1\nb,y,2\nb,z,3\n")
-    real = prepared.fingerprint_of
+    real = dataset.fingerprint_of
 
     def boom(tables):
         raise OSError("disk full")
 
-    monkeypatch.setattr(prepared, "fingerprint_of", boom)
+    monkeypatch.setattr(dataset, "fingerprint_of", boom)
     with pytest.raises(OSError, match="disk full"):
         prepare(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.csv"]
-    monkeypatch.setattr(prepared, "fingerprint_of", real)
+    monkeypatch.setattr(dataset, "fingerprint_of", real)
     out = prepare(cfg)
     manifest = (out / "manifest.json").read_text()
-    monkeypatch.setattr(prepared, "fingerprint_of", boom)
+    monkeypatch.setattr(dataset, "fingerprint_of", boom)
     with pytest.raises(OSError):
         prepare(cfg, force=True)
     assert (out / "manifest.json").read_text() == manifest
