@@ -192,9 +192,9 @@ def drift(model, dm, steps: int = 15, sample: int = 256) -> dict[str, float]:
         fresh = model.encoder.encode(ids).float()
         cached = model.sem_cache[ids].float()
         batch = next(loader)
-        table, fresh_ids, _ = model._fresh_semantics(torch.cat([batch["input"], batch["target"]], 1))
+        table, fresh_ids, _ = model.fresh_semantics(torch.cat([batch["input"], batch["target"]], 1))
     model.refresh_every = keep
-    age = model._steps_since_refresh
+    age = model.steps_since_refresh
     cos = torch.nn.functional.cosine_similarity(fresh, cached, dim=-1).mean()
     sf, sc = model.standardise(fresh), model.standardise(cached)
     rel = ((sf - sc).norm(dim=-1) / sc.norm(dim=-1).clamp(min=1e-9)).mean()

@@ -216,7 +216,7 @@ class DARec(RecModule):
         self._ready = False
         self._mined = False
         self._cache_built = False
-        self._steps_since_refresh = 0
+        self.steps_since_refresh = 0
 
     @torch.no_grad()
     def _init_projections(self) -> None:
@@ -299,7 +299,7 @@ class DARec(RecModule):
 
         A no-op once built when nothing at the item level trains (``item_adapter_layers: 0``, no fresh items)."""
         if self._cache_built and self.item_level_frozen:
-            self._steps_since_refresh = 0
+            self.steps_since_refresh = 0
             return
         with _eval_mode(self):
             self.sem_cache.copy_(self.encoder.encode_all(self.num_items).to(self.sem_cache.dtype))
@@ -309,7 +309,7 @@ class DARec(RecModule):
         scale = centred.pow(2).sum(1).mean().sqrt() / max(1, rows.shape[1]) ** 0.5 if len(rows) > 1 else rows.new_ones(())
         self.sem_std.fill_(float(scale.clamp(min=1e-6)))
         self._cache_built = True
-        self._steps_since_refresh = 0
+        self.steps_since_refresh = 0
 
     @property
     def item_level_frozen(self) -> bool:
@@ -385,7 +385,7 @@ class DARec(RecModule):
             table = torch.cat([table, self.injection.residual_items(table.shape[0]).to(table.dtype)], -1)
         return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
 
-    def _fresh_semantics(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def fresh_semantics(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Semantic table with the batch's items (up to ``max_fresh_items``) encoded with gradient."""
         uniq = torch.unique(ids[ids > 0])
         if len(uniq) > self.max_fresh_items:
@@ -465,15 +465,15 @@ class DARec(RecModule):
     # ----------------------------------------------------------------- training
     def on_train_epoch_start(self) -> None:
         resumed_mid_epoch = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed > 0
-        if not self._cache_built or (self._steps_since_refresh > 0 and not resumed_mid_epoch):
+        if not self._cache_built or (self.steps_since_refresh > 0 and not resumed_mid_epoch):
             self.refresh_cache()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self.refresh_every > 0 and self._steps_since_refresh >= self.refresh_every:
+        if self.refresh_every > 0 and self.steps_since_refresh >= self.refresh_every:
             self.refresh_cache()
-        self._steps_since_refresh += 1
+        self.steps_since_refresh += 1
         seq, tgt = batch["input"], batch["target"]
-        sem, fresh_ids, fresh = self._fresh_semantics(torch.cat([seq, tgt], 1))
+        sem, fresh_ids, fresh = self.fresh_semantics(torch.cat([seq, tgt], 1))
         table = self.item_table(sem)
         out = self.scoring_states(seq, sem)
         keep = tgt > 0
@@ -583,7 +583,7 @@ class DARec(RecModule):
         checkpoint["darec_backbone"] = self.backbone.identity()
         if self._cache_built and not self.item_level_frozen:  # a frozen item level recomputes the same cache
             checkpoint["darec_item_cache"] = {"sem_cache": self.sem_cache.cpu(), "sem_mean": self.sem_mean.cpu(),
-                                              "sem_std": self.sem_std.cpu(), "steps_since_refresh": self._steps_since_refresh}
+                                              "sem_std": self.sem_std.cpu(), "steps_since_refresh": self.steps_since_refresh}
         if self._ready:
             checkpoint["darec_items"] = {"raw_ids": self.item_raw_ids, "sentences": self.item_sentences, "text_hash": self.text_hash}
         checkpoint["darec_assignment"] = [asdict(a) if hasattr(a, "__dataclass_fields__") else a for a in self.assignment]
@@ -600,7 +600,7 @@ class DARec(RecModule):
         if cache is not None:  # resume with the item rows training saw, refreshed on the same schedule
             for name in ("sem_cache", "sem_mean", "sem_std"):
                 getattr(self, name).copy_(cache[name])
-            self._steps_since_refresh, self._cache_built = int(cache["steps_since_refresh"]), True
+            self.steps_since_refresh, self._cache_built = int(cache["steps_since_refresh"]), True
         ident = checkpoint.get("darec_backbone")
         if ident and ident.get("weights_sha256") != self.backbone.identity()["weights_sha256"]:
             raise ConfigError(

@@ -64,7 +64,7 @@ def test_straight_through_rows_equal_the_cache_and_carry_the_adapter_gradient(sm
     m.refresh_cache()
     _perturb_adapters(m, seed=1)  # the adapters moved since the refresh: the cache is stale
     ids = torch.tensor([[0, 2, 5, 9]])
-    table, fresh_ids, _ = m._fresh_semantics(ids)
+    table, fresh_ids, _ = m.fresh_semantics(ids)
     assert fresh_ids.tolist() == [2, 5, 9]
     torch.testing.assert_close(table, m.sem_cache.float(), atol=0, rtol=0)  # values: all cached
     table[fresh_ids].sum().backward()
@@ -73,7 +73,7 @@ def test_straight_through_rows_equal_the_cache_and_carry_the_adapter_gradient(sm
     old = _model(small_synth_dir, tmp_path, fresh_gradient="replace")
     old.load_state_dict(m.state_dict())
     old.sem_cache.copy_(m.sem_cache)
-    table_old, _, _ = old._fresh_semantics(ids)
+    table_old, _, _ = old.fresh_semantics(ids)
     assert not torch.allclose(table_old[fresh_ids], m.sem_cache[fresh_ids], atol=1e-4)  # the old path differs
 
 
