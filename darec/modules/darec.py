@@ -55,12 +55,12 @@ def _as(cls: type, value: Any) -> Any:
 class DARec(RecModule):
     """DARec (arXiv:2408.07427) for full-ranking next-item recommendation.
 
-    The defaults are the configuration measured best on ml-100k on a CPU (``benchmarks/darec_ml100k.json``,
+    The defaults are the configuration benchmarked on ml-100k on a CPU (``benchmarks/darec_ml100k.json``,
     ``benchmarks/ablation.json``): item sentences are encoded once by the frozen backbone (context masking, mean of
     the token states) and the adapters adapt the sequence level. The paper's item-level adaptation, where the
     adapters also act on item text and the masked-context loss aligns item vectors with item IDs, is
     ``item_adapter_layers: null, max_fresh_items: 64, losses: {masked_context: true}``; it costs an item-level pass
-    with gradient every step and cache refreshes, and did not help on ml-100k.
+    with gradient every step and cache refreshes (``benchmarks/darec_epoch.json``, ``after_item_level``).
 
     Args:
         backbone: which language model (frozen) and how to load it.
