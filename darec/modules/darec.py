@@ -60,7 +60,7 @@ class DARec(RecModule):
     the token states) and the adapters adapt the sequence level. The paper's item-level adaptation, where the
     adapters also act on item text and the masked-context loss aligns item vectors with item IDs, is
     ``item_adapter_layers: null, max_fresh_items: 64, losses: {masked_context: true}``; it costs an item-level pass
-    with gradient every step and cache refreshes (``benchmarks/darec_epoch.json``, ``after_item_level``).
+    with gradient every step and cache refreshes (``benchmarks/darec_epoch.py --skip before after`` measures it).
 
     Args:
         backbone: which language model (frozen) and how to load it.
