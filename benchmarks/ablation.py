@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
-from runs import RunSpec, is_done, load, ndcg10, run_all, run_dir  # noqa: E402
+from runs import RunSpec, has_lm_only, is_done, load, ndcg10, run_all  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _lm_or_fused(work: Path, name: str) -> Any:
     """The run's language-model-only scores where it has a residual part, else its scores (they are the same)."""
-    return load(work, name, lm_only=(run_dir(work, name) / "test_scores_lm.npy").exists())
+    return load(work, name, lm_only=has_lm_only(work, name))
 
 
 if __name__ == "__main__":

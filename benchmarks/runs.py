@@ -213,6 +213,11 @@ class Run:
         return ranks(self.scores[split] if scores is None else scores, self.targets[split], self.history[split])
 
 
+def has_lm_only(work: Path, name: str) -> bool:
+    """Whether the run has language-model-only scores (a residual DARec), which ``load(..., lm_only=True)`` reads."""
+    return (run_dir(work, name) / "test_scores_lm.npy").is_file()
+
+
 def load(work: Path, name: str, lm_only: bool = False) -> Run:
     """A finished run; ``lm_only`` takes a residual DARec's scores without SASRec's part (same checkpoint)."""
     d = run_dir(work, name)

@@ -80,17 +80,18 @@ class CollaborativeInjection(nn.Module):
         self.sasrec_encoder = None
         self.mean_dim = 0  # columns of the running-mean sources (they lead the CF table)
         if cfg.mode != "none":
-            exports = [load_cf_embeddings(path, fingerprint or None) for path in paths]
-            for path, emb in zip(paths, exports, strict=True):
+            sources = [(path, load_cf_embeddings(path, fingerprint or None)) for path in paths]
+            for path, emb in sources:
                 if emb.item_emb.shape[0] != num_items + 1:
                     raise ConfigError(f"{path}: item table has {emb.item_emb.shape[0] - 1} items, the data has {num_items}")
                 if emb.causal_user_states not in (None, USER_STATES):
                     raise ConfigError(f"{path}: unknown causal user states {emb.causal_user_states!r}")
-            with_encoder = [(p, e) for p, e in zip(paths, exports, strict=True) if e.causal_user_states is not None]
+            with_encoder = [path for path, emb in sources if emb.causal_user_states is not None]
             if len(with_encoder) > 1:
-                raise ConfigError(f"at most one injected export may bring causal user states; got {[p for p, _ in with_encoder]}")
-            # running-mean sources first, the source with its own user encoder last (its part of c_j and u_t comes last)
-            for path, emb in [(p, e) for p, e in zip(paths, exports, strict=True) if e.causal_user_states is None] + with_encoder:
+                raise ConfigError(f"at most one injected export may bring causal user states; got {with_encoder}")
+            # running-mean sources first (in order), the source with its own user encoder last (its part of c_j and u_t
+            # comes last); the sort is stable
+            for _, emb in sorted(sources, key=lambda source: source[1].causal_user_states is not None):
                 tables.append(emb.item_emb.float())
                 flags.append(emb.has_cf)
                 if emb.causal_user_states is None:

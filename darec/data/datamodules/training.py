@@ -170,7 +170,7 @@ class TrainLoaderMixin:
     num_workers: int
     shuffle: bool
 
-    def _train_loader(self, dataset: WindowDataset | PairDataset) -> DataLoader:
+    def _train_loader(self, dataset: BatchDataset) -> DataLoader:
         sampler = EpochSampler(len(dataset), dataset.seed, self.shuffle, on_epoch=dataset.set_epoch)
         return ResumableLoader(
             dataset,
