@@ -1,8 +1,11 @@
 """Per-layer adapters for the frozen backbone: a registry of types, injection by module replacement, state dicts.
 
 Built-in types: ``none``, ``serial`` (bottleneck after the attention and after the feed-forward sub-block),
-``parallel`` (bottleneck alongside the feed-forward block) and ``lora`` (low-rank update of the attention
-projections). Every type starts as the identity: the last projection of each adapter is zero-initialised.
+``parallel`` (bottleneck alongside the feed-forward block), ``lora`` (low-rank update of the attention
+projections) and ``mixture`` (the three as experts mixed per token by a learned router; ``darec.modules.mixture``).
+Every type starts as the identity: the last projection of each adapter is zero-initialised. A container may
+return an auxiliary loss of its last forward pass from ``aux_loss()`` (the mixture's load-balancing term); DARec
+adds it to its training loss.
 
 Protocol of an adapter type (no need to edit this package; see ``tests/modules/custom_adapter_example.py``)::
 
@@ -47,6 +50,7 @@ __all__ = [
     "AdapterWrapper",
     "Bottleneck",
     "LoraDelta",
+    "in_out_features",
     "register_adapter",
     "registered_adapters",
     "resolve_adapter",
@@ -61,6 +65,8 @@ __all__ = [
 ]
 
 _REGISTRY: dict[str, type] = {}
+# built-in types that live in their own module, imported (and so registered) when first named or listed
+_BUILTIN_MODULES = {"mixture": "darec.modules.mixture"}
 _TYPE_KEY = "__type__"
 
 
@@ -86,6 +92,10 @@ class AdapterContainer(nn.Module):
     def adapter_params(self) -> dict[str, nn.Parameter]:
         """The trainable parameters of this adapter, by name relative to the container."""
         return dict(self.named_parameters())
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """An auxiliary training loss of the last forward pass (the mixture's load balance), or None."""
+        return None
 
     def extra_repr(self) -> str:
         return f"type={self.adapter_type!r}, size={self.size}"
@@ -119,12 +129,16 @@ def register_adapter(name: str) -> Callable[[type], type]:
 
 def registered_adapters() -> list[str]:
     """Names of the registered adapter types (class paths used so far included)."""
+    for module_name in _BUILTIN_MODULES.values():
+        importlib.import_module(module_name)
     return sorted(_REGISTRY)
 
 
 def resolve_adapter(name: str) -> type:
     """The adapter type called ``name``: a registered name, or a class path ``pkg.module.ClassName``
     (also ``pkg.module:ClassName``) that is imported and registered under that path."""
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" in name:
@@ -212,7 +226,7 @@ class LoraDelta(nn.Module):
         return self.lora_B(self.lora_A(x)) * self.scaling
 
 
-def _in_out_features(module: nn.Module, path: str) -> tuple[int, int]:
+def in_out_features(module: nn.Module, path: str) -> tuple[int, int]:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     weight = getattr(module, "weight", None)
@@ -273,7 +287,7 @@ class LoraAdapter(AdapterType):
         container = AdapterContainer()
         container.lora = nn.ModuleDict()
         for path in spec.lora_targets:
-            in_f, out_f = _in_out_features(layer.get_submodule(path), path)
+            in_f, out_f = in_out_features(layer.get_submodule(path), path)
             delta = LoraDelta(in_f, out_f, rank, alpha=2.0 * rank)
             container.lora[path.replace(".", "__")] = delta
             wrap_output(layer, path, delta, mode="parallel", input_index=0)

@@ -33,7 +33,7 @@ RESIDUAL_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 @dataclass
 class LossConfig:
-    """Weights and switches of the three adaption losses."""
+    """Weights and switches of the three adaption losses and of the adapters' auxiliary loss."""
 
     next_item: bool = True  # full-softmax next-item cross-entropy
     sampled_softmax: int = 0  # > 0: sampled softmax with this many shared negatives instead
@@ -45,6 +45,7 @@ class LossConfig:
     hard_source: str = "text"  # vectors to mine with: "text" (frozen mean-pooled backbone) or "cf"
     hard_window: int = 5  # never co-occur within ± this many positions in a training history
     temperature: float = 1.0  # InfoNCE temperature
+    lambda_balance: float = 0.01  # weight of the adapters' auxiliary loss (the mixture adapter's load balance)
 
 
 def _as(cls: type, value: Any) -> Any:
@@ -488,6 +489,9 @@ class DARec(RecModule):
             terms["masked_context"] = lo.lambda_mc * alignment_loss(self.w_a(sem_ok), self.id_table, fresh_ids[ok])
         if lo.hard_negative and lo.lambda_hard > 0:
             terms["hard_negative"] = lo.lambda_hard * hard_negative_loss(h, table, t, self.hard_negs[t], lo.temperature)
+        aux = [a for c in self.backbone.adapters if (a := c.aux_loss()) is not None]
+        if aux and lo.lambda_balance > 0:  # of the last backbone pass: the sequence level
+            terms["balance"] = lo.lambda_balance * torch.stack(aux).mean()
         loss = sum(terms.values())
         for k, v in terms.items():
             self.log(f"train/{k}", v.detach(), batch_size=seq.shape[0])

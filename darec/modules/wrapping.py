@@ -93,6 +93,8 @@ def wrap_output(
     parent_path, _, child = path.rpartition(".")
     try:
         parent = layer.get_submodule(parent_path) if parent_path else layer
+        while isinstance(parent, ModuleWrapper) and child not in parent._modules:
+            parent = parent.base_layer  # the path runs through a module wrapped before: replace inside it
         base = getattr(parent, child)
     except AttributeError as err:
         raise ConfigError(f"layer {type(layer).__name__} has no submodule {path!r}; check its FamilySpec") from err

@@ -200,3 +200,36 @@ def test_bf16_backbone_with_fp32_adapters():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert bb.adapters[0].attn.up.weight.grad is not None
+
+
+def test_a_path_inside_a_wrapped_module_is_wrapped_inside_it():
+    """Wrapping ``block`` and then ``block.dense`` (the mixture adapter does this in BERT's feed-forward output):
+    both adapters run; the second is not left on the outer wrapper where nothing calls it."""
+    from torch import nn
+
+    from darec.modules.adapters import wrap_output
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.dense(x)
+
+    class Add(nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, x):
+            return torch.full_like(x, self.value)
+
+    layer = nn.Module()
+    layer.block = Block()
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        ref = layer.block(x)
+        wrap_output(layer, "block", Add(1.0), mode="residual")
+        wrap_output(layer, "block.dense", Add(10.0), mode="residual")
+        assert torch.allclose(layer.block(x), ref + 11.0)
