@@ -8,11 +8,13 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from darec.errors import ConfigError
 from darec.search import TrialResult, config_from_dict, run_search
 from darec.search.state import Journal
+from darec.search.stopping import decide, read_thresholds
 
 TYPES = ["none", "serial", "lora"]
 # The planted objective: each layer prefers one type (gain 0.06), has a second choice (0.03) and a worst (0).
@@ -23,19 +25,27 @@ PLANTED = ("lora", "serial", "none")
 MARGIN = 0.03  # the planted best beats every other assignment by at least this much
 NOISE = 0.01  # standard deviation of the observation noise
 PARAMS = {"none": 0, "serial": 100, "lora": 30}
+RISE = (0.5, 0.8, 0.95, 1.0)  # share of the final value reached after each epoch of a multi-epoch trial
 
 
 def true_value(assignment) -> float:
     return sum(GAIN[i][t] for i, t in enumerate(assignment))
 
 
+def seconds_per_epoch(assignment) -> float:
+    """The planted cost: layers below the first adapted one are a frozen prefix, computed once and free."""
+    first = next((i for i, t in enumerate(assignment) if t != "none"), len(assignment))
+    return 5.0 + 10.0 * (len(assignment) - first)
+
+
 class Planted:
     """The synthetic objective: the planted value plus seeded noise; records every call."""
 
-    def __init__(self, fail: dict[int, str] | None = None, interrupt_at: int | None = None):
+    def __init__(self, fail: dict[int, str] | None = None, interrupt_at: int | None = None, epochs: int | None = None):
         self.calls: list[tuple[str, int, tuple[str, ...]]] = []
         self.fail = fail or {}
         self.interrupt_at = interrupt_at
+        self.epochs = epochs  # train epoch by epoch (a rising curve) and obey the search's early stopping
 
     def __call__(self, job) -> TrialResult:
         self.calls.append((job.phase, job.index, job.candidate.assignment))
@@ -47,7 +57,18 @@ class Planted:
             raise RuntimeError(self.fail[job.index])
         a = job.candidate.assignment
         noisy = true_value(a) + random.Random(job.seed).gauss(0.0, NOISE)
-        return TrialResult("completed", noisy, {"val/ndcg@10": noisy}, sum(PARAMS[t] for t in a))
+        cost = {"trainable_params": sum(PARAMS[t] for t in a), "seconds_per_epoch": seconds_per_epoch(a)}
+        if self.epochs is None:
+            return TrialResult("completed", noisy, {"val/ndcg@10": noisy}, **cost)
+        curve, stopped = [], f"max_epochs reached ({self.epochs})"
+        for epoch in range(self.epochs):
+            curve.append(noisy * RISE[epoch])
+            rule, table = read_thresholds(job.stop_file) if job.stop_file else (None, {})
+            reason = decide(table, rule, curve, self.epochs) if rule else None
+            if reason:
+                stopped = reason
+                break
+        return TrialResult("completed", max(curve), {"val/ndcg@10": max(curve)}, curve=curve, stopped=stopped, **cost)
 
 
 def _cfg(tmp_path: Path, **kw) -> object:
@@ -95,6 +116,10 @@ def test_bo_uses_the_data_finds_the_planted_best_and_beats_random(tmp_path):
             cfg = _cfg(tmp_path / f"{method}{seed}", seed=seed, method=method, trials=budget, init_trials=init)
             outcome = run_search(cfg, objective=Planted(), num_layers=3, progress=False)
             out.append((*_found(outcome), _post_init_mean(outcome, init)))
+            if method == "bo":  # Ax's leave-one-out fit beats a constant (measured ratio 0.27-0.41), no arm repeats
+                loo, arms = outcome.diagnostics["surrogate_loo"], outcome.diagnostics["arms"]
+                assert loo["points"] >= budget - 1 and loo["mse_ratio"] < 0.7, loo
+                assert arms == {"proposed_after_init": budget - init, "repeated": 0, "repeated_trials": []}
     chance = sum(true_value(a) for a in itertools.product(TYPES, repeat=3)) / len(TYPES) ** 3
     # BO's proposals follow the data: on average they beat the average assignment (0.09) by a third of the margin.
     bo_post = sum(p for _, _, p in bo) / len(seeds)
@@ -194,23 +219,27 @@ def test_user_registered_adapter_type_is_searched(tmp_path, monkeypatch):
     assert any(custom in r["adapters"] for r in out.records.values())
 
 
-def test_multi_objective_reports_a_pareto_front(tmp_path):
-    cfg = _cfg(tmp_path, trials=8, method="random", multi_objective=True, rerun={"top_k": 2, "seeds": 1})
+def _dominates(o, r, costs) -> bool:
+    """``o`` is at least as good as ``r`` on quality and every cost, and better on one."""
+    keys = [("ndcg@10", 1)] + [(c, -1) for c in costs]
+    return all(sign * o[k] >= sign * r[k] for k, sign in keys) and any(o[k] != r[k] for k, _ in keys)
+
+
+@pytest.mark.parametrize("costs", [["trainable_params"], ["seconds_per_epoch", "trainable_params"]])
+def test_multi_objective_reports_a_pareto_front(tmp_path, costs):
+    cfg = _cfg(tmp_path, trials=8, method="random", multi_objective=True, costs=costs, rerun={"top_k": 2, "seeds": 1})
     out = run_search(cfg, objective=Planted(), num_layers=3, progress=False)
     done = [r for r in out.records.values() if r["status"] == "completed"]
+    assert all(r["seconds_per_epoch"] == seconds_per_epoch(r["adapters"]) for r in done)  # the cost reached the journal
     front = {c.candidate.assignment for c in out.pareto}
     assert front
-    for a in front:  # no completed trial dominates a front point
-        ra = next(r for r in done if tuple(r["adapters"]) == a)
-        assert not any(r["ndcg@10"] >= ra["ndcg@10"] and r["trainable_params"] <= ra["trainable_params"]
-                       and (r["ndcg@10"], r["trainable_params"]) != (ra["ndcg@10"], ra["trainable_params"]) for r in done)
-    # every non-dominated completed trial is on the front
-    nondominated = {tuple(r["adapters"]) for r in done if not any(
-        o["ndcg@10"] >= r["ndcg@10"] and o["trainable_params"] <= r["trainable_params"]
-        and (o["ndcg@10"], o["trainable_params"]) != (r["ndcg@10"], r["trainable_params"]) for o in done)}
+    # the front is exactly the completed trials that no other completed trial dominates
+    nondominated = {tuple(r["adapters"]) for r in done if not any(_dominates(o, r, costs) for o in done)}
     assert front == nondominated
     assert (out.out_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(json.loads((out.out_dir / "summary.json").read_text())["pareto"]) == len(front)
+    summary = json.loads((out.out_dir / "summary.json").read_text())
+    assert len(summary["pareto"]) == len(front)
+    assert all(p["seconds_per_epoch"] == seconds_per_epoch(p["adapters"]) for p in summary["pareto"])
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -222,8 +251,21 @@ def test_multi_objective_reports_a_pareto_front(tmp_path):
     ({"space": {"types": TYPES, "lr": [0.01, 0.001]}}, "low < high"),
     ({"rerun": {"seeds": 0}}, "fresh seeds"),
     ({"budgets": {}}, "unknown key"),
+    ({"multi_objective": True, "costs": ["gpu_hours"]}, "costs must be distinct names"),
+    ({"early_stopping": {"percentile": 100}}, "early_stopping.percentile must be in"),
+    ({"early_stopping": {"grace_epochs": 0}}, "early_stopping.grace_epochs must be a positive integer"),
 ])
 def test_bad_search_configs_are_refused(tmp_path, bad, match):
     with pytest.raises(ConfigError, match=match):
         cfg = _cfg(tmp_path, **bad)
         run_search(cfg, objective=Planted(), num_layers=3, progress=False)
+
+
+def test_diagnostics_by_hand():
+    from darec.search.diagnostics import loo_constant_mse, repeated_arms
+
+    obs = np.array([1.0, 2.0, 4.0])
+    # leave-one-out means: 3, 2.5, 1.5
+    assert loo_constant_mse(obs) == pytest.approx(((1 - 3) ** 2 + (2 - 2.5) ** 2 + (4 - 1.5) ** 2) / 3)
+    recs = {i: {"trial": i, "candidate_key": k} for i, k in enumerate(["a", "b", "a", "c", "b", "a"])}
+    assert repeated_arms(recs, init_trials=3) == {"proposed_after_init": 3, "repeated": 2, "repeated_trials": [4, 5]}

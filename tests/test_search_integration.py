@@ -28,7 +28,9 @@ def test_shipped_search_config_loads_and_derives_its_space(tmp_path):
     space = SearchSpace.from_config(cfg, num_layers_of(base))  # the layer count comes from the backbone
     names = [p.name for p in space.ax_parameters()]
     assert names == ["layer_0", "layer_1", "layer_2"]
-    assert space.ax_parameters()[0].values == ["none", "serial", "parallel", "lora"]
+    assert space.ax_parameters()[0].values == ["none", "serial", "parallel", "lora", "mixture"]
+    assert cfg.multi_objective is False and cfg.costs == ["seconds_per_epoch", "trainable_params"]
+    assert (cfg.budget.epochs, cfg.early_stopping.percentile, cfg.early_stopping.grace_epochs) == (2, 50, 1)
     cfg.space.sizes = {"serial": [16, 64], "lora": [4, 8]}
     cfg.space.lr = [1e-4, 1e-2]
     space = SearchSpace.from_config(cfg, 2)
@@ -50,7 +52,12 @@ def test_failure_reasons_name_the_cause(tmp_path):
     res = read_report(report)
     assert res.status == "failed" and "not finite" in res.reason and res.trainable_params == 7
     report.write_text(json.dumps({"trainable_params": 7, "val": [{"val/ndcg@10": 0.2}, {"val/ndcg@10": 0.3, "val/hr@10": 0.5}]}))
-    assert read_report(report) == TrialResult("completed", 0.3, {"val/ndcg@10": 0.3, "val/hr@10": 0.5}, 7)
+    assert read_report(report) == TrialResult("completed", 0.3, {"val/ndcg@10": 0.3, "val/hr@10": 0.5}, 7,
+                                              curve=[0.2, 0.3])
+    report.write_text(json.dumps({"trainable_params": 7, "val": [{"val/ndcg@10": 0.2}], "train_s": [3.0, 5.0],
+                                  "stopped": "pruned after epoch 1: ..."}))
+    res = read_report(report)
+    assert res.seconds_per_epoch == 4.0 and res.pruned and res.curve == [0.2]
 
 
 def _metrics(path: Path) -> dict[str, str]:
@@ -79,7 +86,9 @@ def test_three_real_trials_rerun_refit(small_synth_dir, tmp_path, monkeypatch):
     for r in search:
         assert r["status"] == "completed" and 0.0 < r["ndcg@10"] <= 1.0 and r["duration_s"] > 0
         assert len(r["adapters"]) == 2 and set(r["adapters"]) <= {"none", "serial", "lora"}  # tiny-bert: 2 layers
-        assert r["metrics"]["val/ndcg@10"] == r["ndcg@10"]
+        assert r["metrics"]["val/ndcg@10"] == r["ndcg@10"] and r["curve"] == [r["ndcg@10"]]
+        assert r["epochs"] == 1 and r["stopped"] == "max_epochs reached (1)" and not r["pruned"]
+        assert 0 < r["seconds_per_epoch"] < r["duration_s"]  # training seconds only, measured inside the trial
         trial = Path(r["trial_dir"])
         cfg = yaml.safe_load((trial / "trial.yaml").read_text())
         assert cfg["test_after_fit"] is False and cfg["model"]["init_args"]["adapters"] == r["adapters"]

@@ -11,6 +11,9 @@ from typing import Any
 import yaml
 
 from darec.errors import ConfigError
+from darec.search.stopping import EarlyStoppingConfig
+
+COSTS = ("seconds_per_epoch", "trainable_params")  # second objectives a multi-objective search can minimise
 
 
 @dataclass
@@ -61,12 +64,14 @@ class SearchConfig:
     seed: int = 0  # seeds Ax; search trial i trains with seed + i
     method: str = "bo"  # bo | random
     init_trials: int = 5  # quasi-random trials before Bayesian optimisation
-    multi_objective: bool = False  # also minimise trainable parameters
+    multi_objective: bool = False  # also minimise the costs below and report the Pareto front
+    costs: list[str] = field(default_factory=lambda: ["seconds_per_epoch", "trainable_params"])  # see COSTS
     share_cache: bool = False  # share DARec's token/hard-negative cache across trials
     top_fraction: float = 0.25  # share of completed trials the choice-frequency plot counts
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted fit-config keys set in every trial
     space: SpaceConfig = field(default_factory=SpaceConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     rerun: RerunConfig = field(default_factory=RerunConfig)
     refit: RefitConfig = field(default_factory=RefitConfig)
 
@@ -80,6 +85,11 @@ class SearchConfig:
             value = getattr(self.budget, key)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise ConfigError(f"budget.{key} must be a positive number of minutes or null, got {value!r}")
+        self.early_stopping.validate()
+        unknown = [c for c in self.costs if c not in COSTS]
+        if unknown or len(set(self.costs)) != len(self.costs) or (self.multi_objective and not self.costs):
+            raise ConfigError(f"costs must be distinct names from {list(COSTS)} (at least one with multi_objective), "
+                              f"got {self.costs!r}")
         if self.method not in ("bo", "random"):
             raise ConfigError(f"method must be 'bo' or 'random', got {self.method!r}")
         if self.init_trials < 1:
@@ -123,7 +133,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"unknown key(s) {unknown} in {where or 'the search config'}; known: {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
-        sub = {"space": SpaceConfig, "budget": BudgetConfig, "rerun": RerunConfig, "refit": RefitConfig}.get(name)
+        sub = {"space": SpaceConfig, "budget": BudgetConfig, "rerun": RerunConfig, "refit": RefitConfig,
+               "early_stopping": EarlyStoppingConfig}.get(name)
         kwargs[name] = _build(sub, value, f"{where}{name}.") if sub and cls is SearchConfig else value
     return cls(**kwargs)
 

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from darec.search.config import SearchConfig
 from darec.search.space import SearchSpace
 from darec.search.state import SearchState
+from darec.search.stopping import write_thresholds
 from darec.search.trial import Objective, TrialJob, TrialResult, run_safely
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,9 @@ def trial_record(job: TrialJob, result: TrialResult, seconds: float) -> dict[str
         "trial": job.index, "phase": job.phase, "status": result.status, "reason": result.reason,
         "adapters": list(job.candidate.assignment), "knobs": dict(job.candidate.knobs),
         "candidate_key": job.candidate.key, "ndcg@10": result.ndcg10, "metrics": result.metrics,
-        "trainable_params": result.trainable_params, "seed": job.seed, "duration_s": round(seconds, 3),
+        "trainable_params": result.trainable_params, "seconds_per_epoch": result.seconds_per_epoch,
+        "epochs": len(result.curve), "curve": result.curve, "stopped": result.stopped, "pruned": result.pruned,
+        "seed": job.seed, "duration_s": round(seconds, 3),
         "trial_dir": str(job.trial_dir), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -74,6 +77,13 @@ def search_phase(cfg: SearchConfig, space: SearchSpace, state: SearchState, obje
     if queue:
         log.info("resuming: %d unfinished trial(s) run again under the same index: %s", len(queue), [i for i, _ in queue])
     started = len(done)
+    stop_file = out / "stopping.json"
+
+    def update_thresholds() -> None:
+        write_thresholds(stop_file, [r.get("curve") or [] for r in done.values() if r["status"] == "completed"],
+                         cfg.early_stopping)
+
+    update_thresholds()
     bar = tqdm(total=max(cfg.trials, len(done) + len(queue)), initial=len(done), desc="search trials", unit="trial",
                disable=not progress, dynamic_ncols=True)
 
@@ -92,7 +102,7 @@ def search_phase(cfg: SearchConfig, space: SearchSpace, state: SearchState, obje
             return None
         started += 1
         return TrialJob(index, "search", space.candidate(params), cfg.seed + index, out / "trials" / f"trial_{index:04d}",
-                        slot)
+                        slot, stop_file=stop_file)
 
     def on_done(job: TrialJob, result: TrialResult, seconds: float) -> None:
         record = trial_record(job, result, seconds)
@@ -100,8 +110,11 @@ def search_phase(cfg: SearchConfig, space: SearchSpace, state: SearchState, obje
         state.tell(job.index, record)
         state.save_ax()
         done[job.index] = record
+        update_thresholds()
         if result.status == "failed":
             log.warning("trial %d failed (%s); the search continues", job.index, result.reason)
+        elif result.pruned:
+            log.info("trial %d stopped early: %s", job.index, result.stopped)
         best = _best_so_far(done)
         bar.set_postfix_str(f"best val NDCG@10 {best:.4f}" if best is not None else "no completed trial yet")
         bar.update(1)

@@ -34,15 +34,19 @@ def _save(fig: Any, ax: Any, path: Path, xlabel: str, title: str) -> Path:
 
 
 def plot_trace(records: dict[int, dict[str, Any]], path: Path) -> Path:
-    """Validation NDCG@10 of every search trial and the best so far, against the trial number."""
+    """Validation NDCG@10 of every search trial and the best so far (over trials that ran every epoch)."""
     plt = _pyplot()
     rows = sorted(records.values(), key=lambda r: r["trial"])
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ok = [r for r in rows if r["status"] == "completed"]
-    ax.scatter([r["trial"] for r in ok], [r["ndcg@10"] for r in ok], s=18, color="tab:blue", label="trial")
+    full, pruned = [r for r in ok if not r.get("pruned")], [r for r in ok if r.get("pruned")]
+    ax.scatter([r["trial"] for r in full], [r["ndcg@10"] for r in full], s=18, color="tab:blue", label="trial")
+    if pruned:
+        ax.scatter([r["trial"] for r in pruned], [r["ndcg@10"] for r in pruned], s=18, facecolors="none",
+                   edgecolors="tab:blue", label="stopped early (best so far)")
     best, xs, ys = -math.inf, [], []
     for r in rows:
-        if r["status"] == "completed":
+        if r["status"] == "completed" and not r.get("pruned"):
             best = max(best, r["ndcg@10"])
         if best > -math.inf:
             xs.append(r["trial"])
@@ -88,18 +92,27 @@ def plot_choices(records: dict[int, dict[str, Any]], space: SearchSpace, fractio
     return path
 
 
-def plot_pareto(records: dict[int, dict[str, Any]], front: list[Any], path: Path) -> Path:
-    """Trainable parameters against validation NDCG@10; the Pareto front joined, fresh-seed means with error bars."""
+COST_LABELS = {"seconds_per_epoch": "training seconds per epoch", "trainable_params": "trainable parameters"}
+
+
+def plot_pareto(records: dict[int, dict[str, Any]], front: list[Any], path: Path, cost: str = "trainable_params") -> Path:
+    """Validation NDCG@10 against ``cost`` (a record key: ``trainable_params`` or ``seconds_per_epoch``): every trial,
+    the Pareto front joined, and the fresh-seed means with error bars. Pruned trials are drawn hollow."""
     plt = _pyplot()
-    ok = [r for r in records.values() if r["status"] == "completed" and r.get("trainable_params")]
+    ok = [r for r in records.values() if r["status"] == "completed" and r.get(cost)]
+    full, pruned = [r for r in ok if not r.get("pruned")], [r for r in ok if r.get("pruned")]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.scatter([r["trainable_params"] for r in ok], [r["ndcg@10"] for r in ok], s=16, color="tab:gray", label="trial")
-    pts = sorted((c.trainable_params, c.search_ndcg10) for c in front if c.trainable_params)
+    ax.scatter([r[cost] for r in full], [r["ndcg@10"] for r in full], s=16, color="tab:gray", label="trial")
+    if pruned:
+        ax.scatter([r[cost] for r in pruned], [r["ndcg@10"] for r in pruned], s=16, facecolors="none",
+                   edgecolors="tab:gray", label="trial stopped early (best so far)")
+    pts = sorted((getattr(c, cost), c.search_ndcg10) for c in front if getattr(c, cost))
     if pts:
         ax.plot(*zip(*pts), "-o", color="tab:orange", label="Pareto front (search)")
-    judged = [c for c in front if c.fresh and c.trainable_params]
+    judged = [c for c in front if c.fresh and getattr(c, cost)]
     if judged:
-        ax.errorbar([c.trainable_params for c in judged], [c.mean for c in judged], yerr=[c.std for c in judged],
+        ax.errorbar([getattr(c, cost) for c in judged], [c.mean for c in judged], yerr=[c.std for c in judged],
                     fmt="s", color="tab:green", capsize=3, label="fresh seeds (mean ± std)")
-    ax.set_xscale("log")
-    return _save(fig, ax, path, "trainable parameters", "Adapter search: quality against size")
+    if cost == "trainable_params":
+        ax.set_xscale("log")
+    return _save(fig, ax, path, COST_LABELS[cost], "Adapter search: quality against cost")

@@ -28,6 +28,7 @@ class CandidateStats:
     role: str  # "top" | "pareto" | "uniform"
     search_ndcg10: float | None = None  # mean over the search trials that ran it (None: not searched)
     trainable_params: int | None = None
+    seconds_per_epoch: float | None = None  # mean training seconds per epoch over its search trials or re-runs
     fresh: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -42,7 +43,8 @@ class CandidateStats:
     def to_json(self) -> dict[str, Any]:
         return {**self.candidate.to_json(), "label": self.candidate.label(), "role": self.role,
                 "search_ndcg@10": self.search_ndcg10, "fresh_ndcg@10": self.fresh, "fresh_mean": self.mean,
-                "fresh_std": self.std, "trainable_params": self.trainable_params, "failures": self.failures}
+                "fresh_std": self.std, "trainable_params": self.trainable_params,
+                "seconds_per_epoch": self.seconds_per_epoch, "failures": self.failures}
 
 
 def fresh_seeds(cfg: SearchConfig) -> list[int]:
@@ -52,7 +54,7 @@ def fresh_seeds(cfg: SearchConfig) -> list[int]:
 def _by_candidate(records: dict[int, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(records.values(), key=lambda r: r["trial"]):
-        if r["status"] == "completed":
+        if r["status"] == "completed" and not r.get("pruned"):  # a pruned trial saw fewer epochs: not comparable
             groups.setdefault(r["candidate_key"], []).append(r)
     return groups
 
@@ -67,8 +69,9 @@ def pick_candidates(cfg: SearchConfig, space: SearchSpace, state: SearchState,
 
     def stats(key: str, role: str) -> CandidateStats:
         rows = groups[key]
+        secs = [r["seconds_per_epoch"] for r in rows if r.get("seconds_per_epoch") is not None]
         return CandidateStats(Candidate.from_json(rows[0]), role, statistics.fmean(r["ndcg@10"] for r in rows),
-                              rows[0].get("trainable_params"))
+                              rows[0].get("trainable_params"), statistics.fmean(secs) if secs else None)
 
     if not cfg.multi_objective:
         ranked = sorted(groups, key=lambda k: -statistics.fmean(r["ndcg@10"] for r in groups[k]))
@@ -106,6 +109,10 @@ def attach_fresh(stats: list[CandidateStats], reruns: dict[tuple[str, int], dict
                 s.failures.append(str(r.get("reason")))
             if s.trainable_params is None:
                 s.trainable_params = r.get("trainable_params")
+        secs = [r["seconds_per_epoch"] for seed in seeds if (r := reruns.get((s.candidate.key, seed)))
+                and r.get("seconds_per_epoch") is not None]
+        if secs:  # timed at the re-runs' budget, on the same seeds for every candidate
+            s.seconds_per_epoch = statistics.fmean(secs)
 
 
 def declare_best(picks: list[CandidateStats]) -> CandidateStats:
@@ -130,12 +137,13 @@ def write_fit_config(path: Path, base: dict[str, Any], cfg: SearchConfig, stats:
 
 
 def summary_table(best: CandidateStats, uniform: CandidateStats, picks: list[CandidateStats]) -> str:
-    rows = [("candidate", "role", "search NDCG@10", "fresh NDCG@10 (mean ± std, n)", "trainable params")]
+    rows = [("candidate", "role", "search NDCG@10", "fresh NDCG@10 (mean ± std, n)", "trainable params", "train s/epoch")]
     for s in picks + [uniform]:
         role = s.role + (" (best)" if s is best else "")
         search = f"{s.search_ndcg10:.4f}" if s.search_ndcg10 is not None else "–"
         fresh = f"{s.mean:.4f} ± {s.std:.4f} ({len(s.fresh)})" if s.fresh else f"failed ({len(s.failures)})"
-        rows.append((s.candidate.label(), role, search, fresh, f"{s.trainable_params:,}" if s.trainable_params else "–"))
+        rows.append((s.candidate.label(), role, search, fresh, f"{s.trainable_params:,}" if s.trainable_params else "–",
+                     f"{s.seconds_per_epoch:.1f}" if s.seconds_per_epoch is not None else "–"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

@@ -12,6 +12,7 @@ from typing import Any
 
 from darec.errors import ConfigError, DarecError
 from darec.search.config import SearchConfig
+from darec.search.diagnostics import repeated_arms, surrogate_fit
 from darec.search.loop import rerun_phase, search_phase
 from darec.search.plots import plot_choices, plot_pareto, plot_trace
 from darec.search.results import (
@@ -38,6 +39,7 @@ class SearchOutcome:
     files: dict[str, str] = field(default_factory=dict)
     refit: dict[str, Any] | None = None
     table: str = ""
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # surrogate fit and repeated arms
 
 
 def _quiet_ax() -> None:
@@ -96,7 +98,7 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
     files = {"trace": str(plot_trace(records, out / "trace.png")),
              "choices": str(plot_choices(records, space, cfg.top_fraction, out / "choices.png"))}
     if cfg.multi_objective:
-        files["pareto_plot"] = str(plot_pareto(records, front, out / "pareto.png"))
+        files["pareto_plot"] = str(plot_pareto(records, front, out / "pareto.png", cost=cfg.costs[0]))
     if base is not None:
         files["best_config"] = str(out / "best.yaml")
         write_fit_config(out / "best.yaml", base, cfg, best, "best on fresh seeds")
@@ -110,8 +112,13 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
     if refit:
         outcome.refit = _refit(cfg, out, best, base, objective)
     completed = sum(r["status"] == "completed" for r in records.values())
+    diagnostics = {"surrogate_loo": surrogate_fit(state.client) if cfg.method == "bo" else None,
+                   "arms": repeated_arms(records, cfg.init_trials)}
+    outcome.diagnostics = diagnostics
     write_summary(out / "summary.json", {
         "trials": len(records), "completed": completed, "failed": len(records) - completed,
+        "stopped_early": sum(bool(r.get("pruned")) for r in records.values()),
+        "epochs_trained": sum(r.get("epochs") or 0 for r in records.values()), "diagnostics": diagnostics,
         "search_space": space.describe(), "fresh_seeds": seeds, "best": best.to_json(), "uniform": uniform.to_json(),
         "best_beats_uniform": None if uniform.mean is None else best.mean >= uniform.mean,
         "candidates": [c.to_json() for c in picks], "pareto": [c.to_json() for c in front],

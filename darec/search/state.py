@@ -16,12 +16,12 @@ from typing import Any
 
 from darec.atomic import atomic_write_text
 from darec.errors import ConfigError
-from darec.search.config import SearchConfig
+from darec.search.config import COSTS, SearchConfig
 from darec.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-NDCG, PARAMS = "ndcg10", "trainable_params"  # Ax metric names
+NDCG = "ndcg10"  # Ax metric name of validation NDCG@10; the costs keep their config names (config.COSTS)
 
 
 class Journal:
@@ -55,7 +55,8 @@ class Journal:
 
 def _identity(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
     """What must not change between a search and its resumption."""
-    return {"space": space.describe(), "multi_objective": cfg.multi_objective, "method": cfg.method,
+    return {"space": space.describe(), "multi_objective": cfg.multi_objective, "costs": cfg.costs,
+            "early_stopping": asdict(cfg.early_stopping), "method": cfg.method,
             "seed": cfg.seed, "init_trials": cfg.init_trials, "budget": asdict(cfg.budget),
             "base_config": cfg.base_config, "overrides": cfg.overrides}
 
@@ -134,12 +135,17 @@ class SearchState:
         return rerun
 
     def tell(self, index: int, record: dict[str, Any]) -> None:
-        """Report a finished trial to Ax."""
+        """Report a finished trial to Ax; a pruned one as early-stopped with its best value so far."""
         if record["status"] == "completed":
             data = {NDCG: float(record["ndcg@10"])}
-            if record.get("trainable_params") is not None:
-                data[PARAMS] = float(record["trainable_params"])
-            self.client.complete_trial(index, data)
+            for cost in COSTS:
+                if record.get(cost) is not None:
+                    data[cost] = float(record[cost])
+            if record.get("pruned"):
+                self.client.attach_data(index, data)
+                self.client.mark_trial_early_stopped(index)
+            else:
+                self.client.complete_trial(index, data)
         else:
             self.client.mark_trial_failed(index, failed_reason=str(record.get("reason")))
 
@@ -149,7 +155,8 @@ def _new_client(cfg: SearchConfig, space: SearchSpace) -> Any:
 
     client = Client(random_seed=cfg.seed)
     client.configure_experiment(parameters=space.ax_parameters(), name="darec_adapter_search")
-    client.configure_optimization(objective=f"{NDCG}, -{PARAMS}" if cfg.multi_objective else NDCG)
+    objective = ", ".join([NDCG, *(f"-{c}" for c in cfg.costs)]) if cfg.multi_objective else NDCG
+    client.configure_optimization(objective=objective)
     if cfg.method == "bo":
         client.set_generation_strategy(bo_strategy(cfg.init_trials, cfg.seed))
     else:

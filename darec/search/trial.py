@@ -23,6 +23,7 @@ from darec.atomic import atomic_write_text
 from darec.errors import ConfigError
 from darec.search.config import SearchConfig
 from darec.search.space import KNOB_PATHS, Candidate
+from darec.search.stopping import PRUNED
 
 METRIC = "val/ndcg@10"
 REPORT_CALLBACK = "darec.search.report.TrialReport"
@@ -40,6 +41,7 @@ class TrialJob:
     trial_dir: Path
     slot: int = 0
     fit_file: Path | None = None  # run this fit config as is (the refit of best.yaml) instead of building one
+    stop_file: Path | None = None  # search trials: the early-stopping thresholds to read after each validation epoch
 
 
 @dataclass
@@ -52,6 +54,13 @@ class TrialResult:
     trainable_params: int | None = None
     reason: str | None = None
     test: dict[str, float] = field(default_factory=dict)  # refit only
+    curve: list[float] = field(default_factory=list)  # validation NDCG@10 of every validation epoch
+    seconds_per_epoch: float | None = None  # mean training seconds of an epoch (validation excluded)
+    stopped: str | None = None  # why training ended (pruned by the search's rule, converged, max_epochs, time)
+
+    @property
+    def pruned(self) -> bool:
+        return bool(self.stopped and self.stopped.startswith(PRUNED))
 
     @classmethod
     def failed(cls, reason: str, trainable_params: int | None = None) -> "TrialResult":
@@ -110,7 +119,10 @@ def run_settings(doc: dict[str, Any], job: TrialJob) -> dict[str, Any]:
     """The settings every trial process gets on top of its fit config ``doc``: its own log directory, the report
     callback, no progress bar, and the test split only for the refit."""
     callbacks = [c for c in (doc.get("trainer") or {}).get("callbacks") or [] if c.get("class_path") != REPORT_CALLBACK]
-    callbacks.append({"class_path": REPORT_CALLBACK, "init_args": {"path": str(job.trial_dir / "result.json")}})
+    report = {"path": str(job.trial_dir / "result.json")}
+    if job.stop_file is not None:
+        report["stop_file"] = str(job.stop_file)
+    callbacks.append({"class_path": REPORT_CALLBACK, "init_args": report})
     trainer = {"enable_progress_bar": False, "callbacks": callbacks,
                "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                           "init_args": {"save_dir": str(job.trial_dir), "name": "", "version": ""}}}
@@ -161,7 +173,9 @@ def read_report(path: Path) -> TrialResult:
     if any(not math.isfinite(v) for v in values):
         return TrialResult.failed(f"{METRIC} is not finite: {values}", params)
     best = max(history, key=lambda h: h[METRIC])
-    return TrialResult("completed", best[METRIC], best, params, test=report.get("test", {}))
+    train_s = report.get("train_s") or []
+    return TrialResult("completed", best[METRIC], best, params, test=report.get("test", {}), curve=values,
+                       seconds_per_epoch=sum(train_s) / len(train_s) if train_s else None, stopped=report.get("stopped"))
 
 
 class FitObjective:

@@ -1,0 +1,136 @@
+"""Early stopping of search trials (multi-fidelity): the percentile rule, the trial callback that obeys it in a real
+fit, and a search whose trials train epoch by epoch: what is stopped, what Ax is told, and resume."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from darec.search import run_search
+from darec.search.report import TrialReport
+from darec.search.state import Journal
+from darec.search.stopping import EarlyStoppingConfig, decide, thresholds, write_thresholds
+
+from test_search_bo import PLANTED, Planted, _cfg, true_value
+
+RULE = EarlyStoppingConfig(percentile=50, grace_epochs=1, min_trials=3)
+
+
+def test_thresholds_are_percentiles_of_best_so_far_at_each_epoch():
+    curves = [[0.1, 0.3, 0.2], [0.2, 0.1], [0.05, 0.4, 0.5], [0.3]]
+    table = thresholds(curves, RULE)
+    # best so far: [.1 .3 .3], [.2 .2], [.05 .4 .5], [.3]
+    assert table[1] == {"value": pytest.approx(np.percentile([0.1, 0.2, 0.05, 0.3], 50)), "trials": 4}
+    assert table[2] == {"value": pytest.approx(np.percentile([0.3, 0.2, 0.4], 50)), "trials": 3}
+    assert 3 not in table  # only 2 trials reached epoch 3 (min_trials 3)
+    assert thresholds(curves, EarlyStoppingConfig(percentile=None)) == {}
+    assert thresholds(curves, EarlyStoppingConfig(percentile=25, min_trials=2))[3]["value"] == pytest.approx(
+        np.percentile([0.3, 0.5], 25))
+
+
+def test_decide_prunes_below_the_threshold_only_where_the_rule_allows():
+    table = {1: {"value": 0.2, "trials": 4}, 2: {"value": 0.3, "trials": 3}}
+    assert decide(table, RULE, [0.1], max_epochs=3).startswith("pruned after epoch 1: best val NDCG@10 0.1000 below 0.2000")
+    assert decide(table, RULE, [0.25], max_epochs=3) is None  # above
+    assert decide(table, RULE, [0.1, 0.29], max_epochs=3) is not None  # best so far 0.29 < 0.3
+    assert decide(table, RULE, [0.31, 0.1], max_epochs=3) is None  # best so far counts, not the last value
+    assert decide(table, RULE, [0.1], max_epochs=1) is None  # the last epoch: stopping saves nothing
+    assert decide(table, EarlyStoppingConfig(grace_epochs=2), [0.1], max_epochs=3) is None  # within the grace epochs
+    assert decide({2: table[2]}, RULE, [0.1], max_epochs=3) is None  # too few trials reached epoch 1
+
+
+class _Constant(L.LightningModule):
+    """Trains a scalar; validation NDCG@10 is a fixed number per epoch."""
+
+    def __init__(self, curve):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.curve = curve
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - 1.0) ** 2 + 0 * batch[0].sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/ndcg@10", self.curve[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit(tmp_path, curve, stop_file):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), batch_size=2)
+    report = TrialReport(str(tmp_path / "result.json"), stop_file=stop_file)
+    trainer = L.Trainer(max_epochs=len(curve), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[report])
+    trainer.fit(_Constant(curve), train_dataloaders=data, val_dataloaders=data)
+    return json.loads((tmp_path / "result.json").read_text()), trainer
+
+
+def test_a_real_fit_stops_when_the_rule_says_and_reports_why(tmp_path):
+    stop = tmp_path / "stopping.json"
+    write_thresholds(stop, [[0.3, 0.4, 0.5]] * 3, RULE)  # three finished trials at 0.3 after one epoch
+    report, trainer = _fit(tmp_path, [0.1, 0.2, 0.6], str(stop))
+    assert [h["val/ndcg@10"] for h in report["val"]] == pytest.approx([0.1])  # one epoch, then stopped
+    assert report["stopped"].startswith("pruned after epoch 1") and trainer.current_epoch == 1
+    assert len(report["train_s"]) == 1 and report["train_s"][0] > 0
+    # the same curve above the thresholds trains every epoch
+    good, _ = _fit(tmp_path, [0.35, 0.45, 0.6], str(stop))
+    assert len(good["val"]) == 3 and good["stopped"] == "max_epochs reached (3)" and len(good["train_s"]) == 3
+    # without a stop file (re-runs and refit) nothing stops early
+    free, _ = _fit(tmp_path, [0.1, 0.2, 0.6], None)
+    assert len(free["val"]) == 3
+
+
+def test_search_stops_clearly_worse_trials_and_never_the_planted_best(tmp_path):
+    epochs = 3
+    cfg = _cfg(tmp_path, trials=12, init_trials=4, method="random", budget={"epochs": epochs},
+               early_stopping={"percentile": 50, "grace_epochs": 1, "min_trials": 3})
+    out = run_search(cfg, objective=Planted(epochs=epochs), num_layers=3, progress=False)
+    rows = sorted(out.records.values(), key=lambda r: r["trial"])
+    pruned = [r for r in rows if r["pruned"]]
+    full = [r for r in rows if not r["pruned"]]
+    assert pruned and all(r["epochs"] < epochs and r["stopped"].startswith("pruned") for r in pruned)
+    assert all(r["epochs"] == epochs and r["stopped"] == f"max_epochs reached ({epochs})" for r in full)
+    assert all(r["epochs"] == len(r["curve"]) for r in rows)
+    assert not any(tuple(r["adapters"]) == PLANTED for r in pruned)
+    # what was pruned was worse than what ran to the end, in truth
+    assert np.mean([true_value(r["adapters"]) for r in pruned]) < np.mean([true_value(r["adapters"]) for r in full])
+    summary = json.loads((out.out_dir / "summary.json").read_text())
+    assert summary["stopped_early"] == len(pruned)
+    assert summary["epochs_trained"] == sum(r["epochs"] for r in rows) < epochs * len(rows)
+    # Ax knows them as early-stopped, and a pruned trial is never a candidate for the fresh-seed re-runs
+    from ax import Client
+
+    df = Client.load_from_json_file(str(out.out_dir / "ax_state.json")).summarize().set_index("trial_index")
+    assert {i for i in df.index if df.loc[i, "trial_status"] == "EARLY_STOPPED"} == {r["trial"] for r in pruned}
+    pruned_only = {r["candidate_key"] for r in pruned} - {r["candidate_key"] for r in full}
+    assert not {c.candidate.key for c in out.candidates} & pruned_only
+
+
+def test_resume_keeps_early_stopped_trials_and_repeats_nothing(tmp_path):
+    epochs = 3
+    cfg = _cfg(tmp_path, trials=9, init_trials=4, method="random", budget={"epochs": epochs})
+    first = Planted(epochs=epochs, interrupt_at=7)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, objective=first, num_layers=3, progress=False)
+    journal = tmp_path / "out" / "trials.jsonl"
+    before = {r["trial"]: r for r in Journal(journal).records}
+    assert sorted(before) == list(range(7)) and any(r["pruned"] for r in before.values())
+    stop_before = json.loads((tmp_path / "out" / "stopping.json").read_text())
+    second = Planted(epochs=epochs)
+    out = run_search(cfg, resume=True, objective=second, num_layers=3, progress=False)
+    assert [c[1] for c in second.calls if c[0] == "search"] == [7, 8]  # no finished trial again, pruned ones included
+    after = {r["trial"]: r for r in Journal(journal).records if r["phase"] == "search"}
+    assert sorted(after) == list(range(9))
+    assert all(after[i] == before[i] for i in before)
+    assert stop_before["thresholds"]  # the rule was live before the kill and is rebuilt from the journal after it
+    from ax import Client
+
+    df = Client.load_from_json_file(str(out.out_dir / "ax_state.json")).summarize().set_index("trial_index")
+    assert {i for i in df.index if df.loc[i, "trial_status"] == "EARLY_STOPPED"} == {i for i, r in after.items() if r["pruned"]}
+    assert set(df["trial_status"]) <= {"COMPLETED", "EARLY_STOPPED"}
