@@ -1,15 +1,33 @@
-"""Adapter-type search (``darec search``) on ml-100k with MiniLM on the CPU, at a small budget.
+"""Adapter search (``darec search``) on ml-100k with MiniLM on the CPU: does the chosen assignment beat uniform serial?
 
-Runs a Bayesian-optimisation search over the adapter type of each of MiniLM's layers (none / serial /
-parallel / lora), each trial training ``--steps`` batches of one epoch from ``configs/darec_ml100k.yaml``.
-Then the best ``--top-k`` assignments and the uniform ``serial``-everywhere DARec are re-run on ``--seeds``
-fresh seeds with the same budget, and the winner is declared on those runs only. Validation split only;
-the test split is never read.
+Two Bayesian-optimisation searches from ``configs/darec_ml100k.yaml`` (SASRec and LightGCN injected from
+``--cf-dir``), each over every MiniLM layer's adapter type and size plus the shared learning rate, with two
+objectives beside validation NDCG@10 (training seconds per epoch measured in each trial, trainable parameters):
 
-    python benchmarks/search_ml100k.py [--trials 6] [--steps 15] [--parallel 2] [--seeds 2] [--multi-objective]
+- ``static``: types none / serial / parallel / lora; its fresh-seed baseline is uniform serial (the default DARec);
+- ``mixture``: the same plus ``mixture`` (serial, parallel and LoRA experts with a per-token router); its baseline
+  is uniform mixture.
 
-Prints a table and writes ``benchmarks/search_ml100k.json`` (machine, command, commit); the search state,
-trials, plots and best config are under ``--out-dir``.
+Every trial trains ``--epochs`` epochs (2 reach about 0.9x the converged validation NDCG@10 of the default DARec,
+``benchmarks/ablation.json``), unless the percentile rule stops it after an epoch as clearly worse. The Pareto point
+with the best search NDCG@10 of each search and its baseline are then trained on ``--seeds`` fresh seeds with the
+same budget. Each re-run's best checkpoint is scored per user on validation and test, and the benchmark reports:
+
+- winner against uniform serial: validation NDCG@10 difference with a paired bootstrap CI over users (the mean over
+  seeds per user), and the ratio of training seconds per epoch (target: CI above 0, or within the CI at <= 0.7x
+  the seconds);
+- test NDCG@10 (read after selection, for the report only) of the four candidates, the refit of the static winner
+  (``--refit`` at the same budget) and SASRec (``benchmarks/darec_ml100k.json``, 3 seeds);
+- Ax's own leave-one-out fit of its surrogate against a constant, and repeated arms.
+
+It resumes after a kill (``--resume``): finished trials and re-runs are read from each search's journal, never run
+again, and the counts found at the start are written to the JSON.
+
+    python benchmarks/search_ml100k.py --cf-dir DIR [--trials 8] [--init-trials 4] [--epochs 2] [--seeds 3]
+                                       [--parallel 2] [--resume] [--base-config configs/darec_ml100k.yaml]
+
+``--cf-dir`` holds ``sasrec.safetensors`` and ``lightgcn.safetensors`` (``darec export-embeddings`` of SASRec and
+LightGCN trained on this split). Writes ``benchmarks/search_ml100k.json`` and copies each search's plots beside it.
 """
 
 from __future__ import annotations
@@ -17,86 +35,217 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
+
+SEARCHES = {"static": (["none", "serial", "parallel", "lora"], "serial"),
+            "mixture": (["none", "serial", "parallel", "lora", "mixture"], "mixture")}
+SIZES = {"serial": [16, 64], "parallel": [16, 64], "lora": [4, 16], "mixture": [16, 64]}
+LR = [3e-4, 3e-3]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def search_config(a: argparse.Namespace, name: str) -> dict[str, Any]:
+    types, baseline = SEARCHES[name]
+    work = Path(a.work_dir)
+    overrides = {"data.init_args.data_dir": a.data_dir, "model.init_args.cache_dir": str(work / "cache")}
+    if a.cf_dir:
+        overrides.update({"model.init_args.injection.sasrec": str(Path(a.cf_dir) / "sasrec.safetensors"),
+                          "model.init_args.injection.lightgcn": str(Path(a.cf_dir) / "lightgcn.safetensors")})
+    else:
+        overrides.update({"model.init_args.injection.mode": "none", "model.init_args.injection.residual": False,
+                          "model.init_args.injection.sasrec": None, "model.init_args.injection.lightgcn": None})
+    return {
+        "base_config": a.base_config, "out_dir": str(work / name), "trials": a.trials,
+        "parallel": a.parallel, "seed": 0, "method": "bo", "init_trials": a.init_trials, "multi_objective": True,
+        "costs": ["seconds_per_epoch", "trainable_params"], "share_cache": True,
+        "overrides": overrides,
+        "space": {"types": types, "sizes": {t: SIZES[t] for t in types if t in SIZES}, "lr": LR},
+        "budget": {"epochs": a.epochs}, "early_stopping": {"percentile": 50, "grace_epochs": 1, "min_trials": 3},
+        "rerun": {"top_k": 1, "seeds": a.seeds, "baseline": baseline}, "refit": {"epochs": a.epochs},
+    }
+
+
+def journal_counts(out_dir: Path) -> dict[str, int]:
+    path = out_dir / "trials.jsonl"
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+    return {"search_trials": sum(r["phase"] == "search" for r in rows), "reruns": sum(r["phase"] == "rerun" for r in rows)}
+
+
+def per_user_scores(trial_dir: Path, data_dir: str) -> dict[str, np.ndarray]:
+    """Per-user NDCG@10 on validation and test of a trial's best checkpoint."""
+    from darec.data.datamodules.sequence import SequenceDataModule
+    from darec.modules.darec import DARec
+    from runs import ndcg10, ranks, score_matrices
+
+    ckpt = sorted((trial_dir / "checkpoints").glob("best-*.ckpt"))
+    if not ckpt:
+        raise FileNotFoundError(f"no best checkpoint under {trial_dir}/checkpoints")
+    model = DARec.load_from_checkpoint(str(ckpt[-1]), map_location="cpu")
+    dm = SequenceDataModule(data_dir=data_dir, max_len=model.max_len, eval_batch_size=256)
+    dm.setup("fit")
+    mats = score_matrices(model, dm)
+    return {split: ndcg10(ranks(m["scores"], m["targets"], m["history"])) for split, m in mats.items()}
+
+
+def candidate_runs(out_dir: Path, key: str) -> list[dict[str, Any]]:
+    rows = [json.loads(ln) for ln in (out_dir / "trials.jsonl").read_text().splitlines() if ln.strip()]
+    return sorted((r for r in rows if r["phase"] == "rerun" and r["candidate_key"] == key and r["status"] == "completed"),
+                  key=lambda r: r["seed"])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data/ml-100k")
-    p.add_argument("--trials", type=int, default=6)
-    p.add_argument("--init-trials", type=int, default=3)
-    p.add_argument("--steps", type=int, default=15, help="training batches per trial (one epoch, cut short)")
-    p.add_argument("--seeds", type=int, default=2, help="fresh seeds per re-run")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--parallel", type=int, default=2)
-    p.add_argument("--multi-objective", action="store_true")
-    p.add_argument("--resume", action="store_true", help="continue the search in --out-dir")
-    p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "_work" / "search_ml100k"))
+    p.add_argument("--cf-dir", default=None, help="directory with sasrec.safetensors and lightgcn.safetensors; "
+                   "without it injection is off")
+    p.add_argument("--base-config", default=str(ROOT / "configs" / "darec_ml100k.yaml"), help="the DARec fit config")
+    p.add_argument("--trials", type=int, default=8, help="search trials per search")
+    p.add_argument("--init-trials", type=int, default=4, help="quasi-random trials before BO")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per trial and per fresh-seed re-run")
+    p.add_argument("--seeds", type=int, default=3, help="fresh seeds per re-run")
+    p.add_argument("--parallel", type=int, default=2, help="trials at once (each a 1-thread process)")
+    p.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=list(SEARCHES))
+    p.add_argument("--resume", action="store_true", help="continue the searches in --work-dir")
+    p.add_argument("--darec-json", default=str(ROOT / "benchmarks" / "darec_ml100k.json"), help="SASRec's test figures")
+    p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "search_ml100k"))
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["OMP_NUM_THREADS"] = "1"  # each trial process: one thread, `parallel` of them on the cores
     import torch
 
     from darec.search import config_from_dict, run_search
 
-    cfg = config_from_dict({
-        "base_config": str(ROOT / "configs" / "darec_ml100k.yaml"), "out_dir": a.out_dir, "trials": a.trials,
-        "parallel": a.parallel, "seed": 0, "method": "bo", "init_trials": a.init_trials,
-        "multi_objective": a.multi_objective, "share_cache": True,
-        "overrides": {"data.init_args.data_dir": a.data_dir, "model.init_args.cache_dir": str(Path(a.out_dir) / "cache")},
-        "space": {"types": ["none", "serial", "parallel", "lora"]},
-        "budget": {"epochs": 1, "steps": a.steps},
-        "rerun": {"top_k": a.top_k, "seeds": a.seeds, "baseline": "serial"},
-    })
-    if not a.resume and Path(a.out_dir).exists():
-        shutil.rmtree(a.out_dir)
+    work = Path(a.work_dir)
+    if not a.resume and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    found = {name: journal_counts(work / name) for name in a.searches}
     t0 = time.time()
-    outcome = run_search(cfg, resume=a.resume, progress=True)
-    wall = time.time() - t0
-    best, uniform = outcome.best, outcome.uniform
-    records = outcome.records.values()
-    completed = [r for r in records if r["status"] == "completed"]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
+    outcomes = {}
+    for name in a.searches:
+        print(f"== search {name}: types {SEARCHES[name][0]}, baseline uniform {SEARCHES[name][1]}", flush=True)
+        cfg = config_from_dict(search_config(a, name))
+        outcomes[name] = run_search(cfg, resume=a.resume or (work / name / "search.json").is_file(),
+                                    refit=name == "static", progress=True)
+    search_wall = time.time() - t0
+
+    torch.set_num_threads(2)
+    scored: dict[str, dict[str, Any]] = {}
+    for name, out in outcomes.items():  # the winner and the baseline of each search, on the fresh seeds
+        for role, stats in (("winner", out.best), ("uniform", out.uniform)):
+            label = f"{name}_{role}" if role == "winner" else f"uniform_{SEARCHES[name][1]}"
+            runs = candidate_runs(out.out_dir, stats.candidate.key)
+            users = [per_user_scores(Path(r["trial_dir"]), a.data_dir) for r in runs]
+            scored[label] = {"adapters": list(stats.candidate.assignment), "knobs": dict(stats.candidate.knobs),
+                             "label": stats.candidate.label(), "seeds": [r["seed"] for r in runs],
+                             "val_ndcg@10": [float(u["val"].mean()) for u in users],
+                             "test_ndcg@10": [float(u["test"].mean()) for u in users],
+                             "seconds_per_epoch": stats.seconds_per_epoch, "trainable_params": stats.trainable_params,
+                             "_val_users": np.mean([u["val"] for u in users], 0)}
+    base = scored["uniform_serial"]
+    comparisons = {}
+    for label, s in scored.items():
+        if label == "uniform_serial":
+            continue
+        ci = paired_bootstrap(s["_val_users"] - base["_val_users"])
+        ratio = s["seconds_per_epoch"] / base["seconds_per_epoch"] if s["seconds_per_epoch"] and base["seconds_per_epoch"] else None
+        comparisons[f"{label} - uniform_serial"] = {
+            "val_ndcg@10": ci, "seconds_per_epoch_ratio": ratio,
+            "beats": ci["bootstrap_95ci"][0] > 0,
+            "matches_at_0.7x_seconds": ci["bootstrap_95ci"][0] <= 0 <= ci["bootstrap_95ci"][1] and ratio is not None and ratio <= 0.7}
+    for s in scored.values():
+        s.pop("_val_users")
+        for k in ("val_ndcg@10", "test_ndcg@10"):
+            s[k + "_mean"] = float(np.mean(s[k]))
+    sasrec = None
+    if Path(a.darec_json).is_file():
+        models = json.loads(Path(a.darec_json).read_text())["models"]
+        sasrec = {k: models["sasrec"][k] for k in ("test_ndcg@10_mean", "test_ndcg@10_std")}
+        sasrec["source"] = str(Path(a.darec_json).relative_to(ROOT)) + " (3 seeds, converged)"
+    searches = {}
+    for name, out in outcomes.items():
+        summary = json.loads((out.out_dir / "summary.json").read_text())
+        records = sorted(out.records.values(), key=lambda r: r["trial"])
+        searches[name] = {
+            "types": SEARCHES[name][0], "trials": len(records), "completed": summary["completed"],
+            "stopped_early": summary["stopped_early"], "epochs_trained": summary["epochs_trained"],
+            "diagnostics": summary["diagnostics"],
+            "trial_table": [{"trial": r["trial"], "adapters": r["adapters"], "knobs": r["knobs"], "val_ndcg@10": r["ndcg@10"],
+                             "epochs": r.get("epochs"), "stopped": r.get("stopped"), "seconds_per_epoch": r.get("seconds_per_epoch"),
+                             "trainable_params": r["trainable_params"], "status": r["status"]} for r in records],
+            "pareto": [c.to_json() for c in out.pareto], "winner": out.best.to_json(), "baseline": out.uniform.to_json(),
+            "refit": out.refit,
+        }
+        for plot in ("trace.png", "choices.png", "pareto.png"):
+            if (out.out_dir / plot).is_file():
+                shutil.copy(out.out_dir / plot, Path(a.out).with_name(f"{Path(a.out).stem}_{name}_{plot}"))
+    static = comparisons.get("static_winner - uniform_serial")
     result = {
-        "benchmark": "darec search on ml-100k (MiniLM, CPU): per-layer adapter types by Ax BO, winner vs uniform serial "
-                     "on fresh seeds (validation NDCG@10, full ranking)",
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-        "command": " ".join([sys.executable, "benchmarks/search_ml100k.py"] + list(argv if argv is not None else sys.argv[1:])),
-        "commit": commit,
-        "budget": {"trials": a.trials, "init_trials": a.init_trials, "steps_per_trial": a.steps, "epochs": 1,
-                   "fresh_seeds": a.seeds, "top_k": a.top_k},
-        "trials_completed": len(completed), "trials_failed": len(outcome.records) - len(completed),
-        "trial_minutes_mean": sum(r["duration_s"] for r in records) / max(len(outcome.records), 1) / 60,
-        "search_trace": [{"trial": r["trial"], "adapters": r["adapters"], "ndcg@10": r["ndcg@10"],
-                          "trainable_params": r["trainable_params"], "status": r["status"]}
-                         for r in sorted(records, key=lambda r: r["trial"])],
-        "winner": best.to_json(), "uniform_serial": uniform.to_json(),
-        "winner_minus_uniform": None if uniform.mean is None else best.mean - uniform.mean,
-        "target": "winner >= uniform serial on fresh seeds",
-        "target_met": None if uniform.mean is None else bool(best.mean >= uniform.mean),
-        "pareto": [c.to_json() for c in outcome.pareto],
-        "wall_s": wall,
+        "benchmark": "darec search on ml-100k (MiniLM, CPU): per-layer adapter type and size plus the learning rate by Ax "
+                     "BO with early stopping and cost objectives; winners against uniform serial on fresh seeds",
+        "machine": machine(), "command": command("benchmarks/search_ml100k.py", argv), "git": git_commit(),
+        "budget": {"trials_per_search": a.trials, "init_trials": a.init_trials, "epochs": a.epochs,
+                   "fresh_seeds": a.seeds, "parallel": a.parallel, "threads_per_trial": 1},
+        "resume": {"resumed": a.resume, "found_at_start": found,
+                   "repeated_trials": {n: _repeats(work / n) for n in a.searches}},
+        "searches": searches, "candidates": scored, "comparisons": comparisons, "sasrec": sasrec,
+        "target": "static winner beats uniform serial on fresh seeds (paired 95% CI on validation NDCG@10 above 0), or "
+                  "matches it within the CI at <= 0.7x its training seconds per epoch",
+        "target_met": None if static is None else bool(static["beats"] or static["matches_at_0.7x_seconds"]),
+        "search_and_reruns_wall_s": search_wall, "wall_s": time.time() - t0,
     }
+    result["machine"]["load_average_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(outcome.table)
-    print()
-    print(f"{'':<22}{'val NDCG@10 (fresh seeds)':>28}{'trainable params':>20}")
-    for name, s in (("winner", best), ("uniform serial", uniform)):
-        fresh = f"{s.mean:.4f} ± {s.std:.4f} (n={len(s.fresh)})" if s.fresh else "failed"
-        params = f"{s.trainable_params:,}" if s.trainable_params else "-"
-        print(f"{name:<22}{fresh:>28}{params:>20}")
-    print(f"winner assignment: {list(best.candidate.assignment)}")
-    print(f"trials: {len(completed)} completed, {len(outcome.records) - len(completed)} failed; wall time {wall / 60:.1f} min")
+    _print(result)
+    print(f"wrote {a.out}")
     return result
+
+
+def _repeats(out_dir: Path) -> int:
+    """Finished trials or re-runs that the journal holds more than once (0 after a correct resume)."""
+    rows = [json.loads(ln) for ln in (out_dir / "trials.jsonl").read_text().splitlines() if ln.strip()]
+    keys = [(r["phase"], r["trial"] if r["phase"] == "search" else (r["candidate_key"], r["seed"])) for r in rows]
+    return len(keys) - len(set(map(str, keys)))
+
+
+def _print(result: dict[str, Any]) -> None:
+    for name, s in result["searches"].items():
+        d = s["diagnostics"]
+        loo = d.get("surrogate_loo") or {}
+        print(f"\nsearch {name}: {s['trials']} trials, {s['stopped_early']} stopped early, {s['epochs_trained']} epochs trained; "
+              f"surrogate LOO MSE / constant {loo.get('mse_ratio')}; repeated arms {d['arms']['repeated']}")
+        print(f"  {'trial':>5}  {'val NDCG@10':>11}  {'epochs':>6}  {'s/epoch':>7}  {'params':>9}  adapters; knobs")
+        for r in s["trial_table"]:
+            v = f"{r['val_ndcg@10']:.4f}" if r["val_ndcg@10"] is not None else "failed"
+            sec = f"{r['seconds_per_epoch']:.1f}" if r["seconds_per_epoch"] else "-"
+            print(f"  {r['trial']:>5}  {v:>11}  {r['epochs'] or 0:>6}  {sec:>7}  {r['trainable_params'] or 0:>9,}  "
+                  f"{','.join(r['adapters'])}; {r['knobs']}")
+    print(f"\n{'candidate':<18}{'val NDCG@10 (fresh seeds)':>28}{'test NDCG@10':>14}{'s/epoch':>9}{'params':>11}")
+    for label, c in result["candidates"].items():
+        print(f"{label:<18}{c['val_ndcg@10_mean']:>20.4f} (n={len(c['val_ndcg@10'])}){c['test_ndcg@10_mean']:>14.4f}"
+              f"{c['seconds_per_epoch'] or 0:>9.1f}{c['trainable_params'] or 0:>11,}  {c['label']}")
+    if result["sasrec"]:
+        print(f"{'SASRec':<18}{'':>28}{result['sasrec']['test_ndcg@10_mean']:>14.4f}")
+    refit = result["searches"].get("static", {}).get("refit")
+    if refit:
+        print(f"refit of the static winner (seed {refit['seed']}): test NDCG@10 {refit['test'].get('test/ndcg@10', float('nan')):.4f}")
+    for k, c in result["comparisons"].items():
+        ci = c["val_ndcg@10"]
+        print(f"{k}: val {ci['mean']:+.4f} [{ci['bootstrap_95ci'][0]:+.4f}, {ci['bootstrap_95ci'][1]:+.4f}], "
+              f"seconds/epoch x{c['seconds_per_epoch_ratio']:.2f}" if c["seconds_per_epoch_ratio"] else f"{k}: val {ci['mean']:+.4f}")
+    print(f"target met: {result['target_met']}; wall {result['wall_s'] / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,7 @@ import yaml
 from darec.atomic import atomic_write_text
 from darec.errors import DarecError
 from darec.search.config import SearchConfig
-from darec.search.space import Candidate, SearchSpace
-from darec.search.state import SearchState
+from darec.search.space import Candidate
 from darec.search.trial import TrialJob, fit_config
 
 RERUN_SEED_OFFSET = 100_000  # fresh seeds: never used by a search trial
@@ -59,8 +58,7 @@ def _by_candidate(records: dict[int, dict[str, Any]]) -> dict[str, list[dict[str
     return groups
 
 
-def pick_candidates(cfg: SearchConfig, space: SearchSpace, state: SearchState,
-                    records: dict[int, dict[str, Any]]) -> tuple[list[CandidateStats], list[CandidateStats]]:
+def pick_candidates(cfg: SearchConfig, records: dict[int, dict[str, Any]]) -> tuple[list[CandidateStats], list[CandidateStats]]:
     """(candidates to re-run, the whole Pareto front or [] when single-objective)."""
     groups = _by_candidate(records)
     if not groups:
@@ -76,13 +74,24 @@ def pick_candidates(cfg: SearchConfig, space: SearchSpace, state: SearchState,
     if not cfg.multi_objective:
         ranked = sorted(groups, key=lambda k: -statistics.fmean(r["ndcg@10"] for r in groups[k]))
         return [stats(k, "top") for k in ranked[: cfg.rerun.top_k]], []
-    front: list[CandidateStats] = []
-    for params, _, _, _ in state.client.get_pareto_frontier(use_model_predictions=False):
-        key = space.candidate(params).key
-        if key in groups and key not in {c.candidate.key for c in front}:
-            front.append(stats(key, "pareto"))
+    every = [stats(k, "pareto") for k in groups]
+    front = [c for c in every if not any(dominates(o, c, cfg.costs) for o in every)]
     front.sort(key=lambda c: -(c.search_ndcg10 or 0.0))
     return front[: cfg.rerun.top_k], front
+
+
+def dominates(a: CandidateStats, b: CandidateStats, costs: list[str]) -> bool:
+    """``a`` is at least as good as ``b`` on search NDCG@10 and every cost, and strictly better on one.
+
+    Computed on the observed values (Ax's own front leaves out points beyond the reference point it infers, which
+    can drop the best-quality trial). A missing cost counts as worst.
+    """
+    def value(c: CandidateStats, cost: str) -> float:
+        v = getattr(c, cost)
+        return float("inf") if v is None else float(v)
+
+    pairs = [(a.search_ndcg10 or 0.0, b.search_ndcg10 or 0.0)] + [(-value(a, k), -value(b, k)) for k in costs]
+    return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
 
 
 def rerun_jobs(cfg: SearchConfig, picks: list[CandidateStats], uniform: Candidate) -> list[TrialJob]:
@@ -161,5 +170,5 @@ def write_summary(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
 
 
-__all__ = ["CandidateStats", "pick_candidates", "rerun_jobs", "attach_fresh", "declare_best", "write_fit_config",
+__all__ = ["CandidateStats", "dominates", "pick_candidates", "rerun_jobs", "attach_fresh", "declare_best", "write_fit_config",
            "summary_table", "smaller_within_one_std", "write_summary", "fresh_seeds"]

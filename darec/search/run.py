@@ -83,7 +83,7 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
              space.types, cfg.trials)
     records = search_phase(cfg, space, state, objective, progress)
 
-    picks, front = pick_candidates(cfg, space, state, records)
+    picks, front = pick_candidates(cfg, records)
     uniform = CandidateStats(space.uniform(cfg.rerun.baseline), "uniform")
     searched = [r["ndcg@10"] for r in records.values() if r["status"] == "completed" and r["candidate_key"] == uniform.candidate.key]
     uniform.search_ndcg10 = sum(searched) / len(searched) if searched else None
