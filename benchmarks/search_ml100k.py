@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--parallel", type=int, default=2, help="trials at once (each a 1-thread process)")
     p.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=list(SEARCHES))
     p.add_argument("--resume", action="store_true", help="continue the searches in --work-dir")
+    p.add_argument("--search-only", action="store_true", help="run the searches (and re-runs, refit) and stop: run "
+                   "one process per search at once with --searches, then all of them with --resume for the report")
+    p.add_argument("--note", default=None, help="how the run was done (stored in the JSON), e.g. the earlier commands")
     p.add_argument("--darec-json", default=str(ROOT / "benchmarks" / "darec_ml100k.json"), help="SASRec's test figures")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "search_ml100k"))
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
@@ -128,10 +131,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from darec.search import config_from_dict, run_search
 
     work = Path(a.work_dir)
-    if not a.resume and work.exists():
+    if not a.resume and not a.search_only and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     found = {name: journal_counts(work / name) for name in a.searches}
+    print(f"finished before this start (trials.jsonl): {found}", flush=True)
     t0 = time.time()
     outcomes = {}
     for name in a.searches:
@@ -140,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         outcomes[name] = run_search(cfg, resume=a.resume or (work / name / "search.json").is_file(),
                                     refit=name == "static", progress=True)
     search_wall = time.time() - t0
+    if a.search_only:
+        print(f"searches {a.searches} done in {search_wall / 60:.1f} min; the report needs every search (--resume)")
+        return {}
 
     torch.set_num_threads(2)
     scored: dict[str, dict[str, Any]] = {}
@@ -198,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine(), "command": command("benchmarks/search_ml100k.py", argv), "git": git_commit(),
         "budget": {"trials_per_search": a.trials, "init_trials": a.init_trials, "epochs": a.epochs,
                    "fresh_seeds": a.seeds, "parallel": a.parallel, "threads_per_trial": 1},
+        "note": a.note,
         "resume": {"resumed": a.resume, "found_at_start": found,
                    "repeated_trials": {n: _repeats(work / n) for n in a.searches}},
         "searches": searches, "candidates": scored, "comparisons": comparisons, "sasrec": sasrec,
