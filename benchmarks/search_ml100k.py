@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--epochs", type=int, default=2, help="epochs per trial and per fresh-seed re-run")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per re-run")
     p.add_argument("--parallel", type=int, default=2, help="trials at once (each a 1-thread process)")
+    p.add_argument("--no-refit", action="store_true", help="skip the refit of the static winner (the re-runs' test "
+                   "figures are reported either way)")
     p.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=list(SEARCHES))
     p.add_argument("--resume", action="store_true", help="continue the searches in --work-dir")
     p.add_argument("--search-only", action="store_true", help="run the searches (and re-runs, refit) and stop: run "
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"== search {name}: types {SEARCHES[name][0]}, baseline uniform {SEARCHES[name][1]}", flush=True)
         cfg = config_from_dict(search_config(a, name))
         outcomes[name] = run_search(cfg, resume=a.resume or (work / name / "search.json").is_file(),
-                                    refit=name == "static", progress=True)
+                                    refit=name == "static" and not a.no_refit, progress=True)
     search_wall = time.time() - t0
     if a.search_only:
         print(f"searches {a.searches} done in {search_wall / 60:.1f} min; the report needs every search (--resume)")
