@@ -10,7 +10,8 @@ USAGE = "darec search --config configs/search_darec_ml100k.yaml [--resume] [--pa
 def search_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="darec search", usage=USAGE,
-        description="Bayesian optimisation (Ax) of DARec's adapter type per backbone layer; see the README.")
+        description="Bayesian optimisation (Ax) of DARec's adapter type and size per backbone layer, with early "
+                    "stopping of clearly worse trials and optional cost objectives; see the README.")
     parser.add_argument("--config", required=True, help="search config YAML (configs/search_darec_ml100k.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue the search saved in out_dir")
     parser.add_argument("--parallel", type=int, default=None, help="trials at once, each in its own process")
@@ -30,6 +31,13 @@ def search_main(argv: list[str]) -> int:
     if uniform.mean is not None:
         print(f"best {best.mean:.4f} ± {best.std:.4f} vs uniform {cfg.rerun.baseline} {uniform.mean:.4f} ± "
               f"{uniform.std:.4f} (validation NDCG@10, {len(best.fresh)} fresh seeds)")
+    records = list(outcome.records.values())
+    print(f"{len(records)} search trials, {sum(bool(r.get('pruned')) for r in records)} stopped early, "
+          f"{sum(r.get('epochs') or 0 for r in records)} epochs trained")
+    loo = outcome.diagnostics.get("surrogate_loo") or {}
+    if loo.get("mse_ratio") is not None:
+        print(f"Ax surrogate, leave-one-out over {loo['points']} trials: squared error {loo['mse_ratio']:.2f}x a constant's; "
+              f"repeated assignments proposed: {outcome.diagnostics['arms']['repeated']}")
     if outcome.pareto:
         print(f"Pareto front: {len(outcome.pareto)} point(s), configs under {outcome.out_dir / 'pareto'}")
     if "best_config" in outcome.files:
