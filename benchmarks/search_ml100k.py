@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
 
+from darec.search.state import Journal  # noqa: E402
+
 SEARCHES = {"static": (["none", "serial", "parallel", "lora"], "serial"),
             "mixture": (["none", "serial", "parallel", "lora", "mixture"], "mixture")}
 SIZES = {"serial": [16, 64], "parallel": [16, 64], "lora": [4, 16], "mixture": [16, 64]}
@@ -77,9 +79,8 @@ def search_config(a: argparse.Namespace, name: str) -> dict[str, Any]:
 
 
 def journal_counts(out_dir: Path) -> dict[str, int]:
-    path = out_dir / "trials.jsonl"
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
-    return {"search_trials": sum(r["phase"] == "search" for r in rows), "reruns": sum(r["phase"] == "rerun" for r in rows)}
+    journal = Journal(out_dir / "trials.jsonl")
+    return {"search_trials": len(journal.search()), "reruns": len(journal.reruns())}
 
 
 def per_user_scores(trial_dir: Path, data_dir: str) -> dict[str, np.ndarray]:
@@ -99,9 +100,8 @@ def per_user_scores(trial_dir: Path, data_dir: str) -> dict[str, np.ndarray]:
 
 
 def candidate_runs(out_dir: Path, key: str) -> list[dict[str, Any]]:
-    rows = [json.loads(ln) for ln in (out_dir / "trials.jsonl").read_text().splitlines() if ln.strip()]
-    return sorted((r for r in rows if r["phase"] == "rerun" and r["candidate_key"] == key and r["status"] == "completed"),
-                  key=lambda r: r["seed"])
+    reruns = Journal(out_dir / "trials.jsonl").reruns()
+    return sorted((r for (k, _), r in reruns.items() if k == key and r["status"] == "completed"), key=lambda r: r["seed"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -225,9 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _repeats(out_dir: Path) -> int:
     """Finished trials or re-runs that the journal holds more than once (0 after a correct resume)."""
-    rows = [json.loads(ln) for ln in (out_dir / "trials.jsonl").read_text().splitlines() if ln.strip()]
-    keys = [(r["phase"], r["trial"] if r["phase"] == "search" else (r["candidate_key"], r["seed"])) for r in rows]
-    return len(keys) - len(set(map(str, keys)))
+    journal = Journal(out_dir / "trials.jsonl")
+    return len(journal.records) - len(journal.search()) - len(journal.reruns())
 
 
 def _print(result: dict[str, Any]) -> None:

@@ -8,14 +8,11 @@ start that repeat an assignment already tried (BO should not spend trials on the
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
 
 from darec.search.state import NDCG
-
-log = logging.getLogger(__name__)
 
 
 def loo_constant_mse(observed: np.ndarray) -> float:
