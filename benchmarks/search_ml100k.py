@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "label": stats.candidate.label(), "seeds": [r["seed"] for r in runs],
                              "val_ndcg@10": [float(u["val"].mean()) for u in users],
                              "test_ndcg@10": [float(u["test"].mean()) for u in users],
-                             "seconds_per_epoch": stats.seconds_per_epoch, "trainable_params": stats.trainable_params,
+                             "seconds_per_epoch": stats.fresh_seconds_per_epoch, "trainable_params": stats.trainable_params,
                              "_val_users": np.mean([u["val"] for u in users], 0)}
     base = scored["uniform_serial"]
     comparisons = {}

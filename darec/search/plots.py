@@ -106,16 +106,13 @@ def plot_pareto(records: dict[int, dict[str, Any]], front: list[Any], path: Path
     if pruned:
         ax.scatter([r[cost] for r in pruned], [r["ndcg@10"] for r in pruned], s=16, facecolors="none",
                    edgecolors="tab:gray", label="trial stopped early (best so far)")
-    def searched(c: Any) -> float | None:  # the front at the search's own timings (re-runs are timed apart)
-        vals = [r[cost] for r in full if r["candidate_key"] == c.candidate.key]
-        return sum(vals) / len(vals) if vals else None
-
-    pts = sorted((searched(c), c.search_ndcg10) for c in front if searched(c))
+    pts = sorted((getattr(c, cost), c.search_ndcg10) for c in front if getattr(c, cost))
     if pts:
         ax.plot(*zip(*pts), "-o", color="tab:orange", label="Pareto front (search)")
-    judged = [c for c in front if c.fresh and getattr(c, cost)]
+    fresh_cost = "fresh_seconds_per_epoch" if cost == "seconds_per_epoch" else cost  # re-runs are timed apart
+    judged = [c for c in front if c.fresh and getattr(c, fresh_cost)]
     if judged:
-        ax.errorbar([getattr(c, cost) for c in judged], [c.mean for c in judged], yerr=[c.std for c in judged],
+        ax.errorbar([getattr(c, fresh_cost) for c in judged], [c.mean for c in judged], yerr=[c.std for c in judged],
                     fmt="s", color="tab:green", capsize=3, label="fresh seeds (mean ± std)")
     if cost == "trainable_params":
         ax.set_xscale("log")

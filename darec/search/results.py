@@ -27,7 +27,8 @@ class CandidateStats:
     role: str  # "top" | "pareto" | "uniform"
     search_ndcg10: float | None = None  # mean over the search trials that ran it (None: not searched)
     trainable_params: int | None = None
-    seconds_per_epoch: float | None = None  # mean training seconds per epoch over its search trials or re-runs
+    seconds_per_epoch: float | None = None  # mean training seconds per epoch over its search trials
+    fresh_seconds_per_epoch: float | None = None  # the same over its fresh-seed re-runs (timed apart from the search)
     fresh: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -43,7 +44,8 @@ class CandidateStats:
         return {**self.candidate.to_json(), "label": self.candidate.label(), "role": self.role,
                 "search_ndcg@10": self.search_ndcg10, "fresh_ndcg@10": self.fresh, "fresh_mean": self.mean,
                 "fresh_std": self.std, "trainable_params": self.trainable_params,
-                "seconds_per_epoch": self.seconds_per_epoch, "failures": self.failures}
+                "seconds_per_epoch": self.seconds_per_epoch, "fresh_seconds_per_epoch": self.fresh_seconds_per_epoch,
+                "failures": self.failures}
 
 
 def fresh_seeds(cfg: SearchConfig) -> list[int]:
@@ -121,7 +123,7 @@ def attach_fresh(stats: list[CandidateStats], reruns: dict[tuple[str, int], dict
         secs = [r["seconds_per_epoch"] for seed in seeds if (r := reruns.get((s.candidate.key, seed)))
                 and r.get("seconds_per_epoch") is not None]
         if secs:  # timed at the re-runs' budget, on the same seeds for every candidate
-            s.seconds_per_epoch = statistics.fmean(secs)
+            s.fresh_seconds_per_epoch = statistics.fmean(secs)
 
 
 def declare_best(picks: list[CandidateStats]) -> CandidateStats:
@@ -146,13 +148,13 @@ def write_fit_config(path: Path, base: dict[str, Any], cfg: SearchConfig, stats:
 
 
 def summary_table(best: CandidateStats, uniform: CandidateStats, picks: list[CandidateStats]) -> str:
-    rows = [("candidate", "role", "search NDCG@10", "fresh NDCG@10 (mean ± std, n)", "trainable params", "train s/epoch")]
+    rows = [("candidate", "role", "search NDCG@10", "fresh NDCG@10 (mean ± std, n)", "trainable params", "fresh train s/epoch")]
     for s in picks + [uniform]:
         role = s.role + (" (best)" if s is best else "")
         search = f"{s.search_ndcg10:.4f}" if s.search_ndcg10 is not None else "–"
         fresh = f"{s.mean:.4f} ± {s.std:.4f} ({len(s.fresh)})" if s.fresh else f"failed ({len(s.failures)})"
         rows.append((s.candidate.label(), role, search, fresh, f"{s.trainable_params:,}" if s.trainable_params else "–",
-                     f"{s.seconds_per_epoch:.1f}" if s.seconds_per_epoch is not None else "–"))
+                     f"{s.fresh_seconds_per_epoch:.1f}" if s.fresh_seconds_per_epoch is not None else "–"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
