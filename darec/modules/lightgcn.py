@@ -113,8 +113,8 @@ class LightGCN(RecModule):
         if self._adj is None:
             raise ConfigError("LightGCN has no graph: call set_graph() or train with InteractionDataModule")
         x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        if self._adj.device != x.device:
-            self._adj = self._adj.to(x.device)
+        if self._adj.device != x.device or self._adj.dtype != x.dtype:  # moved, or trained in another precision
+            self._adj = self._adj.to(device=x.device, dtype=x.dtype)
         acc = x
         for _ in range(self.num_layers):
             x = _SymmetricSpMM.apply(self._adj, x)

@@ -141,3 +141,26 @@ def test_context_masking_off_changes_later_items():
     first_in_row = packed.segment_ids[r, c] == 0
     torch.testing.assert_close(on[r, c][first_in_row], off[r, c][first_in_row])
     assert not torch.allclose(on[r, c][~first_in_row], off[r, c][~first_in_row])
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_autocast_warns_once_on_a_cpu_without_native_bfloat16(monkeypatch, native):
+    import warnings
+
+    import darec.modules.backbone as backbone_module
+
+    monkeypatch.setattr(backbone_module, "cpu_has_fast_bfloat16", lambda: native)
+    bb = load_backbone(BackboneConfig(name="tiny-bert", autocast="bfloat16"))
+    x = torch.randn(2, 5, bb.hidden_size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = bb(x)
+        bb(x)
+    ours = [w for w in caught if "backbone.autocast='bfloat16'" in str(w.message)]
+    assert len(ours) == (0 if native else 1)
+    if not native:
+        assert "autocast: none" in str(ours[0].message)
+    bb.autocast_dtype = None
+    full = bb(x)
+    assert out.shape == full.shape and not torch.equal(out, full)  # the pass did run in bfloat16
+    torch.testing.assert_close(out, full, atol=0.1, rtol=0.05)
