@@ -66,7 +66,8 @@ class BackboneConfig:
         special_init: ``"mean"`` (mean vocabulary row plus small noise) or ``"normal"`` (N(0, 0.02)).
         autocast: ``"none"`` or ``"bfloat16"``: run the backbone's passes under ``torch.autocast`` in bfloat16
             while its weights stay in ``dtype`` (CPUs with AMX/AVX512-BF16 and GPUs run the matmuls faster; the
-            losses and the item tables stay in float32). ``benchmarks/darec_epoch.py`` measures it per part.
+            losses and the item tables stay in float32). ``benchmarks/bf16_cpu.py`` measures it per part; on a CPU
+            without native bfloat16 the first pass warns, since there it is far slower than float32.
     """
 
     name: str = "minilm"
