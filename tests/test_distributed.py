@@ -1,10 +1,10 @@
 """Two CPU processes (DDP, gloo) give exactly the single-process metrics: every user counted once.
 
-A two-process run was seen, three times in about fifty and only while other test sessions loaded the machine, to
-move one user's target by a rank or two (for example hr@20 62/151 against 63/151) for SASRec and for DARec; alone,
-38 repeated two-process runs gave the single-process metrics every time, in float32 and in float64, and the cause
-is not found. So a mismatch is tried once more, with a warning that shows it; an error that repeats, as a lost or
-duplicated user does, still fails.
+A two-process run was seen three times, each while other processes loaded the machine, to move one user's target
+by a rank or two (for example hr@20 62/151 against 63/151), for SASRec and for DARec. 38 repeated two-process runs
+outside pytest, in float32 and in float64, and 32 in pytest under load with every user's rank compared gave the
+single-process result every time; the cause is not found. So a mismatch is tried once more, with a warning that
+shows it; an error that repeats, as a lost or duplicated user does, still fails.
 """
 
 from __future__ import annotations
