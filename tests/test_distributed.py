@@ -1,7 +1,7 @@
 """Two CPU processes (DDP, gloo) give exactly the single-process metrics: every user counted once.
 
-A two-process run was seen three times, each while other processes loaded the machine, to move one user's target
-by a rank or two (for example hr@20 62/151 against 63/151), for SASRec and for DARec. 38 repeated two-process runs
+A two-process run was seen three times (twice while other processes loaded the machine, once in a full suite run
+reported as idle) to move one user's target by a rank or two (for example hr@20 62/151 against 63/151), for SASRec and for DARec. 38 repeated two-process runs
 outside pytest, in float32 and in float64, and 32 in pytest under load with every user's rank compared gave the
 single-process result every time; the cause is not found. So a mismatch is tried once more, with a warning that
 shows it; an error that repeats, as a lost or duplicated user does, still fails.
