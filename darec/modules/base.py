@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from torchmetrics import Metric
 
 from darec.errors import ConfigError, FingerprintError
 from darec.evaluation.metrics import (
@@ -221,13 +222,25 @@ class RecModule(L.LightningModule):
                 out[inside] = s[rows, ids[inside] - lo]
         return out
 
+    def _fresh_metrics(self) -> None:
+        """Reset every metric of this module before an evaluation pass, so that each process counts into tensors
+        of its own. Under ``ddp_spawn`` the model reaches the worker processes through shared memory; Lightning
+        copies parameters and buffers back to private memory, but not the metrics' states, so without a reset the
+        workers add their batches into one shared histogram (each total then counted twice, and a batch lost
+        when two updates race)."""
+        for module in self.modules():
+            if isinstance(module, Metric):
+                module.reset()
+
     def on_validation_epoch_start(self) -> None:
+        self._fresh_metrics()
         self.on_eval_start()
 
     def on_predict_epoch_start(self) -> None:
         self.on_eval_start()
 
     def on_test_epoch_start(self) -> None:
+        self._fresh_metrics()
         self.on_eval_start()
         dm = self.attached_datamodule()
         if self.evaluation.breakdowns and dm is not None and hasattr(dm, "data"):
