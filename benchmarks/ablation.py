@@ -20,7 +20,7 @@ same checkpoint without SASRec's residual part, which can hide a change in that 
 through ``--work-dir`` (same names), so they are trained once. Finished runs are kept, so an interrupted
 benchmark resumes.
 
-    python benchmarks/ablation.py [--seeds 0 1 2] [--epochs E] [--jobs 2] [--variants full shuffled_text ...]
+    python benchmarks/ablation.py [--seeds 0 1 2] [--epochs E] [--jobs 2] [--threads 1] [--variants full shuffled_text ...]
 
 Prints one table and writes ``benchmarks/ablation.json`` (machine, command, commit).
 """
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--sasrec-len", type=int, default=50, help="history length of the injected SASRec")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (jobs x threads should not exceed the cores)")
     p.add_argument("--converged-from", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"),
                    help="work dir of darec_ml100k.py, whose converged DARec runs give the 0.9x reference")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         specs += [RunSpec(f"ablation_{v}_e{a.epochs}_s{s}", "darec", s, VARIANTS[v].get("model", {}), trainer=budget,
                           cf_from=cf, lightgcn_from=f"lightgcn_s{s}", shuffle_text=VARIANTS[v].get("shuffle_text", False))
                   for v in a.variants]
-    run_all(specs, work, a.data_dir, a.jobs)
+    run_all(specs, work, a.data_dir, a.jobs, a.threads)
     per_user = {v: [ndcg10(load(work, f"ablation_{v}_e{a.epochs}_s{s}").ranks("test")) for s in a.seeds] for v in a.variants}
     # the language-model path alone (same checkpoints without SASRec's residual part): the residual can hide a change
     # in the language-model path, so each variant is also compared on this score

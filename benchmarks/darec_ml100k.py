@@ -17,7 +17,7 @@ SASRec's history length is tuned first on seed 0's validation split (``--sasrec-
 used for every seed. Per-user test NDCG@10 is averaged over seeds and every comparison is paired over users
 with a bootstrap 95% CI. Also reported: test NDCG@10 by history-length and target-popularity bucket.
 
-    python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--sasrec-lens 50 100 200]
+    python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-lens 50 100 200]
 
 Runs go to ``--work-dir`` and are reused, so an interrupted benchmark resumes. Prints tables and writes
 ``benchmarks/darec_ml100k.json`` (machine, command, commit).
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-dir", default="data/ml-100k")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sasrec-lens", type=int, nargs="+", default=[50, 100, 200], help="SASRec history lengths tuned on seed 0's validation")
-    p.add_argument("--jobs", type=int, default=2, help="runs trained at once (one torch thread each)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at once")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (jobs x threads should not exceed the cores)")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     a = p.parse_args(argv)
@@ -122,12 +123,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     work = Path(a.work_dir)
     tune = [RunSpec(f"sasrec_L{n}_s{a.seeds[0]}", "sasrec", a.seeds[0], {"max_len": n}, {"max_len": n}) for n in a.sasrec_lens]
-    run_all(tune, work, a.data_dir, a.jobs)
+    run_all(tune, work, a.data_dir, a.jobs, a.threads)
     tuned = {n: load(work, f"sasrec_L{n}_s{a.seeds[0]}").meta["best_val_ndcg@10"] for n in a.sasrec_lens}
     sas_len = max(tuned, key=tuned.get)
     print(f"SASRec history length by validation NDCG@10 (seed {a.seeds[0]}): {tuned} -> {sas_len}", flush=True)
     variants = {"darec": {}}
-    run_all(specs(a.seeds, sas_len, variants), work, a.data_dir, a.jobs)
+    run_all(specs(a.seeds, sas_len, variants), work, a.data_dir, a.jobs, a.threads)
 
     vec = text_vectors(a.data_dir, str(work / "cache"))
     per_user: dict[str, list[np.ndarray]] = {}

@@ -7,7 +7,8 @@ ensembles, fusions) and pair them user by user. A run is stored under ``WORK/<na
 ``meta.json`` marks it done. SASRec and LightGCN runs also export their embeddings there (``cf/``), which the
 DARec runs of the same seed inject.
 
-Several runs execute in parallel as subprocesses (``python benchmarks/runs.py SPEC``), one torch thread each.
+Several runs execute in parallel as subprocesses (``python benchmarks/runs.py SPEC``), one torch thread each
+unless ``threads`` says otherwise.
 """
 
 from __future__ import annotations
@@ -230,8 +231,15 @@ def load(work: Path, name: str, lm_only: bool = False) -> Run:
                {s: [np.asarray(h, dtype=np.int64) for h in hist[s]] for s in ("val", "test")})
 
 
-def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2) -> None:
-    """Train every spec not done yet, ``jobs`` subprocesses at a time, each after the runs it injects."""
+def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, threads: int = 1) -> None:
+    """Train every spec not done yet, ``jobs`` subprocesses at a time with ``threads`` torch threads each, each
+    after the runs it injects."""
+    if jobs < 1 or threads < 1:
+        raise ValueError(f"jobs and threads must be >= 1, got {jobs} and {threads}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if jobs * threads > cores:
+        print(f"warning: {jobs} jobs x {threads} threads exceed this machine's {cores} cores; runs will be slower",
+              flush=True)
     pending = [s for s in specs if not is_done(work, s.name)]
     running: list[tuple[RunSpec, subprocess.Popen]] = []
     work.mkdir(parents=True, exist_ok=True)
@@ -247,7 +255,7 @@ def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2) -> N
             pending.remove(spec)
             run_dir(work, spec.name).mkdir(parents=True, exist_ok=True)
             log = open(run_dir(work, spec.name) / "log.txt", "w")
-            env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
             cmd = [sys.executable, __file__, json.dumps(asdict(spec)), str(work), data_dir]
             running.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
             print(f"started {spec.name}", flush=True)
@@ -257,7 +265,7 @@ def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2) -> N
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     spec_json, work_dir, data = sys.argv[1:4]
     meta = train(RunSpec(**json.loads(spec_json)), Path(work_dir), data)
     print(json.dumps({k: meta[k] for k in ("fit_s", "epochs_run", "best_val_ndcg@10", "test_ndcg@10")}))
