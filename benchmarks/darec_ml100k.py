@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs["darec_lm_only"] = load(work, f"darec_s{s}", lm_only=True)
         for name, run in runs.items():
             per_user.setdefault(name, []).append(ndcg10(run.ranks("test")))
-            details.setdefault(name, []).append({k: run.meta.get(k) for k in ("fit_s", "epochs_run", "best_val_ndcg@10",
+            details.setdefault(name, []).append({k: run.meta.get(k) for k in ("fit_s", "epochs_run", "stopped_by_time",
+                                                                               "torch_threads", "best_val_ndcg@10",
                                                                                "test_ndcg@10", "residual_weight")})
         ens = sas.scores["test"] + sas_b.scores["test"]
         per_user.setdefault("sasrec_2seed_ensemble", []).append(ndcg10(sas.ranks("test", ens)))
@@ -173,8 +174,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                 "met": comparisons["darec - sasrec_plus_text"]["bootstrap_95ci"][0] > 0},
         "darec's language-model path alone >= sasrec": {"ratio": comparisons["darec_lm_only - sasrec"]["ratio"],
                                                         "met": comparisons["darec_lm_only - sasrec"]["ratio"] >= 1.0},
-        "darec fit <= 30 min per seed": {"fit_s": [r["fit_s"] for r in details["darec"]],
-                                         "met": all(r["fit_s"] <= 1800 for r in details["darec"])},
+        # converged within the budget: early stopping ended training, not the 30-minute cap of benchmarks/runs.py
+        "darec fit <= 30 min per seed, ended by early stopping": {
+            "fit_s": [r["fit_s"] for r in details["darec"]],
+            "stopped_by_time": [r["stopped_by_time"] for r in details["darec"]],
+            "met": all(r["fit_s"] <= 1800 and r["stopped_by_time"] is False for r in details["darec"])},
     }
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
               "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit(),
