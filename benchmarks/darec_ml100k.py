@@ -14,10 +14,12 @@ its best validation checkpoint; see ``benchmarks/runs.py``):
   MiniLM vectors, item vector)``, with ``w`` and ``k`` chosen per seed on validation.
 
 SASRec's history length is tuned first on seed 0's validation split (``--sasrec-lens``); the best length is
-used for every seed. Per-user test NDCG@10 is averaged over seeds and every comparison is paired over users
+used for every seed. ``--sasrec-patience`` trains SASRec with a longer early-stopping patience than its shipped
+config (some seeds plateau for ten epochs and then improve again); its runs, and the DARec runs that inject them,
+get their own names. Per-user test NDCG@10 is averaged over seeds and every comparison is paired over users
 with a bootstrap 95% CI. Also reported: test NDCG@10 by history-length and target-popularity bucket.
 
-    python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-lens 50 100 200]
+    python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-lens 50 100 200] [--sasrec-patience P]
 
 Runs go to ``--work-dir`` and are reused, so an interrupted benchmark resumes. Prints tables and writes
 ``benchmarks/darec_ml100k.json`` (machine, command, commit).
@@ -46,15 +48,29 @@ TEXT_K = (1, 3, 10)
 TEXT_W = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
-def specs(seeds: list[int], sasrec_len: int, darec_variants: dict[str, dict[str, Any]]) -> list[RunSpec]:
-    sas = {"max_len": sasrec_len}
-    data = {"max_len": sasrec_len}
+def sasrec_name(length: int, seed: int, patience: int | None) -> str:
+    """A SASRec run's name; runs with the shipped config's early-stopping patience keep the old names."""
+    return f"sasrec_L{length}_s{seed}" if patience is None else f"sasrec_L{length}_p{patience}_s{seed}"
+
+
+def darec_name(variant: str, seed: int, patience: int | None) -> str:
+    """A DARec run's name: the variant, and the SASRec patience of the runs it injects when not the shipped one."""
+    return f"{variant}_s{seed}" if patience is None else f"{variant}_sasp{patience}_s{seed}"
+
+
+def sasrec_spec(length: int, seed: int, patience: int | None) -> RunSpec:
+    return RunSpec(sasrec_name(length, seed, patience), "sasrec", seed, {"max_len": length}, {"max_len": length},
+                   {} if patience is None else {"patience": patience})
+
+
+def specs(seeds: list[int], sasrec_len: int, darec_variants: dict[str, dict[str, Any]],
+          sasrec_patience: int | None = None) -> list[RunSpec]:
     out = []
     for s in seeds:
-        out += [RunSpec(f"sasrec_L{sasrec_len}_s{s}", "sasrec", s, sas, data),
-                RunSpec(f"sasrec_L{sasrec_len}_s{s + 100}", "sasrec", s + 100, sas, data),
+        out += [sasrec_spec(sasrec_len, s, sasrec_patience), sasrec_spec(sasrec_len, s + 100, sasrec_patience),
                 RunSpec(f"lightgcn_s{s}", "lightgcn", s)]
-        out += [RunSpec(f"{name}_s{s}", "darec", s, over, cf_from=f"sasrec_L{sasrec_len}_s{s}", lightgcn_from=f"lightgcn_s{s}")
+        out += [RunSpec(darec_name(name, s, sasrec_patience), "darec", s, over,
+                        cf_from=sasrec_name(sasrec_len, s, sasrec_patience), lightgcn_from=f"lightgcn_s{s}")
                 for name, over in darec_variants.items()]
     return out
 
@@ -114,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-dir", default="data/ml-100k")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sasrec-lens", type=int, nargs="+", default=[50, 100, 200], help="SASRec history lengths tuned on seed 0's validation")
+    p.add_argument("--sasrec-patience", type=int, default=None,
+                   help="SASRec's early-stopping patience (default: the shipped config's); DARec injects these runs")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (jobs x threads should not exceed the cores)")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
@@ -122,22 +140,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     work = Path(a.work_dir)
-    tune = [RunSpec(f"sasrec_L{n}_s{a.seeds[0]}", "sasrec", a.seeds[0], {"max_len": n}, {"max_len": n}) for n in a.sasrec_lens]
+    pat = a.sasrec_patience
+    tune = [sasrec_spec(n, a.seeds[0], pat) for n in a.sasrec_lens]
     run_all(tune, work, a.data_dir, a.jobs, a.threads)
-    tuned = {n: load(work, f"sasrec_L{n}_s{a.seeds[0]}").meta["best_val_ndcg@10"] for n in a.sasrec_lens}
+    tuned = {n: load(work, sasrec_name(n, a.seeds[0], pat)).meta["best_val_ndcg@10"] for n in a.sasrec_lens}
     sas_len = max(tuned, key=tuned.get)
     print(f"SASRec history length by validation NDCG@10 (seed {a.seeds[0]}): {tuned} -> {sas_len}", flush=True)
     variants = {"darec": {}}
-    run_all(specs(a.seeds, sas_len, variants), work, a.data_dir, a.jobs, a.threads)
+    run_all(specs(a.seeds, sas_len, variants, pat), work, a.data_dir, a.jobs, a.threads)
 
     vec = text_vectors(a.data_dir, str(work / "cache"))
     per_user: dict[str, list[np.ndarray]] = {}
     details: dict[str, list[dict[str, Any]]] = {}
     for s in a.seeds:
-        sas, sas_b = load(work, f"sasrec_L{sas_len}_s{s}"), load(work, f"sasrec_L{sas_len}_s{s + 100}")
+        sas, sas_b = load(work, sasrec_name(sas_len, s, pat)), load(work, sasrec_name(sas_len, s + 100, pat))
         runs = {"sasrec": sas, "lightgcn": load(work, f"lightgcn_s{s}")}
-        runs.update({v: load(work, f"{v}_s{s}") for v in variants})
-        runs["darec_lm_only"] = load(work, f"darec_s{s}", lm_only=True)
+        runs.update({v: load(work, darec_name(v, s, pat)) for v in variants})
+        runs["darec_lm_only"] = load(work, darec_name("darec", s, pat), lm_only=True)
         for name, run in runs.items():
             per_user.setdefault(name, []).append(ndcg10(run.ranks("test")))
             details.setdefault(name, []).append({k: run.meta.get(k) for k in ("fit_s", "epochs_run", "stopped_by_time",
@@ -157,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         c = paired_bootstrap(mean_user[model] - mean_user[ref])
         c["ratio"] = models[model]["test_ndcg@10_mean"] / models[ref]["test_ndcg@10_mean"]
         comparisons[f"{model} - {ref}"] = c
-    first = load(work, f"sasrec_L{sas_len}_s{a.seeds[0]}")
+    first = load(work, sasrec_name(sas_len, a.seeds[0], pat))
     groups = buckets(a.data_dir, first.history["test"], first.targets["test"])
     breakdown = {}
     for kind, (g, labels) in groups.items():
@@ -182,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
               "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit(),
-              "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len,
+              "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len, "sasrec_patience": pat,
               "darec_config": "configs/darec_ml100k.yaml", "darec_variants": variants,
               "models": models, "comparisons": comparisons, "breakdowns_test_ndcg@10": breakdown, "targets": targets}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
