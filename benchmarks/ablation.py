@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         budget_check = {"full_val_at_budget": float(np.mean(rows["full"]["best_val_ndcg@10"])),
                         "converged_val": float(np.mean(converged)), "ratio": ratio, "met": ratio >= 0.9}
     result = {"benchmark": "DARec ablation on ml-100k", "machine": machine(), "command": command("benchmarks/ablation.py", argv),
-              "git": git_commit(), "seeds": a.seeds, "epochs": a.epochs, "variants": {v: VARIANTS[v] for v in a.variants},
+              "git": git_commit((a.out,)), "seeds": a.seeds, "epochs": a.epochs, "variants": {v: VARIANTS[v] for v in a.variants},
               "budget_vs_converged": budget_check, "results": rows}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     def vs(d: dict[str, Any] | None) -> str:

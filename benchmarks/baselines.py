@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "baselines on ml-100k (leave-one-out, full ranking, history masked)",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git": git_commit(),
+        "git": git_commit((a.out,)),
         "machine": machine(),
         "data_dir": str(data_dir),
         "seeds": a.seeds,

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(a.threads)
     result: dict[str, Any] = {"benchmark": "bfloat16 autocast against float32 per part, DARec default configuration",
                               "machine": machine(), "cpu": cpu_facts(), "command": command("benchmarks/bf16_cpu.py", argv),
-                              "git": git_commit(), "seconds": {}}
+                              "git": git_commit((a.out,)), "seconds": {}}
     import warnings
 
     with warnings.catch_warnings():

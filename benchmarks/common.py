@@ -28,17 +28,23 @@ def machine() -> dict[str, Any]:
     }
 
 
-def git_commit() -> dict[str, Any]:
-    """HEAD and whether the working tree had uncommitted changes."""
+def git_commit(outputs: tuple[str | Path, ...] = (), root: Path = ROOT) -> dict[str, Any]:
+    """HEAD, whether the working tree had uncommitted changes to tracked files, and which. ``outputs`` are the files
+    the benchmark is about to write (its JSON, its plots): an earlier, uncommitted version of those does not make
+    the run dirty."""
 
     def git(*a: str) -> str | None:
         try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return None
 
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    names = git("diff", "--name-only", "HEAD")  # tracked files changed, staged or not
+    if names is None:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": None, "dirty_files": None}
+    own = {Path(o).resolve() for o in outputs}
+    changed = [f for f in names.splitlines() if f and (root / f).resolve() not in own]
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "dirty_files": changed}
 
 
 def command(script: str, argv: list[str] | None) -> str:

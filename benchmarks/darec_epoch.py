@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cache = str(work / "cache")
     result: dict[str, Any] = {"benchmark": "DARec epoch cost on ml-100k, before and after, side by side",
                               "machine": machine(), "command": command("benchmarks/darec_epoch.py", argv),
-                              "git": git_commit(), "settings": {}, "runs": {}}
+                              "git": git_commit((a.out,)), "settings": {}, "runs": {}}
     for name, (model_kw, data_kw) in settings(a.data_dir, a.cf_dir, cache).items():
         if name in a.skip:
             continue

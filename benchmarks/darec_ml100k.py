@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "met": all(r["fit_s"] <= 1800 and r["stopped_by_time"] is False for r in details["darec"])},
     }
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
-              "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit(),
+              "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),
               "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len, "sasrec_patience": pat,
               "darec_config": "configs/darec_ml100k.yaml", "darec_variants": variants,
               "models": models, "comparisons": comparisons, "breakdowns_test_ndcg@10": breakdown, "targets": targets}

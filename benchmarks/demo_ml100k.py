@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "darec demo on ml-100k (CPU, default budgets unless demo_args says otherwise)",
         "machine": before, "load_average_after": after["load_average_1_5_15"],
         "command": command("benchmarks/demo_ml100k.py", argv), "demo_command": " ".join(cmd[2:]),
-        "demo_args": a.demo_args, "git": git_commit(), "wall_s": wall, "wall_min": wall / 60,
+        "demo_args": a.demo_args, "git": git_commit((a.out, Path(a.out).with_suffix(".png"))), "wall_s": wall, "wall_min": wall / 60,
         "lines_printed": len(lines), "output": lines, **results,
     }
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")

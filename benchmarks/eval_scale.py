@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "full-ranking evaluation at scale (synthetic vectors)",
         "machine": machine(),
         "command": " ".join([Path(sys.executable).name, "benchmarks/eval_scale.py", *(argv if argv is not None else sys.argv[1:])]),
-        "git": git_commit(),
+        "git": git_commit((a.out,)),
         "config": vars(a),
         "seconds": seconds,
         "over_matmul": ratios,

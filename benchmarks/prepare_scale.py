@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "prepare a synthetic Amazon 2023 log (streaming reader, array pipeline)",
         "machine": machine(),
         "command": " ".join([Path(sys.executable).name, "benchmarks/prepare_scale.py", *(argv if argv is not None else sys.argv[1:])]),
-        "git": git_commit(),
+        "git": git_commit((a.out,)),
         "config": {k: v for k, v in vars(a).items() if k != "out"},
         "runs": runs,
         "target": {"peak_rss_gb_max": TARGET_PEAK_RSS_GB, "met": peak <= TARGET_PEAK_RSS_GB},

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "benchmark": "darec search on ml-100k (MiniLM, CPU): per-layer adapter type and size plus the learning rate by Ax "
                      "BO with early stopping and cost objectives; winners against uniform serial on fresh seeds",
-        "machine": machine(), "command": command("benchmarks/search_ml100k.py", argv), "git": git_commit(),
+        "machine": machine(), "command": command("benchmarks/search_ml100k.py", argv), "git": git_commit((a.out, *Path(a.out).parent.glob(f"{Path(a.out).stem}_*.png"))),
         "budget": {"trials_per_search": a.trials, "init_trials": a.init_trials, "epochs": a.epochs,
                    "fresh_seeds": a.seeds, "parallel": a.parallel, "threads_per_trial": 1},
         "note": a.note,

@@ -1,0 +1,38 @@
+"""What a benchmark's JSON records about the code it ran: the commit, and which tracked files differed from it."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _common():
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_git_commit_names_changed_files_and_ignores_the_benchmarks_own_outputs(tmp_path) -> None:
+    git_commit = _common().git_commit
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    for name in ("code.py", "result.json"):
+        (tmp_path / name).write_text("v1\n")
+    subprocess.run([*git, "add", "."], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+
+    clean = git_commit(root=tmp_path)
+    assert clean == {"commit": head, "dirty": False, "dirty_files": []}
+    (tmp_path / "result.json").write_text("an earlier run's output\n")
+    (tmp_path / "untracked.txt").write_text("not part of the code\n")
+    assert git_commit((tmp_path / "result.json",), root=tmp_path)["dirty"] is False
+    assert git_commit(root=tmp_path)["dirty_files"] == ["result.json"]
+    (tmp_path / "code.py").write_text("v2\n")
+    record = git_commit((tmp_path / "result.json",), root=tmp_path)
+    assert record["dirty"] is True and record["dirty_files"] == ["code.py"]
+    assert git_commit(root=tmp_path / "not-a-repo")["dirty"] is None
