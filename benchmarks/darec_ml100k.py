@@ -16,8 +16,8 @@ its best validation checkpoint; see ``benchmarks/runs.py``):
 SASRec's history length is tuned first on seed 0's validation split (``--sasrec-lens``); the best length is
 used for every seed. ``--sasrec-patience`` sets SASRec's early-stopping patience (default: the shipped config's, 25;
 with 11, most seeds stop on a plateau and then miss 0.01-0.03 test NDCG@10). Run names carry the patience, so runs
-at another patience are never reused by mistake. Per-user test NDCG@10 is averaged over seeds and every comparison is paired over users
-with a bootstrap 95% CI. Also reported: test NDCG@10 by history-length and target-popularity bucket.
+at another patience are never reused by mistake. Per-user test NDCG@10 is averaged over seeds and every comparison
+is paired over users with a bootstrap 95% CI. Also reported: test NDCG@10 by history-length and target-popularity bucket.
 
     python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-lens 50 100 200] [--sasrec-patience P]
 
@@ -36,23 +36,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
-from runs import Run, RunSpec, load, ndcg10, run_all  # noqa: E402
+from runs import Run, RunSpec, early_stopping_args, load, ndcg10, run_all, shipped_config  # noqa: E402
 
 TEXT_K = (1, 3, 10)
 TEXT_W = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-def shipped_sasrec_patience() -> int:
-    """The early-stopping patience of ``configs/sasrec_ml100k.yaml``."""
-    cfg = yaml.safe_load((ROOT / "configs" / "sasrec_ml100k.yaml").read_text())
-    return next(c["init_args"]["patience"] for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("EarlyStopping"))
 
 
 def sasrec_name(length: int, seed: int, patience: int) -> str:
@@ -147,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     work = Path(a.work_dir)
-    pat = a.sasrec_patience if a.sasrec_patience is not None else shipped_sasrec_patience()
+    pat = a.sasrec_patience if a.sasrec_patience is not None else early_stopping_args(shipped_config("sasrec"))["patience"]
     tune = [sasrec_spec(n, a.seeds[0], pat) for n in a.sasrec_lens]
     run_all(tune, work, a.data_dir, a.jobs, a.threads)
     tuned = {n: load(work, sasrec_name(n, a.seeds[0], pat)).meta["best_val_ndcg@10"] for n in a.sasrec_lens}

@@ -60,6 +60,17 @@ def _import(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def shipped_config(kind: str) -> dict[str, Any]:
+    """The shipped ml-100k config of ``kind`` (``configs/<kind>_ml100k.yaml``), parsed."""
+    return yaml.safe_load((ROOT / "configs" / CONFIGS[kind]).read_text())
+
+
+def early_stopping_args(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The EarlyStopping callback's ``init_args`` in a parsed fit config (patience 5 on val/ndcg@10 if it has none)."""
+    return next((c["init_args"] for c in cfg["trainer"].get("callbacks", []) if c["class_path"].endswith("EarlyStopping")),
+                {"patience": 5, "monitor": "val/ndcg@10"})
+
+
 def run_dir(work: Path, name: str) -> Path:
     return work / name
 
@@ -116,7 +127,7 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
     if is_done(work, spec.name):
         return json.loads((out / "meta.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
-    cfg = yaml.safe_load((ROOT / "configs" / CONFIGS[spec.kind]).read_text())
+    cfg = shipped_config(spec.kind)
     model_kw = _merge(cfg["model"]["init_args"], spec.model)
     data_kw = _merge(cfg["data"]["init_args"], dict(spec.data, data_dir=data_dir))
     if spec.kind == "darec":
@@ -128,8 +139,7 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
         model_kw["injection"] = inj
         data_kw["max_len"] = model_kw.get("max_len", data_kw.get("max_len"))
     trainer_cfg = cfg["trainer"]
-    stop = next((c["init_args"] for c in trainer_cfg.get("callbacks", []) if c["class_path"].endswith("EarlyStopping")),
-                {"patience": 5, "monitor": "val/ndcg@10"})
+    stop = early_stopping_args(cfg)
     patience, stop_on = stop["patience"], stop["monitor"]
     max_epochs = spec.trainer.get("max_epochs", trainer_cfg.get("max_epochs", 100))
     patience = spec.trainer.get("patience", patience)
