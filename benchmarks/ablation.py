@@ -13,14 +13,16 @@ LightGCN. Each other variant changes one thing:
   per step, the cache rebuilt every 10 steps) with the masked-context loss on.
 
 Every run trains exactly ``--epochs`` epochs (no early stopping; the best validation epoch is tested), a budget
-chosen to reach at least 0.9x the converged validation NDCG@10 of ``full`` (the JSON records both). The table
+chosen to reach at least 0.9x the converged validation NDCG@10 of ``full`` (the JSON records both). The fused score
+is mostly SASRec's after one epoch, so the JSON also gives the language-model path's own validation NDCG@10 at the
+budget against the converged runs' (at the default 4 epochs, about 0.9x in the converged runs' curves). The table
 gives test NDCG@10 (mean ± std over seeds) and the paired difference from ``full`` over users (per-user NDCG@10
 averaged over seeds) with a bootstrap 95% CI, for the fused score and for the language-model path alone (the
 same checkpoint without SASRec's residual part, which can hide a change in that path). SASRec/LightGCN runs are shared with ``benchmarks/darec_ml100k.py``
-through ``--work-dir`` (same names), so they are trained once. Finished runs are kept, so an interrupted
-benchmark resumes.
+through ``--work-dir`` (same names, with SASRec's early-stopping patience: ``--sasrec-patience``, default the shipped
+config's), so they are trained once. Finished runs are kept, so an interrupted benchmark resumes.
 
-    python benchmarks/ablation.py [--seeds 0 1 2] [--epochs E] [--jobs 2] [--threads 1] [--variants full shuffled_text ...]
+    python benchmarks/ablation.py [--seeds 0 1 2] [--epochs E] [--jobs 2] [--threads 1] [--sasrec-patience P] [--variants full ...]
 
 Prints one table and writes ``benchmarks/ablation.json`` (machine, command, commit).
 """
@@ -42,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
-from runs import RunSpec, has_lm_only, is_done, load, ndcg10, run_all  # noqa: E402
+from runs import (RunSpec, darec_name, has_lm_only, is_done, load, ndcg10, run_all, sasrec_name,  # noqa: E402
+                  sasrec_spec, shipped_sasrec_patience)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -60,8 +63,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data/ml-100k")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=5, help="training epochs of every variant (fixed budget)")
+    p.add_argument("--epochs", type=int, default=4, help="training epochs of every variant (fixed budget)")
     p.add_argument("--sasrec-len", type=int, default=50, help="history length of the injected SASRec")
+    p.add_argument("--sasrec-patience", type=int, default=None,
+                   help="early-stopping patience of the injected SASRec runs (default: the shipped config's)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (jobs x threads should not exceed the cores)")
@@ -73,21 +78,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     work = Path(a.work_dir)
+    pat = a.sasrec_patience if a.sasrec_patience is not None else shipped_sasrec_patience()
     budget = {"max_epochs": a.epochs, "patience": a.epochs}
+
+    def name(v: str, s: int) -> str:
+        return darec_name(f"ablation_{v}_e{a.epochs}", s, pat)
+
     specs = []
     for s in a.seeds:
-        cf = f"sasrec_L{a.sasrec_len}_s{s}"
-        specs += [RunSpec(cf, "sasrec", s, {"max_len": a.sasrec_len}, {"max_len": a.sasrec_len}), RunSpec(f"lightgcn_s{s}", "lightgcn", s)]
-        specs += [RunSpec(f"ablation_{v}_e{a.epochs}_s{s}", "darec", s, VARIANTS[v].get("model", {}), trainer=budget,
+        cf = sasrec_name(a.sasrec_len, s, pat)
+        specs += [sasrec_spec(a.sasrec_len, s, pat), RunSpec(f"lightgcn_s{s}", "lightgcn", s)]
+        specs += [RunSpec(name(v, s), "darec", s, VARIANTS[v].get("model", {}), trainer=budget,
                           cf_from=cf, lightgcn_from=f"lightgcn_s{s}", shuffle_text=VARIANTS[v].get("shuffle_text", False))
                   for v in a.variants]
     run_all(specs, work, a.data_dir, a.jobs, a.threads)
-    per_user = {v: [ndcg10(load(work, f"ablation_{v}_e{a.epochs}_s{s}").ranks("test")) for s in a.seeds] for v in a.variants}
+    per_user = {v: [ndcg10(load(work, name(v, s)).ranks("test")) for s in a.seeds] for v in a.variants}
     # the language-model path alone (same checkpoints without SASRec's residual part): the residual can hide a change
     # in the language-model path, so each variant is also compared on this score
-    lm_user = {v: [ndcg10(_lm_or_fused(work, f"ablation_{v}_e{a.epochs}_s{s}").ranks("test")) for s in a.seeds]
-               for v in a.variants}
-    metas = {v: [load(work, f"ablation_{v}_e{a.epochs}_s{s}").meta for s in a.seeds] for v in a.variants}
+    lm_user = {v: [ndcg10(_lm_or_fused(work, name(v, s)).ranks("test")) for s in a.seeds] for v in a.variants}
+    metas = {v: [load(work, name(v, s)).meta for s in a.seeds] for v in a.variants}
     rows: dict[str, Any] = {}
     for v in a.variants:
         vals = [x.mean() for x in per_user[v]]
@@ -101,15 +110,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["minus_full"] = paired_bootstrap(np.mean(per_user[v], 0) - np.mean(per_user["full"], 0))
             row["lm_only_minus_full"] = paired_bootstrap(np.mean(lm_user[v], 0) - np.mean(lm_user["full"], 0))
         rows[v] = row
-    converged = [load(Path(a.converged_from), f"darec_s{s}").meta["best_val_ndcg@10"]
-                 for s in a.seeds if is_done(Path(a.converged_from), f"darec_s{s}")]
+    converged = [load(Path(a.converged_from), darec_name("darec", s, pat)).meta
+                 for s in a.seeds if is_done(Path(a.converged_from), darec_name("darec", s, pat))]
     budget_check = None
     if converged and "full" in rows:
-        ratio = float(np.mean(rows["full"]["best_val_ndcg@10"]) / np.mean(converged))
-        budget_check = {"full_val_at_budget": float(np.mean(rows["full"]["best_val_ndcg@10"])),
-                        "converged_val": float(np.mean(converged)), "ratio": ratio, "met": ratio >= 0.9}
+        # the fused score is mostly SASRec's after one epoch, so the language-model path's own validation NDCG@10 (at
+        # the selected checkpoint) is reported too: it shows how far the part that the ablations change has trained
+        at_budget = {k: float(np.mean([m[k] for m in metas["full"]])) for k in ("best_val_ndcg@10", "val_ndcg@10_lm_only")}
+        conv = {k: float(np.mean([m[k] for m in converged])) for k in at_budget}
+        ratio = at_budget["best_val_ndcg@10"] / conv["best_val_ndcg@10"]
+        budget_check = {"full_val_at_budget": at_budget["best_val_ndcg@10"], "converged_val": conv["best_val_ndcg@10"],
+                        "ratio": ratio, "met": ratio >= 0.9,
+                        "lm_only_val_at_budget": at_budget["val_ndcg@10_lm_only"],
+                        "lm_only_converged_val": conv["val_ndcg@10_lm_only"],
+                        "lm_only_ratio": at_budget["val_ndcg@10_lm_only"] / conv["val_ndcg@10_lm_only"]}
     result = {"benchmark": "DARec ablation on ml-100k", "machine": machine(), "command": command("benchmarks/ablation.py", argv),
-              "git": git_commit((a.out,)), "seeds": a.seeds, "epochs": a.epochs, "variants": {v: VARIANTS[v] for v in a.variants},
+              "git": git_commit((a.out,)), "seeds": a.seeds, "epochs": a.epochs, "sasrec_patience": pat, "variants": {v: VARIANTS[v] for v in a.variants},
               "budget_vs_converged": budget_check, "results": rows}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     def vs(d: dict[str, Any] | None) -> str:
@@ -121,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{r['lm_only_test_ndcg@10_mean']:>12.4f} ± {r['lm_only_test_ndcg@10_std']:.4f}"
               f"{vs(r.get('lm_only_minus_full')):>34}{np.mean(r['fit_s']):>8.0f}")
     if budget_check:
-        print(f"budget: full reaches {budget_check['ratio']:.2f}x the converged validation NDCG@10 (target >= 0.9)")
+        print(f"budget: full reaches {budget_check['ratio']:.2f}x the converged validation NDCG@10 (target >= 0.9); "
+              f"its language-model path alone {budget_check['lm_only_ratio']:.2f}x")
     print(f"wrote {a.out}")
     return result
 

@@ -42,25 +42,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
-from runs import Run, RunSpec, early_stopping_args, load, ndcg10, run_all, shipped_config  # noqa: E402
+from runs import (Run, RunSpec, darec_name, load, ndcg10, run_all, sasrec_name, sasrec_spec,  # noqa: E402
+                  shipped_sasrec_patience)
 
 TEXT_K = (1, 3, 10)
 TEXT_W = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-def sasrec_name(length: int, seed: int, patience: int) -> str:
-    """A SASRec run's name, with its early-stopping patience (runs are reused by name)."""
-    return f"sasrec_L{length}_p{patience}_s{seed}"
-
-
-def darec_name(variant: str, seed: int, patience: int) -> str:
-    """A DARec run's name: the variant, and the patience of the SASRec runs it injects."""
-    return f"{variant}_sasp{patience}_s{seed}"
-
-
-def sasrec_spec(length: int, seed: int, patience: int) -> RunSpec:
-    return RunSpec(sasrec_name(length, seed, patience), "sasrec", seed, {"max_len": length}, {"max_len": length},
-                   {"patience": patience})
 
 
 def specs(seeds: list[int], sasrec_len: int, darec_variants: dict[str, dict[str, Any]],
@@ -140,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     work = Path(a.work_dir)
-    pat = a.sasrec_patience if a.sasrec_patience is not None else early_stopping_args(shipped_config("sasrec"))["patience"]
+    pat = a.sasrec_patience if a.sasrec_patience is not None else shipped_sasrec_patience()
     tune = [sasrec_spec(n, a.seeds[0], pat) for n in a.sasrec_lens]
     run_all(tune, work, a.data_dir, a.jobs, a.threads)
     tuned = {n: load(work, sasrec_name(n, a.seeds[0], pat)).meta["best_val_ndcg@10"] for n in a.sasrec_lens}

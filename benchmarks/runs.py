@@ -71,6 +71,26 @@ def early_stopping_args(cfg: dict[str, Any]) -> dict[str, Any]:
                 {"patience": 5, "monitor": "val/ndcg@10"})
 
 
+def shipped_sasrec_patience() -> int:
+    """SASRec's early-stopping patience in its shipped config (the default of the benchmarks that inject SASRec)."""
+    return int(early_stopping_args(shipped_config("sasrec"))["patience"])
+
+
+def sasrec_name(length: int, seed: int, patience: int) -> str:
+    """A SASRec run's name, with its early-stopping patience (runs are reused by name)."""
+    return f"sasrec_L{length}_p{patience}_s{seed}"
+
+
+def darec_name(variant: str, seed: int, patience: int) -> str:
+    """A DARec run's name: the variant, and the patience of the SASRec runs it injects."""
+    return f"{variant}_sasp{patience}_s{seed}"
+
+
+def sasrec_spec(length: int, seed: int, patience: int) -> RunSpec:
+    return RunSpec(sasrec_name(length, seed, patience), "sasrec", seed, {"max_len": length}, {"max_len": length},
+                   {"patience": patience})
+
+
 def run_dir(work: Path, name: str) -> Path:
     return work / name
 
