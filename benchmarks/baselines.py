@@ -118,7 +118,7 @@ def run_popularity(data_dir: Path) -> dict[str, Any]:
 
 
 def run_trained(
-    model_name: str, data_dir: Path, seed: int, max_epochs: int | None, patience: int, work: Path, extra: list[str]
+    model_name: str, data_dir: Path, seed: int, max_epochs: int | None, patience: int | None, work: Path, extra: list[str]
 ) -> dict[str, Any]:
     from lightning.pytorch.callbacks import EarlyStopping
 
@@ -129,9 +129,9 @@ def run_trained(
     try:
         timer = EpochTimer()
         cli = _cli(ROOT / "configs" / f"{model_name}_ml100k.yaml", data_dir, seed, max_epochs, timer, extra)
-        for cb in cli.trainer.callbacks:
-            if isinstance(cb, EarlyStopping):
-                cb.patience = patience
+        stopper = next(cb for cb in cli.trainer.callbacks if isinstance(cb, EarlyStopping))
+        if patience is not None:
+            stopper.patience = patience
         cli.trainer.fit(cli.model, cli.datamodule)
         best_path = cli.trainer.checkpoint_callback.best_model_path
         metrics = cli.trainer.test(cli.model, cli.datamodule, ckpt_path=best_path, verbose=False)[0]
@@ -145,6 +145,7 @@ def run_trained(
         "ranks": ranks,
         "epochs": epochs,
         "best_epoch": best,
+        "patience": stopper.patience,
         "best_val_ndcg@10": timer.val_ndcg[best],
         "epoch_s": timer.val_end_s[-1] / epochs,
         "train_epoch_s": float(np.mean(timer.train_s)),
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["popularity", "sasrec", "lightgcn"], choices=["popularity", "sasrec", "lightgcn"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed for trained models")
     p.add_argument("--max-epochs", type=int, default=None, help="override the configs' max_epochs")
-    p.add_argument("--patience", type=int, default=11, help="early-stopping patience on validation NDCG@10 (11 = RecBole stopping_step 10)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="early-stopping patience on validation NDCG@10 for every model (default: each shipped config's)")
     p.add_argument("--sasrec-args", default="", help="extra LightningCLI arguments for SASRec runs, e.g. '--model.init_args.lr 0.002'")
     p.add_argument("--lightgcn-args", default="", help="extra LightningCLI arguments for LightGCN runs")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "data_dir": str(data_dir),
         "seeds": a.seeds,
-        "patience": a.patience,
+        "patience": a.patience if a.patience is not None else "each shipped config's (per run: models.*.runs)",
         "extra_args": {"sasrec": a.sasrec_args, "lightgcn": a.lightgcn_args},
         "max_epochs": a.max_epochs,
         "wall_s": time.perf_counter() - t_start,
