@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from darec.cli.main import HELP, main
-from darec.cli.demo import banner, comparison_figure, default_budgets, DEMO_CONDITIONS, DEMO_MINUTES, DEMO_TIME
+from darec.cli.demo import (banner, comparison_figure, default_budgets, CONVERGED_BENCHMARK, CONVERGED_NOTE, DEMO_CONDITIONS,
+                            DEMO_MINUTES, DEMO_TIME)
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -49,3 +50,12 @@ def test_chart_labels_both_axes():
         assert ax.get_ylabel() and [t.get_text() for t in ax.get_xticklabels()] == ["Popularity", "SASRec"]
     finally:
         plt.close(fig)
+
+
+def test_the_note_under_the_table_points_at_a_converged_comparison_that_exists():
+    import json
+
+    record = json.loads((Path(__file__).resolve().parents[1] / CONVERGED_BENCHMARK).read_text())
+    assert CONVERGED_BENCHMARK in CONVERGED_NOTE and len(record["seeds"]) >= 3
+    low, high = record["comparisons"]["darec - sasrec"]["bootstrap_95ci"]
+    assert "tie" in CONVERGED_NOTE and low < 0 < high  # the note's word matches the committed comparison
