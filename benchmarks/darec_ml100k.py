@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs["darec_lm_only"] = load(work, darec_name("darec", s, pat), lm_only=True)
         for name, run in runs.items():
             per_user.setdefault(name, []).append(ndcg10(run.ranks("test")))
-            details.setdefault(name, []).append({k: run.meta.get(k) for k in ("fit_s", "epochs_run", "stopped_by_time",
+            details.setdefault(name, []).append({k: run.meta.get(k) for k in ("fit_s", "epochs_run", "stopped_by", "stopped_by_time",
                                                                                "torch_threads", "best_val_ndcg@10",
                                                                                "test_ndcg@10", "residual_weight")})
         ens = sas.scores["test"] + sas_b.scores["test"]

@@ -193,7 +193,7 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
         max_epochs=max_epochs, max_time={"minutes": max_minutes}, logger=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1,
         gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
-        callbacks=[ckpt, EarlyStopping(monitor=stop_on, mode="max", patience=patience), Curve()],
+        callbacks=[ckpt, stopper := EarlyStopping(monitor=stop_on, mode="max", patience=patience), Curve()],
     )
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
@@ -210,9 +210,12 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
         lm_only = score_matrices(best, dm)  # the same checkpoint without SASRec's score: the language-model path
         with torch.no_grad():
             best.injection.residual_scale.fill_(weight)
+    # what ended training, read from the callbacks: early stopping's patience, the epoch cap, or else the time cap
+    stopped_by = ("early stopping" if stopper.stopped_epoch > 0
+                  else "max_epochs" if trainer.current_epoch >= max_epochs else "time cap")
     meta: dict[str, Any] = {"spec": asdict(spec), "fit_s": fit_s, "epochs_run": trainer.current_epoch,
-                            "best_val_ndcg@10": float(ckpt.best_model_score), "curve": curve,
-                            "stopped_by_time": fit_s >= max_minutes * 60 - 5, "torch_threads": torch.get_num_threads()}
+                            "best_val_ndcg@10": float(ckpt.best_model_score), "curve": curve, "stopped_by": stopped_by,
+                            "stopped_by_time": stopped_by == "time cap", "torch_threads": torch.get_num_threads()}
     for split, m in mats.items():
         np.save(out / f"{split}_scores.npy", m["scores"])
         r = ranks(m["scores"], m["targets"], m["history"])
