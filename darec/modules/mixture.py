@@ -25,6 +25,8 @@ times the mean over layers to its loss. Padding tokens are counted like the othe
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -53,16 +55,16 @@ class Router(nn.Module):
         self.proj = nn.Linear(hidden_size, num_experts)
         nn.init.normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
-        self._source: torch.Tensor | None = None
+        self._source: weakref.ref[torch.Tensor] | None = None  # the input routed last, without keeping it alive
         self.gates: torch.Tensor | None = None
         self.balance: torch.Tensor | None = None
 
     def route(self, x: torch.Tensor) -> torch.Tensor:
         """Gates for the tokens of ``x`` (the layer input); computed again only for a new input tensor."""
-        if self._source is not x:
+        if self._source is None or self._source() is not x:
             self.gates = torch.softmax(self.proj(x), dim=-1)
             self.balance = balance_loss(self.gates)
-            self._source = x
+            self._source = weakref.ref(x)
         return self.gates
 
     def current(self, x: torch.Tensor) -> torch.Tensor:

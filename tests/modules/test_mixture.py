@@ -126,6 +126,25 @@ def test_the_balance_term_spreads_a_collapsed_router():
     assert float(balance_loss(router.gates.detach())) < float(balance_loss(torch.tensor([[0.9, 0.05, 0.05]]))) - 0.5
 
 
+def test_the_router_routes_once_per_input_and_does_not_keep_the_input_alive():
+    import weakref
+
+    router = Router(hidden_size=8)
+    x = torch.randn(2, 5, 8)
+    gates = router.route(x)
+    assert router.route(x) is gates  # the same input: the other experts reuse its gates
+    y = x.clone()
+    assert router.route(y) is not gates and torch.equal(router.route(y), gates)
+    router.route(x)
+    router.balance.backward()  # after the backward pass nothing needs the input any more
+    alive = weakref.ref(x)
+    del x, gates
+    assert alive() is None  # the router does not hold the layer's last input
+    gates = router.gates.detach()
+    z = torch.randn(2, 5, 8)
+    assert not torch.equal(router.route(z), gates)
+
+
 def test_an_expert_running_before_the_router_is_a_clear_error():
     router = Router(hidden_size=8)
     with pytest.raises(RuntimeError, match="before the router"):
