@@ -64,7 +64,7 @@ class Planted:
         for epoch in range(self.epochs):
             curve.append(noisy * RISE[epoch])
             rule, table = read_thresholds(job.stop_file) if job.stop_file else (None, {})
-            reason = decide(table, rule, curve, self.epochs) if rule else None
+            reason = decide(table, rule, curve, self.epochs, "val/ndcg@10") if rule else None
             if reason:
                 stopped = reason
                 break
@@ -269,3 +269,22 @@ def test_diagnostics_by_hand():
     assert loo_constant_mse(obs) == pytest.approx(((1 - 3) ** 2 + (2 - 2.5) ** 2 + (4 - 1.5) ** 2) / 3)
     recs = {i: {"trial": i, "candidate_key": k} for i, k in enumerate(["a", "b", "a", "c", "b", "a"])}
     assert repeated_arms(recs, init_trials=3) == {"proposed_after_init": 3, "repeated": 2, "repeated_trials": [4, 5]}
+
+
+def test_resume_refuses_another_metric_and_reads_older_searches_as_the_default(tmp_path):
+    cfg = _cfg(tmp_path, trials=2, init_trials=2, method="random")
+    run_search(cfg, objective=Planted(), num_layers=3, progress=False)
+    other = _cfg(tmp_path, trials=3, init_trials=2, method="random", metric="val/lm_ndcg@10")
+    with pytest.raises(ConfigError, match=r"\['metric'\] changed"):
+        run_search(other, resume=True, objective=Planted(), num_layers=3, progress=False)
+    ident = tmp_path / "out" / "search.json"
+    saved = json.loads(ident.read_text())
+    assert saved["metric"] == "val/ndcg@10"
+    del saved["metric"]  # a search saved before the key existed scored trials by the default
+    ident.write_text(json.dumps(saved))
+    more = Planted()
+    run_search(_cfg(tmp_path, trials=3, init_trials=2, method="random"), resume=True, objective=more, num_layers=3,
+               progress=False)
+    assert [c[1] for c in more.calls if c[0] == "search"] == [2]
+    with pytest.raises(ConfigError, match=r"\['metric'\] changed"):
+        run_search(other, resume=True, objective=Planted(), num_layers=3, progress=False)

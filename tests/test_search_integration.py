@@ -124,3 +124,25 @@ def test_three_real_trials_rerun_refit(small_synth_dir, tmp_path, monkeypatch):
     assert main(["search", "--config", str(config), "--resume", "--refit", "--no-progress"]) == 0
     assert (out / "trials.jsonl").read_text() == before
     assert json.loads((out / "refit.json").read_text())["duration_s"] == refit["duration_s"]
+
+
+def test_a_search_can_score_trials_by_another_validation_metric(tmp_path):
+    from darec.search import config_from_dict
+    from darec.search.space import Candidate
+    from darec.search.trial import REPORT_CALLBACK, TrialJob, trial_fit_config
+
+    report = tmp_path / "result.json"
+    report.write_text(json.dumps({"trainable_params": 7, "val": [{"val/ndcg@10": 0.3, "val/lm_ndcg@10": 0.10},
+                                                                 {"val/ndcg@10": 0.2, "val/lm_ndcg@10": 0.15}]}))
+    assert read_report(report).ndcg10 == 0.3  # the default: the fused score's best epoch
+    lm = read_report(report, "val/lm_ndcg@10")  # the language model's best epoch is another one
+    assert (lm.ndcg10, lm.curve, lm.metrics["val/ndcg@10"]) == (0.15, [0.10, 0.15], 0.2)
+    missing = read_report(report, "val/hr@10")
+    assert missing.status == "failed" and "val/hr@10" in missing.reason and "val/lm_ndcg@10" in missing.reason
+    cfg = config_from_dict({"out_dir": str(tmp_path / "out"), "metric": "val/lm_ndcg@10"})
+    job = TrialJob(0, "search", Candidate(("serial", "none")), 0, tmp_path / "t")
+    callbacks = trial_fit_config(cfg, {"model": {"init_args": {}}}, job)["trainer"]["callbacks"]
+    assert [c["init_args"]["metric"] for c in callbacks if c["class_path"] == REPORT_CALLBACK] == ["val/lm_ndcg@10"]
+    for bad in ("ndcg@10", "test/ndcg@10", "val/", 3):
+        with pytest.raises(ConfigError, match="metric must be a logged validation metric"):
+            config_from_dict({"out_dir": str(tmp_path / "out"), "metric": bad})

@@ -35,39 +35,43 @@ def test_thresholds_are_percentiles_of_best_so_far_at_each_epoch():
 
 def test_decide_prunes_below_the_threshold_only_where_the_rule_allows():
     table = {1: {"value": 0.2, "trials": 4}, 2: {"value": 0.3, "trials": 3}}
-    assert decide(table, RULE, [0.1], max_epochs=3).startswith("pruned after epoch 1: best val NDCG@10 0.1000 below 0.2000")
-    assert decide(table, RULE, [0.25], max_epochs=3) is None  # above
-    assert decide(table, RULE, [0.1, 0.29], max_epochs=3) is not None  # best so far 0.29 < 0.3
-    assert decide(table, RULE, [0.31, 0.1], max_epochs=3) is None  # best so far counts, not the last value
-    assert decide(table, RULE, [0.1], max_epochs=1) is None  # the last epoch: stopping saves nothing
-    assert decide(table, EarlyStoppingConfig(grace_epochs=2), [0.1], max_epochs=3) is None  # within the grace epochs
-    assert decide({2: table[2]}, RULE, [0.1], max_epochs=3) is None  # too few trials reached epoch 1
+    m = "val/ndcg@10"
+    assert decide(table, RULE, [0.1], max_epochs=3, metric=m).startswith("pruned after epoch 1: best val/ndcg@10 0.1000 below 0.2000")
+    assert decide(table, RULE, [0.25], max_epochs=3, metric=m) is None  # above
+    assert decide(table, RULE, [0.1, 0.29], max_epochs=3, metric=m) is not None  # best so far 0.29 < 0.3
+    assert decide(table, RULE, [0.31, 0.1], max_epochs=3, metric=m) is None  # best so far counts, not the last value
+    assert decide(table, RULE, [0.1], max_epochs=1, metric=m) is None  # the last epoch: stopping saves nothing
+    assert decide(table, EarlyStoppingConfig(grace_epochs=2), [0.1], max_epochs=3, metric=m) is None  # within the grace epochs
+    assert decide({2: table[2]}, RULE, [0.1], max_epochs=3, metric=m) is None  # too few trials reached epoch 1
 
 
 class _Constant(L.LightningModule):
     """Trains a scalar; validation NDCG@10 is a fixed number per epoch."""
 
-    def __init__(self, curve):
+    def __init__(self, curve, lm_curve=None):
         super().__init__()
         self.w = nn.Parameter(torch.zeros(()))
         self.curve = curve
+        self.lm_curve = lm_curve  # also logged as the language model's own NDCG@10
 
     def training_step(self, batch, batch_idx):
         return (self.w - 1.0) ** 2 + 0 * batch[0].sum()
 
     def validation_step(self, batch, batch_idx):
         self.log("val/ndcg@10", self.curve[self.current_epoch])
+        if self.lm_curve:
+            self.log("val/lm_ndcg@10", self.lm_curve[self.current_epoch])
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(tmp_path, curve, stop_file):
+def _fit(tmp_path, curve, stop_file, lm_curve=None, metric="val/ndcg@10"):
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), batch_size=2)
-    report = TrialReport(str(tmp_path / "result.json"), stop_file=stop_file)
+    report = TrialReport(str(tmp_path / "result.json"), stop_file=stop_file, metric=metric)
     trainer = L.Trainer(max_epochs=len(curve), logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[report])
-    trainer.fit(_Constant(curve), train_dataloaders=data, val_dataloaders=data)
+    trainer.fit(_Constant(curve, lm_curve), train_dataloaders=data, val_dataloaders=data)
     return json.loads((tmp_path / "result.json").read_text()), trainer
 
 
@@ -84,6 +88,16 @@ def test_a_real_fit_stops_when_the_rule_says_and_reports_why(tmp_path):
     # without a stop file (re-runs and refit) nothing stops early
     free, _ = _fit(tmp_path, [0.1, 0.2, 0.6], None)
     assert len(free["val"]) == 3
+
+
+def test_the_rule_reads_the_search_metric(tmp_path):
+    stop = tmp_path / "stopping.json"
+    write_thresholds(stop, [[0.3, 0.4, 0.5]] * 3, RULE)
+    fused, lm = [0.35, 0.45, 0.6], [0.1, 0.2, 0.6]  # the fused score is above the thresholds, the language model below
+    kept, _ = _fit(tmp_path, fused, str(stop), lm_curve=lm)
+    assert len(kept["val"]) == 3
+    cut, trainer = _fit(tmp_path, fused, str(stop), lm_curve=lm, metric="val/lm_ndcg@10")
+    assert trainer.current_epoch == 1 and cut["stopped"].startswith("pruned after epoch 1: best val/lm_ndcg@10 0.1000")
 
 
 def test_search_stops_clearly_worse_trials_and_never_the_planted_best(tmp_path):

@@ -14,6 +14,7 @@ from darec.errors import ConfigError
 from darec.search.stopping import EarlyStoppingConfig
 
 COSTS = ("seconds_per_epoch", "trainable_params")  # second objectives a multi-objective search can minimise
+DEFAULT_METRIC = "val/ndcg@10"  # what a trial is scored by unless the config says otherwise
 
 
 @dataclass
@@ -64,6 +65,9 @@ class SearchConfig:
     seed: int = 0  # seeds Ax; search trial i trains with seed + i
     method: str = "bo"  # bo | random
     init_trials: int = 5  # quasi-random trials before Bayesian optimisation
+    # the validation metric every trial is scored by (its best epoch); "val/lm_ndcg@10" scores DARec's language-model
+    # path alone, without SASRec's residual score, which otherwise dominates the differences between adapter choices
+    metric: str = DEFAULT_METRIC
     multi_objective: bool = False  # also minimise the costs below and report the Pareto front
     costs: list[str] = field(default_factory=lambda: ["seconds_per_epoch", "trainable_params"])  # see COSTS
     share_cache: bool = False  # share DARec's token/hard-negative cache across trials
@@ -86,6 +90,9 @@ class SearchConfig:
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise ConfigError(f"budget.{key} must be a positive number of minutes or null, got {value!r}")
         self.early_stopping.validate()
+        if not (isinstance(self.metric, str) and self.metric.startswith("val/") and len(self.metric) > 4):
+            raise ConfigError(f"metric must be a logged validation metric such as {DEFAULT_METRIC!r} or "
+                              f"'val/lm_ndcg@10', got {self.metric!r}")
         unknown = [c for c in self.costs if c not in COSTS]
         if unknown or len(set(self.costs)) != len(self.costs) or (self.multi_objective and not self.costs):
             raise ConfigError(f"costs must be distinct names from {list(COSTS)} (at least one with multi_objective), "

@@ -116,7 +116,7 @@ def search_phase(cfg: SearchConfig, space: SearchSpace, state: SearchState, obje
         elif result.pruned:
             log.info("trial %d stopped early: %s", job.index, result.stopped)
         best = _best_so_far(done)
-        bar.set_postfix_str(f"best val NDCG@10 {best:.4f}" if best is not None else "no completed trial yet")
+        bar.set_postfix_str(f"best {cfg.metric} {best:.4f}" if best is not None else "no completed trial yet")
         bar.update(1)
 
     _execute_with_bar(next_job, objective, cfg.parallel, on_done, bar)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from darec.figures import save_png
+from darec.search.config import DEFAULT_METRIC
 from darec.search.space import SearchSpace
 
 
@@ -21,10 +22,18 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, ax: Any, path: Path, xlabel: str, title: str) -> Path:
-    """Label an NDCG@10 plot, write it as PNG and close it."""
+METRIC_LABELS = {"val/ndcg@10": "validation NDCG@10", "val/lm_ndcg@10": "validation NDCG@10, language model alone"}
+
+
+def metric_label(metric: str) -> str:
+    """An axis label for a search metric (the logged key when it has no label of its own)."""
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, title: str, metric: str) -> Path:
+    """Label a plot of the search's metric, write it as PNG and close it."""
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("validation NDCG@10")
+    ax.set_ylabel(metric_label(metric))
     ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -33,8 +42,9 @@ def _save(fig: Any, ax: Any, path: Path, xlabel: str, title: str) -> Path:
     return path
 
 
-def plot_trace(records: dict[int, dict[str, Any]], path: Path) -> Path:
-    """Validation NDCG@10 of every search trial and the best so far (over trials that ran every epoch)."""
+def plot_trace(records: dict[int, dict[str, Any]], path: Path, metric: str = DEFAULT_METRIC) -> Path:
+    """The metric (validation NDCG@10 by default) of every search trial and the best so far (over trials that ran
+    every epoch)."""
     plt = _pyplot()
     rows = sorted(records.values(), key=lambda r: r["trial"])
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -56,7 +66,7 @@ def plot_trace(records: dict[int, dict[str, Any]], path: Path) -> Path:
     if failed:
         low = min([r["ndcg@10"] for r in ok], default=0.0)
         ax.scatter(failed, [low] * len(failed), marker="x", color="tab:red", label="failed")
-    return _save(fig, ax, path, "trial", "Adapter search: optimisation trace")
+    return _save(fig, ax, path, "trial", "Adapter search: optimisation trace", metric)
 
 
 def top_trials(records: dict[int, dict[str, Any]], fraction: float) -> list[dict[str, Any]]:
@@ -95,8 +105,9 @@ def plot_choices(records: dict[int, dict[str, Any]], space: SearchSpace, fractio
 COST_LABELS = {"seconds_per_epoch": "training seconds per epoch", "trainable_params": "trainable parameters"}
 
 
-def plot_pareto(records: dict[int, dict[str, Any]], front: list[Any], path: Path, cost: str = "trainable_params") -> Path:
-    """Validation NDCG@10 against ``cost`` (a record key: ``trainable_params`` or ``seconds_per_epoch``): every trial,
+def plot_pareto(records: dict[int, dict[str, Any]], front: list[Any], path: Path, cost: str = "trainable_params",
+                metric: str = DEFAULT_METRIC) -> Path:
+    """The metric (validation NDCG@10 by default) against ``cost`` (a record key: ``trainable_params`` or ``seconds_per_epoch``): every trial,
     the Pareto front joined, and the fresh-seed means with error bars. Pruned trials are drawn hollow."""
     plt = _pyplot()
     ok = [r for r in records.values() if r["status"] == "completed" and r.get(cost)]
@@ -116,4 +127,4 @@ def plot_pareto(records: dict[int, dict[str, Any]], front: list[Any], path: Path
                     fmt="s", color="tab:green", capsize=3, label="fresh seeds (mean ± std)")
     if cost == "trainable_params":
         ax.set_xscale("log")
-    return _save(fig, ax, path, COST_LABELS[cost], "Adapter search: quality against cost")
+    return _save(fig, ax, path, COST_LABELS[cost], "Adapter search: quality against cost", metric)

@@ -18,15 +18,16 @@ from lightning.pytorch.callbacks import Timer
 
 from darec.atomic import atomic_write_text
 from darec.search.stopping import decide, read_thresholds
-from darec.search.trial import METRIC
+from darec.search.config import DEFAULT_METRIC
 
 
 class TrialReport(L.Callback):
     """Writes ``path`` (JSON) after every validation epoch, after testing, and when training fails."""
 
-    def __init__(self, path: str, stop_file: str | None = None) -> None:
+    def __init__(self, path: str, stop_file: str | None = None, metric: str = DEFAULT_METRIC) -> None:
         self.path = path
         self.stop_file = stop_file
+        self.metric = metric  # the search's metric: the early-stopping rule reads its curve
         self.report: dict[str, Any] = {"trainable_params": None, "val": [], "train_s": [], "test": {}, "stopped": None,
                                        "error": None}
         self._epoch_start: float | None = None
@@ -68,8 +69,8 @@ class TrialReport(L.Callback):
         self.report["val"].append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
         if self.stop_file and trainer.state.fn == "fit":
             rule, table = read_thresholds(self.stop_file)
-            curve = [h[METRIC] for h in self.report["val"] if METRIC in h]
-            reason = decide(table, rule, curve, trainer.max_epochs or 0) if curve else None
+            curve = [h[self.metric] for h in self.report["val"] if self.metric in h]
+            reason = decide(table, rule, curve, trainer.max_epochs or 0, self.metric) if curve else None
             if reason:
                 self.report["stopped"] = reason
                 trainer.should_stop = True

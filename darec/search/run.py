@@ -95,10 +95,10 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
         log.warning("on fresh seeds the uniform %r baseline (%.4f) beats the best searched assignment (%.4f)",
                     cfg.rerun.baseline, uniform.mean, best.mean)
 
-    files = {"trace": str(plot_trace(records, out / "trace.png")),
+    files = {"trace": str(plot_trace(records, out / "trace.png", cfg.metric)),
              "choices": str(plot_choices(records, space, cfg.top_fraction, out / "choices.png"))}
     if cfg.multi_objective:
-        files["pareto_plot"] = str(plot_pareto(records, front, out / "pareto.png", cost=cfg.costs[0]))
+        files["pareto_plot"] = str(plot_pareto(records, front, out / "pareto.png", cost=cfg.costs[0], metric=cfg.metric))
     if base is not None:
         files["best_config"] = str(out / "best.yaml")
         write_fit_config(out / "best.yaml", base, cfg, best, "best on fresh seeds")
@@ -116,7 +116,7 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
                    "arms": repeated_arms(records, cfg.init_trials)}
     outcome.diagnostics = diagnostics
     write_summary(out / "summary.json", {
-        "trials": len(records), "completed": completed, "failed": len(records) - completed,
+        "metric": cfg.metric, "trials": len(records), "completed": completed, "failed": len(records) - completed,
         "stopped_early": sum(bool(r.get("pruned")) for r in records.values()),
         "epochs_trained": sum(r.get("epochs") or 0 for r in records.values()), "diagnostics": diagnostics,
         "search_space": space.describe(), "fresh_seeds": seeds, "best": best.to_json(), "uniform": uniform.to_json(),
@@ -144,7 +144,7 @@ def _refit(cfg: SearchConfig, out: Path, best: CandidateStats, base: dict[str, A
     if result.status != "completed":
         raise DarecError(f"the refit of {best.candidate.label()} failed: {result.reason}")
     data = {"candidate_key": best.candidate.key, "adapters": list(best.candidate.assignment),
-            "knobs": dict(best.candidate.knobs), "val_ndcg@10": result.ndcg10, "test": result.test,
+            "knobs": dict(best.candidate.knobs), "metric": cfg.metric, "val_ndcg@10": result.ndcg10, "test": result.test,
             "trainable_params": result.trainable_params, "seed": seed, "duration_s": seconds}
     write_summary(path, data)
     return data

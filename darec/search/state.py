@@ -16,12 +16,13 @@ from typing import Any
 
 from darec.atomic import atomic_write_text
 from darec.errors import ConfigError
-from darec.search.config import COSTS, SearchConfig
+from darec.search.config import COSTS, DEFAULT_METRIC, SearchConfig
 from darec.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-NDCG = "ndcg10"  # Ax metric name of validation NDCG@10; the costs keep their config names (config.COSTS)
+NDCG = "ndcg10"  # Ax metric name of the search's metric; the costs keep their config names (config.COSTS)
+ADDED_LATER = {"metric": DEFAULT_METRIC}  # identity keys newer than some saved searches, with the value those ran with
 
 
 class Journal:
@@ -55,7 +56,7 @@ class Journal:
 
 def _identity(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
     """What must not change between a search and its resumption."""
-    return {"space": space.describe(), "multi_objective": cfg.multi_objective, "costs": cfg.costs,
+    return {"space": space.describe(), "metric": cfg.metric, "multi_objective": cfg.multi_objective, "costs": cfg.costs,
             "early_stopping": asdict(cfg.early_stopping), "method": cfg.method,
             "seed": cfg.seed, "init_trials": cfg.init_trials, "budget": asdict(cfg.budget),
             "base_config": cfg.base_config, "overrides": cfg.overrides}
@@ -83,6 +84,7 @@ class SearchState:
             if not resume:
                 raise ConfigError(f"{out} already holds a search; pass --resume to continue it, or choose another out_dir")
             saved = json.loads(ident_path.read_text())
+            saved = {**ADDED_LATER, **saved}  # searches started before a key existed ran with its default
             changed = sorted(k for k in identity if saved.get(k) != identity[k])
             if changed:
                 raise ConfigError(f"cannot resume {out}: {changed} changed since the search started "

@@ -64,14 +64,15 @@ def thresholds(curves: list[list[float]], cfg: EarlyStoppingConfig) -> dict[int,
     return out
 
 
-def decide(table: dict[int, dict[str, float]], cfg: EarlyStoppingConfig, curve: list[float], max_epochs: int) -> str | None:
-    """The reason to stop a trial whose validation curve so far is ``curve``, or None to go on."""
+def decide(table: dict[int, dict[str, float]], cfg: EarlyStoppingConfig, curve: list[float], max_epochs: int,
+           metric: str) -> str | None:
+    """The reason to stop a trial whose validation curve of ``metric`` so far is ``curve``, or None to go on."""
     epoch = len(curve)
     if cfg.percentile is None or epoch < cfg.grace_epochs or epoch >= max_epochs or epoch not in table:
         return None
     best, ref = max(curve), table[epoch]
     if best < ref["value"]:
-        return (f"{PRUNED} after epoch {epoch}: best val NDCG@10 {best:.4f} below {ref['value']:.4f}, the "
+        return (f"{PRUNED} after epoch {epoch}: best {metric} {best:.4f} below {ref['value']:.4f}, the "
                 f"{cfg.percentile:g}th percentile of {int(ref['trials'])} finished trials at that epoch")
     return None
 

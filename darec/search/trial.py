@@ -21,11 +21,10 @@ import yaml
 
 from darec.atomic import atomic_write_text
 from darec.errors import ConfigError
-from darec.search.config import SearchConfig
+from darec.search.config import DEFAULT_METRIC, SearchConfig
 from darec.search.space import KNOB_PATHS, Candidate
 from darec.search.stopping import PRUNED
 
-METRIC = "val/ndcg@10"
 REPORT_CALLBACK = "darec.search.report.TrialReport"
 NO_REPORT = "the trial wrote no report (training never started)"
 
@@ -46,7 +45,7 @@ class TrialJob:
 
 @dataclass
 class TrialResult:
-    """What a trial gave: ``ndcg10`` is the best validation NDCG@10 over its validation epochs."""
+    """What a trial gave: ``ndcg10`` is the best value of the search's metric (validation NDCG@10 by default)."""
 
     status: str  # "completed" | "failed"
     ndcg10: float | None = None
@@ -54,7 +53,7 @@ class TrialResult:
     trainable_params: int | None = None
     reason: str | None = None
     test: dict[str, float] = field(default_factory=dict)  # refit only
-    curve: list[float] = field(default_factory=list)  # validation NDCG@10 of every validation epoch
+    curve: list[float] = field(default_factory=list)  # the metric at every validation epoch
     seconds_per_epoch: float | None = None  # mean training seconds of an epoch (validation excluded)
     stopped: str | None = None  # why training ended (pruned by the search's rule, converged, max_epochs, time)
 
@@ -115,11 +114,11 @@ def fit_config(base: dict[str, Any], candidate: Candidate, seed: int | None = No
     return doc
 
 
-def run_settings(doc: dict[str, Any], job: TrialJob) -> dict[str, Any]:
+def run_settings(doc: dict[str, Any], job: TrialJob, metric: str = DEFAULT_METRIC) -> dict[str, Any]:
     """The settings every trial process gets on top of its fit config ``doc``: its own log directory, the report
-    callback, no progress bar, and the test split only for the refit."""
+    callback (scoring ``metric``), no progress bar, and the test split only for the refit."""
     callbacks = [c for c in (doc.get("trainer") or {}).get("callbacks") or [] if c.get("class_path") != REPORT_CALLBACK]
-    report = {"path": str(job.trial_dir / "result.json")}
+    report = {"path": str(job.trial_dir / "result.json"), "metric": metric}
     if job.stop_file is not None:
         report["stop_file"] = str(job.stop_file)
     callbacks.append({"class_path": REPORT_CALLBACK, "init_args": report})
@@ -140,7 +139,7 @@ def trial_fit_config(cfg: SearchConfig, base: dict[str, Any], job: TrialJob) -> 
     if cfg.budget.minutes is not None:
         secs = int(round(cfg.budget.minutes * 60))
         trainer["max_time"] = f"00:{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
-    settings = run_settings(doc, job)
+    settings = run_settings(doc, job, cfg.metric)
     trainer.update(settings["trainer"])
     doc["test_after_fit"] = settings["test_after_fit"]
     if not cfg.share_cache:
@@ -158,23 +157,25 @@ def _failure_reason(log_text: str, returncode: int) -> str:
     return f"exit code {returncode}: {last[:400]}"
 
 
-def read_report(path: Path) -> TrialResult:
-    """The :class:`TrialResult` from a report written by :class:`darec.search.report.TrialReport`."""
+def read_report(path: Path, metric: str = DEFAULT_METRIC) -> TrialResult:
+    """The :class:`TrialResult` from a report written by :class:`darec.search.report.TrialReport`, scored by ``metric``."""
     if not path.is_file():
         return TrialResult.failed(NO_REPORT)
     report = json.loads(path.read_text())
     params = report.get("trainable_params")
     if report.get("error"):
         return TrialResult.failed(report["error"], params)
-    history = [h for h in report.get("val", []) if METRIC in h]
+    history = [h for h in report.get("val", []) if metric in h]
     if not history:
-        return TrialResult.failed(f"no {METRIC} was logged (no validation epoch finished)", params)
-    values = [h[METRIC] for h in history]
+        logged = sorted({k for h in report.get("val", []) for k in h} - {"epoch", "step"})
+        why = f"this model logs {logged}" if logged else "no validation epoch finished"
+        return TrialResult.failed(f"no {metric} was logged ({why})", params)
+    values = [h[metric] for h in history]
     if any(not math.isfinite(v) for v in values):
-        return TrialResult.failed(f"{METRIC} is not finite: {values}", params)
-    best = max(history, key=lambda h: h[METRIC])
+        return TrialResult.failed(f"{metric} is not finite: {values}", params)
+    best = max(history, key=lambda h: h[metric])
     train_s = report.get("train_s") or []
-    return TrialResult("completed", best[METRIC], best, params, test=report.get("test", {}), curve=values,
+    return TrialResult("completed", best[metric], best, params, test=report.get("test", {}), curve=values,
                        seconds_per_epoch=sum(train_s) / len(train_s) if train_s else None, stopped=report.get("stopped"))
 
 
@@ -195,7 +196,7 @@ class FitObjective:
         (job.trial_dir / "result.json").unlink(missing_ok=True)
         config_path = job.trial_dir / "trial.yaml"  # Lightning writes the resolved config.yaml beside it
         if job.fit_file is not None:  # run a written fit config as is, plus the run settings
-            doc = run_settings(yaml.safe_load(Path(job.fit_file).read_text()), job)
+            doc = run_settings(yaml.safe_load(Path(job.fit_file).read_text()), job, self.cfg.metric)
             configs = ["--config", str(job.fit_file), "--config", str(config_path)]
         else:
             doc = trial_fit_config(self.cfg, self.base, job)
@@ -213,7 +214,7 @@ class FitObjective:
                                       stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
             except subprocess.TimeoutExpired:
                 return TrialResult.failed(f"timed out after {self.cfg.budget.timeout_minutes} minutes")
-        report = read_report(job.trial_dir / "result.json")
+        report = read_report(job.trial_dir / "result.json", self.cfg.metric)
         if proc.returncode != 0:
             error = json.loads((job.trial_dir / "result.json").read_text()).get("error") if report.reason != NO_REPORT else None
             reason = error or _failure_reason(log_path.read_text(errors="replace"), proc.returncode)
@@ -238,5 +239,5 @@ def run_safely(objective: Objective, job: TrialJob) -> tuple[TrialResult, float]
     except Exception as err:  # noqa: BLE001 - any trial error is recorded and the search continues
         result = TrialResult.failed(f"{type(err).__name__}: {err}")
     if result.status == "completed" and (result.ndcg10 is None or not math.isfinite(result.ndcg10)):
-        result = TrialResult.failed(f"{METRIC} is {result.ndcg10}", result.trainable_params)
+        result = TrialResult.failed(f"the trial's score is {result.ndcg10}", result.trainable_params)
     return result, time.perf_counter() - t0
