@@ -123,6 +123,20 @@ def score_matrices(model: Any, dm: Any) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+@torch.no_grad()
+def lm_only_score_matrices(model: Any, dm: Any) -> dict[str, dict[str, np.ndarray]] | None:
+    """A DARec's score matrices without SASRec's residual score (its language-model path), or None without a residual."""
+    scale = model.injection.residual_scale
+    if scale is None:
+        return None
+    weight = float(scale)
+    scale.fill_(0.0)
+    try:
+        return score_matrices(model, dm)
+    finally:
+        scale.fill_(weight)
+
+
 def ranks(scores: np.ndarray, targets: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
     """0-based full-ranking ranks with the project's rules (history masked, ties against the target)."""
     from darec.data.datamodules.base import left_pad
@@ -202,14 +216,7 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
     if spec.kind in ("sasrec", "lightgcn"):
         export_module(best, dm.data, out / "cf" / f"{spec.kind}.safetensors")
     mats = score_matrices(best, dm)
-    lm_only = None
-    if spec.kind == "darec" and best.injection.residual_scale is not None:
-        weight = float(best.injection.residual_scale)
-        with torch.no_grad():
-            best.injection.residual_scale.fill_(0.0)
-        lm_only = score_matrices(best, dm)  # the same checkpoint without SASRec's score: the language-model path
-        with torch.no_grad():
-            best.injection.residual_scale.fill_(weight)
+    lm_only = lm_only_score_matrices(best, dm) if spec.kind == "darec" else None
     # what ended training, read from the callbacks: early stopping's patience, the epoch cap, or else the time cap
     stopped_by = ("early stopping" if stopper.stopped_epoch > 0
                   else "max_epochs" if trainer.current_epoch >= max_epochs else "time cap")

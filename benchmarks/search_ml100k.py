@@ -15,16 +15,21 @@ same budget. Each re-run's best checkpoint is scored per user on validation and 
 
 - winner against uniform serial: validation NDCG@10 difference with a paired bootstrap CI over users (the mean over
   seeds per user), and the ratio of training seconds per epoch (target: CI above 0, or within the CI at <= 0.7x
-  the seconds);
+  the seconds); the same for the language-model path alone (the checkpoint without SASRec's residual score, which
+  is the part the adapters change), reported beside it;
 - test NDCG@10 (read after selection, for the report only) of the four candidates, the refit of the static winner
   (``--refit`` at the same budget) and SASRec (``benchmarks/darec_ml100k.json``, 3 seeds);
 - Ax's own leave-one-out fit of its surrogate against a constant, and repeated arms.
+
+``--metric val/lm_ndcg@10`` makes the searches score trials (and pick each trial's checkpoint) by the language-model
+path's validation NDCG@10 instead of the fused score's; the target is still read on the fused score.
 
 It resumes after a kill (``--resume``): finished trials and re-runs are read from each search's journal, never run
 again, and the counts found at the start are written to the JSON.
 
     python benchmarks/search_ml100k.py --cf-dir DIR [--trials 8] [--init-trials 4] [--epochs 2] [--seeds 3]
                                        [--parallel 2] [--resume] [--base-config configs/darec_ml100k.yaml]
+                                       [--metric val/ndcg@10|val/lm_ndcg@10]
 
 ``--cf-dir`` holds ``sasrec.safetensors`` and ``lightgcn.safetensors`` (``darec export-embeddings`` of SASRec and
 LightGCN trained on this split). Writes ``benchmarks/search_ml100k.json`` and copies each search's plots beside it.
@@ -69,7 +74,8 @@ def search_config(a: argparse.Namespace, name: str) -> dict[str, Any]:
                           "model.init_args.injection.sasrec": None, "model.init_args.injection.lightgcn": None})
     return {
         "base_config": a.base_config, "out_dir": str(work / name), "trials": a.trials,
-        "parallel": a.parallel, "seed": 0, "method": "bo", "init_trials": a.init_trials, "multi_objective": True,
+        "parallel": a.parallel, "seed": 0, "method": "bo", "init_trials": a.init_trials, "metric": a.metric,
+        "multi_objective": True,
         "costs": ["seconds_per_epoch", "trainable_params"], "share_cache": True,
         "overrides": overrides,
         "space": {"types": types, "sizes": {t: SIZES[t] for t in types if t in SIZES}, "lr": LR},
@@ -84,10 +90,11 @@ def journal_counts(out_dir: Path) -> dict[str, int]:
 
 
 def per_user_scores(trial_dir: Path, data_dir: str) -> dict[str, np.ndarray]:
-    """Per-user NDCG@10 on validation and test of a trial's best checkpoint."""
+    """Per-user NDCG@10 on validation and test of a trial's best checkpoint (``val``, ``test``), and of its
+    language-model path alone (``val_lm``, ``test_lm``; the same as the fused score without SASRec's residual)."""
     from darec.data.datamodules.sequence import SequenceDataModule
     from darec.modules.darec import DARec
-    from runs import ndcg10, ranks, score_matrices
+    from runs import lm_only_score_matrices, ndcg10, ranks, score_matrices
 
     ckpt = sorted((trial_dir / "checkpoints").glob("best-*.ckpt"))
     if not ckpt:
@@ -96,7 +103,10 @@ def per_user_scores(trial_dir: Path, data_dir: str) -> dict[str, np.ndarray]:
     dm = SequenceDataModule(data_dir=data_dir, max_len=model.max_len, eval_batch_size=256)
     dm.setup("fit")
     mats = score_matrices(model, dm)
-    return {split: ndcg10(ranks(m["scores"], m["targets"], m["history"])) for split, m in mats.items()}
+    lm = lm_only_score_matrices(model, dm) or mats
+    out = {split: ndcg10(ranks(m["scores"], m["targets"], m["history"])) for split, m in mats.items()}
+    out.update({f"{split}_lm": ndcg10(ranks(m["scores"], m["targets"], m["history"])) for split, m in lm.items()})
+    return out
 
 
 def candidate_runs(out_dir: Path, key: str) -> list[dict[str, Any]]:
@@ -113,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--trials", type=int, default=8, help="search trials per search")
     p.add_argument("--init-trials", type=int, default=4, help="quasi-random trials before BO")
     p.add_argument("--epochs", type=int, default=2, help="epochs per trial and per fresh-seed re-run")
+    p.add_argument("--metric", default="val/ndcg@10", choices=["val/ndcg@10", "val/lm_ndcg@10"],
+                   help="what the searches score trials by (and pick checkpoints by): the fused score, or the "
+                        "language-model path alone; the comparisons report both")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per re-run")
     p.add_argument("--parallel", type=int, default=2, help="trials at once (each a 1-thread process)")
     p.add_argument("--no-refit", action="store_true", help="skip the refit of the static winner (the re-runs' test "
@@ -161,22 +174,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "label": stats.candidate.label(), "seeds": [r["seed"] for r in runs],
                              "val_ndcg@10": [float(u["val"].mean()) for u in users],
                              "test_ndcg@10": [float(u["test"].mean()) for u in users],
+                             "val_lm_ndcg@10": [float(u["val_lm"].mean()) for u in users],
+                             "test_lm_ndcg@10": [float(u["test_lm"].mean()) for u in users],
                              "seconds_per_epoch": stats.fresh_seconds_per_epoch, "trainable_params": stats.trainable_params,
-                             "_val_users": np.mean([u["val"] for u in users], 0)}
+                             "_val_users": np.mean([u["val"] for u in users], 0),
+                             "_val_lm_users": np.mean([u["val_lm"] for u in users], 0)}
     base = scored["uniform_serial"]
     comparisons = {}
     for label, s in scored.items():
         if label == "uniform_serial":
             continue
-        ci = paired_bootstrap(s["_val_users"] - base["_val_users"])
         ratio = s["seconds_per_epoch"] / base["seconds_per_epoch"] if s["seconds_per_epoch"] and base["seconds_per_epoch"] else None
-        comparisons[f"{label} - uniform_serial"] = {
-            "val_ndcg@10": ci, "seconds_per_epoch_ratio": ratio,
-            "beats": ci["bootstrap_95ci"][0] > 0,
-            "matches_at_0.7x_seconds": ci["bootstrap_95ci"][0] <= 0 <= ci["bootstrap_95ci"][1] and ratio is not None and ratio <= 0.7}
+        row: dict[str, Any] = {"seconds_per_epoch_ratio": ratio}
+        # the target reads the fused score (DARec's validation NDCG@10); the language-model path alone is reported beside it
+        for key, suffix in (("val_ndcg@10", ""), ("val_lm_ndcg@10", "_lm_path")):
+            ci = paired_bootstrap(s["_" + key.replace("_ndcg@10", "_users")] - base["_" + key.replace("_ndcg@10", "_users")])
+            low, high = ci["bootstrap_95ci"]
+            row.update({key: ci, "beats" + suffix: low > 0,
+                        "matches_at_0.7x_seconds" + suffix: low <= 0 <= high and ratio is not None and ratio <= 0.7})
+        comparisons[f"{label} - uniform_serial"] = row
     for s in scored.values():
         s.pop("_val_users")
-        for k in ("val_ndcg@10", "test_ndcg@10"):
+        s.pop("_val_lm_users")
+        for k in ("val_ndcg@10", "test_ndcg@10", "val_lm_ndcg@10", "test_lm_ndcg@10"):
             s[k + "_mean"] = float(np.mean(s[k]))
     sasrec = None
     if Path(a.darec_json).is_file():
@@ -214,6 +234,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target": "static winner beats uniform serial on fresh seeds (paired 95% CI on validation NDCG@10 above 0), or "
                   "matches it within the CI at <= 0.7x its training seconds per epoch",
         "target_met": None if static is None else bool(static["beats"] or static["matches_at_0.7x_seconds"]),
+        "target_met_on_the_language_model_path": None if static is None else bool(
+            static["beats_lm_path"] or static["matches_at_0.7x_seconds_lm_path"]),
+        "metric": a.metric,
         "search_and_reruns_wall_s": search_wall, "wall_s": time.time() - t0,
     }
     result["machine"]["load_average_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -235,15 +258,17 @@ def _print(result: dict[str, Any]) -> None:
         loo = d.get("surrogate_loo") or {}
         print(f"\nsearch {name}: {s['trials']} trials, {s['stopped_early']} stopped early, {s['epochs_trained']} epochs trained; "
               f"surrogate LOO MSE / constant {loo.get('mse_ratio')}; repeated arms {d['arms']['repeated']}")
-        print(f"  {'trial':>5}  {'val NDCG@10':>11}  {'epochs':>6}  {'s/epoch':>7}  {'params':>9}  adapters; knobs")
+        print(f"  {'trial':>5}  {result['metric']:>14}  {'epochs':>6}  {'s/epoch':>7}  {'params':>9}  adapters; knobs")
         for r in s["trial_table"]:
             v = f"{r['val_ndcg@10']:.4f}" if r["val_ndcg@10"] is not None else "failed"
             sec = f"{r['seconds_per_epoch']:.1f}" if r["seconds_per_epoch"] else "-"
-            print(f"  {r['trial']:>5}  {v:>11}  {r['epochs'] or 0:>6}  {sec:>7}  {r['trainable_params'] or 0:>9,}  "
+            print(f"  {r['trial']:>5}  {v:>14}  {r['epochs'] or 0:>6}  {sec:>7}  {r['trainable_params'] or 0:>9,}  "
                   f"{','.join(r['adapters'])}; {r['knobs']}")
-    print(f"\n{'candidate':<18}{'val NDCG@10 (fresh seeds)':>28}{'test NDCG@10':>14}{'s/epoch':>9}{'params':>11}")
+    print(f"\n{'candidate':<18}{'val NDCG@10 (fresh seeds)':>28}{'test NDCG@10':>14}{'LM alone: val':>15}{'test':>8}"
+          f"{'s/epoch':>9}{'params':>11}")
     for label, c in result["candidates"].items():
         print(f"{label:<18}{c['val_ndcg@10_mean']:>20.4f} (n={len(c['val_ndcg@10'])}){c['test_ndcg@10_mean']:>14.4f}"
+              f"{c['val_lm_ndcg@10_mean']:>15.4f}{c['test_lm_ndcg@10_mean']:>8.4f}"
               f"{c['seconds_per_epoch'] or 0:>9.1f}{c['trainable_params'] or 0:>11,}  {c['label']}")
     if result["sasrec"]:
         print(f"{'SASRec':<18}{'':>28}{result['sasrec']['test_ndcg@10_mean']:>14.4f}")
@@ -251,10 +276,13 @@ def _print(result: dict[str, Any]) -> None:
     if refit:
         print(f"refit of the static winner (seed {refit['seed']}): test NDCG@10 {refit['test'].get('test/ndcg@10', float('nan')):.4f}")
     for k, c in result["comparisons"].items():
-        ci = c["val_ndcg@10"]
-        print(f"{k}: val {ci['mean']:+.4f} [{ci['bootstrap_95ci'][0]:+.4f}, {ci['bootstrap_95ci'][1]:+.4f}], "
-              f"seconds/epoch x{c['seconds_per_epoch_ratio']:.2f}" if c["seconds_per_epoch_ratio"] else f"{k}: val {ci['mean']:+.4f}")
-    print(f"target met: {result['target_met']}; wall {result['wall_s'] / 60:.1f} min")
+        ci, lm = c["val_ndcg@10"], c["val_lm_ndcg@10"]
+        sec = f", seconds/epoch x{c['seconds_per_epoch_ratio']:.2f}" if c["seconds_per_epoch_ratio"] else ""
+        print(f"{k}: val {ci['mean']:+.4f} [{ci['bootstrap_95ci'][0]:+.4f}, {ci['bootstrap_95ci'][1]:+.4f}]; language model "
+              f"alone {lm['mean']:+.4f} [{lm['bootstrap_95ci'][0]:+.4f}, {lm['bootstrap_95ci'][1]:+.4f}]{sec}")
+    print(f"target met: {result['target_met']} (on the language-model path alone: "
+          f"{result['target_met_on_the_language_model_path']}); search metric {result['metric']}; "
+          f"wall {result['wall_s'] / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -141,8 +141,12 @@ def test_a_search_can_score_trials_by_another_validation_metric(tmp_path):
     assert missing.status == "failed" and "val/hr@10" in missing.reason and "val/lm_ndcg@10" in missing.reason
     cfg = config_from_dict({"out_dir": str(tmp_path / "out"), "metric": "val/lm_ndcg@10"})
     job = TrialJob(0, "search", Candidate(("serial", "none")), 0, tmp_path / "t")
-    callbacks = trial_fit_config(cfg, {"model": {"init_args": {}}}, job)["trainer"]["callbacks"]
+    ckpt = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"monitor": "val/ndcg@10"}}
+    base = {"model": {"init_args": {}}, "trainer": {"callbacks": [ckpt]}}
+    callbacks = trial_fit_config(cfg, base, job)["trainer"]["callbacks"]
     assert [c["init_args"]["metric"] for c in callbacks if c["class_path"] == REPORT_CALLBACK] == ["val/lm_ndcg@10"]
+    # the trial keeps the checkpoint of its best epoch by that metric; the base config is left as it was
+    assert callbacks[0]["init_args"]["monitor"] == "val/lm_ndcg@10" and ckpt["init_args"]["monitor"] == "val/ndcg@10"
     for bad in ("ndcg@10", "test/ndcg@10", "val/", 3):
         with pytest.raises(ConfigError, match="metric must be a logged validation metric"):
             config_from_dict({"out_dir": str(tmp_path / "out"), "metric": bad})

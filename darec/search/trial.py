@@ -139,6 +139,9 @@ def trial_fit_config(cfg: SearchConfig, base: dict[str, Any], job: TrialJob) -> 
     if cfg.budget.minutes is not None:
         secs = int(round(cfg.budget.minutes * 60))
         trainer["max_time"] = f"00:{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+    for callback in trainer.get("callbacks") or []:  # a trial's checkpoint is its best epoch by the search's metric
+        if str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
+            callback.setdefault("init_args", {})["monitor"] = cfg.metric
     settings = run_settings(doc, job, cfg.metric)
     trainer.update(settings["trainer"])
     doc["test_after_fit"] = settings["test_after_fit"]
