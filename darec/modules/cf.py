@@ -118,10 +118,12 @@ def export_module(
     out: str | os.PathLike,
     include_user_emb: bool = False,
     source_checkpoint: str | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
     """Export any CF source (a model implementing ``cf_export``) trained on ``data``.
 
-    ``data`` must be the prepared dataset the model was trained on (checked by fingerprint).
+    ``data`` must be the prepared dataset the model was trained on (checked by fingerprint). ``meta``: further
+    JSON-able facts for the sidecar (for example ``cross_fit``, read by ``injection.sasrec_folds``).
     Returns the safetensors path; the sidecar is :func:`sidecar_path` of it.
     """
     from safetensors.torch import save_file
@@ -154,7 +156,7 @@ def export_module(
         user[~user_has] = 0.0
         tensors.update({"user_emb": user.contiguous(), "user_has_cf": user_has})
         causal["user_emb"] = False
-    meta = {
+    sidecar = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": got.kind,
@@ -172,11 +174,12 @@ def export_module(
         "data_dir": str(data.path),
         "darec_version": __version__,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(meta or {}),
     }
     path = _safetensors_path(out)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "kind": got.kind, "fingerprint": data.fingerprint})
-    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=1))
+    atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1))
     return path
 
 

@@ -246,7 +246,7 @@ class DARec(RecModule):
             self.attach_data(data.sentences, data.text_hash, data.fingerprint, train, data.item_raw_ids)
         if stage == "fit" and self.calibrate_inputs and not bool(self.inputs_calibrated):
             self.refresh_cache()
-            self.calibrate_input_scales(_recent_windows(train, self.max_len))
+            self.calibrate_input_scales(*_recent_windows(train, self.max_len))
 
     def attach_data(self, sentences: list[str], text_hash: str, fingerprint: str, train_seqs: list, item_raw_ids: list[str] | None = None) -> None:
         """Tokenise item sentences (cached) and mine hard negatives from training sequences.
@@ -317,10 +317,10 @@ class DARec(RecModule):
         """Nothing that item vectors depend on trains: the cache, once built, never goes stale."""
         return self.encoder.frozen and self.max_fresh_items == 0
 
-    def _input_terms(self, windows: torch.Tensor) -> dict[str, tuple[nn.Linear, torch.Tensor]]:
+    def _input_terms(self, windows: torch.Tensor, users: torch.Tensor | None = None) -> dict[str, tuple[nn.Linear, torch.Tensor]]:
         """Each sequence-level input term as (its projection, its inputs): the text term ``W_s s_i`` and the
         item-CF term ``W_c c_i`` over the catalogue, the user-CF term ``W_u u_t`` over the valid positions of
-        ``windows`` [B, L]."""
+        ``windows`` [B, L] of ``users`` [B]."""
         inj = self.injection
         items = torch.arange(1, self.num_items + 1, device=self.sem_cache.device)
         terms = {"text": (self.w_s, self.standardise(self.sem_cache[items].float()))}
@@ -329,17 +329,17 @@ class DARec(RecModule):
             has[0] = False
             terms["item_cf"] = (inj.w_c, inj.item_vectors[has].float())
         windows = windows.to(self.sem_cache.device)
-        user = inj.user_states(windows) if inj.w_u is not None and inj.cfg.mode != "none" else None
+        user = inj.user_states(windows, users) if inj.w_u is not None and inj.cfg.mode != "none" else None
         if user is not None:
             terms["user_cf"] = (inj.w_u, user[windows > 0].float())
         return terms
 
     @torch.no_grad()
-    def input_scales(self, windows: torch.Tensor) -> dict[str, float]:
+    def input_scales(self, windows: torch.Tensor, users: torch.Tensor | None = None) -> dict[str, float]:
         """RMS of each sequence-level input term (see :meth:`_input_terms`) at the current weights, beside the
         RMS of the backbone's word embeddings and, when it has them, of its first ``max_len`` position embeddings."""
         out = {"word_embeddings": float(self.backbone.word_embeddings.weight.float().pow(2).mean().sqrt())}
-        for name, (lin, x) in self._input_terms(windows).items():
+        for name, (lin, x) in self._input_terms(windows, users).items():
             out[name] = float(lin(x).pow(2).mean().sqrt()) if len(x) else 0.0
         pos = getattr(getattr(self.backbone.model, "embeddings", None), "position_embeddings", None)
         if isinstance(pos, nn.Embedding):
@@ -347,17 +347,17 @@ class DARec(RecModule):
         return out
 
     @torch.no_grad()
-    def calibrate_input_scales(self, windows: torch.Tensor) -> dict[str, float]:
+    def calibrate_input_scales(self, windows: torch.Tensor, users: torch.Tensor | None = None) -> dict[str, float]:
         """Rescale ``W_s``, ``W_c`` and ``W_u`` so that each input term starts at the RMS of the backbone's word
         embeddings, the scale its own inputs had in pretraining; returns :meth:`input_scales` afterwards."""
         target = float(self.backbone.word_embeddings.weight.float().pow(2).mean().sqrt())
-        for lin, x in self._input_terms(windows).values():
+        for lin, x in self._input_terms(windows, users).values():
             rms = float(lin(x).pow(2).mean().sqrt()) if len(x) else 0.0
             if rms > 0:
                 lin.weight.mul_(target / rms)
                 lin.bias.mul_(target / rms)
         self.inputs_calibrated.fill_(True)
-        return self.input_scales(windows)
+        return self.input_scales(windows, users)
 
     def standardise(self, sem: torch.Tensor) -> torch.Tensor:
         """Centre semantic vectors on the catalogue mean and scale them to unit RMS per dimension.
@@ -424,7 +424,8 @@ class DARec(RecModule):
         """``s_i`` [B, L, H] with context masking off (see :meth:`ItemEncoder.encode_histories`)."""
         return self.encoder.encode_histories(seq, sem, self.history_tokens)
 
-    def scoring_states(self, seq: torch.Tensor, sem: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    def scoring_states(self, seq: torch.Tensor, sem: torch.Tensor, last_only: bool = False,
+                       users: torch.Tensor | None = None) -> torch.Tensor:
         """The scoring states of windows ``seq`` [B, L], aligned with their targets: ``[B, L, d']`` (item
         positions 0..L-1; with ``predict_from="seq"`` positions 0..L-2 and then the ``[SEQ]`` token), or only
         the last one ``[B, 1, d']`` with ``last_only``.
@@ -432,12 +433,14 @@ class DARec(RecModule):
         A state is ``W_o h`` (+ ``W_t`` of the recent text with ``text_path``), then ``alpha u_t`` appended with
         ``injection.residual``; its dot product with a row of :meth:`item_table` is the score.
         """
-        base, user = self._scoring_parts(seq, sem, last_only)
-        return self._with_residual(base, user)
+        base, sas = self._scoring_parts(seq, sem, last_only, users)
+        return self._with_residual(base, sas)
 
-    def _scoring_parts(self, seq: torch.Tensor, sem: torch.Tensor, last_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``W_o h`` (+ text path) and the causal user vectors (aligned the same way) of :meth:`scoring_states`."""
-        user = self.injection.user_states(seq)
+    def _scoring_parts(self, seq: torch.Tensor, sem: torch.Tensor, last_only: bool,
+                       users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``W_o h`` (+ text path) and, with ``injection.residual``, SASRec's own states for its score (aligned the
+        same way) of :meth:`scoring_states`; ``users`` [B]: the windows' user ids (see ``injection.sasrec_folds``)."""
+        user = self.injection.user_states(seq, users)
         states = self.sequence_states(seq, sem, user)
         if last_only:
             states = states[:, -1:]
@@ -448,9 +451,10 @@ class DARec(RecModule):
         if self.w_t is not None:
             recent = self._recent_text(seq, sem)
             out = out + self.w_t(recent[:, -1:] if last_only else recent)
-        if user is not None and last_only:
-            user = user[:, -1:]
-        return out, user
+        if self.injection.residual_scale is None or user is None:
+            return out, None
+        sas = self.injection.residual_states(seq, user)
+        return out, sas[:, -1:] if last_only else sas
 
     def _recent_text(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
         """[B, L, H]: at position t, the mean standardised ``s_i`` of the last ``text_path`` items up to t."""
@@ -476,7 +480,7 @@ class DARec(RecModule):
         seq, tgt = batch["input"], batch["target"]
         sem, fresh_ids, fresh = self.fresh_semantics(torch.cat([seq, tgt], 1))
         table = self.item_table(sem)
-        out = self.scoring_states(seq, sem)
+        out = self.scoring_states(seq, sem, users=batch.get("user"))
         keep = tgt > 0
         h, t = out[keep], tgt[keep]
         lo = self.losses
@@ -524,10 +528,10 @@ class DARec(RecModule):
 
     def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
         seq = batch["history"][:, -self.max_len :]
-        base, user = self._scoring_parts(seq, self.sem_cache.float(), last_only=True)
-        out = {**batch, "user_vec": self._with_residual(base, user)[:, 0]}
-        if self.injection.residual_scale is not None:
-            out["user_base"], out["user_sasrec"] = base[:, 0], self.injection.sasrec_part(user)[:, 0]
+        base, sas = self._scoring_parts(seq, self.sem_cache.float(), last_only=True, users=batch.get("user"))
+        out = {**batch, "user_vec": self._with_residual(base, sas)[:, 0]}
+        if sas is not None:
+            out["user_base"], out["user_sasrec"] = base[:, 0], sas[:, 0]
         return out
 
     @property
@@ -566,16 +570,16 @@ class DARec(RecModule):
         self._log_metric(self.val_by_weight[best], "val")
         self.log("val/residual_weight", RESIDUAL_GRID[best])
 
-    def user_vectors(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
-        """The scoring state [B, d'] after each history ``seq`` [B, L] (left-padded)."""
-        return self.scoring_states(seq, sem, last_only=True)[:, 0]
+    def user_vectors(self, seq: torch.Tensor, sem: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """The scoring state [B, d'] after each history ``seq`` [B, L] (left-padded) of ``users`` [B] (ids, optional)."""
+        return self.scoring_states(seq, sem, last_only=True, users=users)[:, 0]
 
-    def _with_residual(self, states: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor:
+    def _with_residual(self, states: torch.Tensor, sas: torch.Tensor | None) -> torch.Tensor:
         """``[W_o h ; alpha u_t]`` with ``injection.residual`` (matching ``[e_j ; c_j]``), else ``W_o h``;
-        ``user`` from ``injection.user_states``."""
-        if self.injection.residual_scale is None:
+        ``sas``: SASRec's states from ``injection.residual_states``."""
+        if sas is None:
             return states
-        return torch.cat([states, self.injection.residual_users(user).to(states.dtype)], -1)
+        return torch.cat([states, self.injection.residual_users(sas).to(states.dtype)], -1)
 
     def score_chunk(self, batch: EvalBatch, lo: int, hi: int) -> torch.Tensor:
         assert self._eval_table is not None
@@ -631,12 +635,14 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _recent_windows(train_seqs: list, max_len: int, users: int = 256) -> torch.Tensor:
-    """The last ``max_len`` training items of up to ``users`` users (spread over the user ids), left-padded."""
-    seqs = [s for s in train_seqs if len(s)]
-    step = max(1, len(seqs) // users)
-    out = torch.zeros(min(users, len(seqs)), max_len, dtype=torch.long)
-    for row, seq in enumerate(seqs[::step][: len(out)]):
-        tail = torch.tensor(list(seq[-max_len:]), dtype=torch.long)
+def _recent_windows(train_seqs: list, max_len: int, users: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last ``max_len`` training items of up to ``users`` users (spread over the user ids), left-padded, and
+    those users' ids (``train_seqs[i]`` is user ``i + 1``'s)."""
+    ids = [u for u, s in enumerate(train_seqs, start=1) if len(s)]
+    step = max(1, len(ids) // users)
+    chosen = ids[::step][:users]
+    out = torch.zeros(len(chosen), max_len, dtype=torch.long)
+    for row, u in enumerate(chosen):
+        tail = torch.tensor(list(train_seqs[u - 1][-max_len:]), dtype=torch.long)
         out[row, max_len - len(tail) :] = tail
-    return out
+    return out, torch.tensor(chosen, dtype=torch.long)

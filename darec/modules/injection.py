@@ -40,6 +40,14 @@ class InjectionConfig:
     too timid. With ``residual_weight: validation`` the language model trains alone (``alpha = 0``) and after
     every validation pass ``alpha`` is set to the value of a fixed grid that gives the best validation NDCG@10 (a
     late fusion of two models whose weight is chosen on validation only); it is saved with the model.
+
+    ``sasrec_folds`` cross-fits SASRec's user states (``benchmarks/cross_fit.py`` trains them): ``K`` exports, the
+    one of fold ``k`` trained without the users whose id is ``k`` modulo ``K``, its item table frozen at
+    ``sasrec``'s. A user's causal SASRec state ``u_t`` in the language model's input then comes from the encoder that
+    never saw that user, in training as in evaluation, so the language model does not learn to trust states that are
+    sharper on its training targets than on held-out ones (SASRec ranks a training target at about 1.6x the NDCG@10
+    of a held-out one, ``benchmarks/sasrec_fit_gap.json``). The residual score stays ``sasrec``'s own. Histories
+    without a user id (``darec recommend``) take the mean of the fold encoders' states.
     """
 
     mode: Literal["none", "input", "attention"] = "none"  # none | input | attention (input + per-layer prefixes)
@@ -50,6 +58,7 @@ class InjectionConfig:
     finetune: bool = False  # train the CF tables jointly (frozen by default)
     residual: bool = False  # add SASRec's own score alpha <u_t, c_j> (frozen) to DARec's
     residual_weight: str = "validation"  # learned: alpha trains with the LM, which learns a correction | validation: see below
+    sasrec_folds: list[str] = field(default_factory=list)  # cross-fitted SASRec exports: see below
 
 
 class CollaborativeInjection(nn.Module):
@@ -100,6 +109,7 @@ class CollaborativeInjection(nn.Module):
                     self.sasrec_encoder = SasrecUserEncoder.from_cf(emb)
                     if cfg.finetune:
                         self.sasrec_encoder.unfreeze()
+        self.fold_encoders = self._load_folds(cfg, fingerprint, tables[-1] if self.sasrec_encoder is not None else None)
         cf = torch.cat(tables, 1) if tables else torch.zeros(num_items + 1, 0)
         has = torch.stack(flags, 0).all(0) if flags else torch.zeros(num_items + 1, dtype=torch.bool)
         self.item_dim = cf.shape[1]
@@ -129,6 +139,47 @@ class CollaborativeInjection(nn.Module):
         else:
             self.residual_scale = None
 
+    def _load_folds(self, cfg: InjectionConfig, fingerprint: str, items: torch.Tensor | None) -> nn.ModuleList | None:
+        """The cross-fitted encoders of ``cfg.sasrec_folds``, in fold order, checked against SASRec's item table."""
+        if not cfg.sasrec_folds:
+            return None
+        if items is None or cfg.mode == "none":
+            raise ConfigError("injection.sasrec_folds cross-fits SASRec's user states: it needs injection.sasrec (the "
+                              "full SASRec export) and injection.user_vector: true")
+        if cfg.finetune:
+            raise ConfigError("injection.sasrec_folds keeps SASRec frozen; set injection.finetune: false")
+        k = len(cfg.sasrec_folds)
+        by_fold: dict[int, SasrecUserEncoder] = {}
+        for path in cfg.sasrec_folds:
+            emb = load_cf_embeddings(path, fingerprint or None)
+            fold = emb.meta.get("cross_fit") or {}
+            if fold.get("folds") != k or fold.get("fold") not in range(k) or fold["fold"] in by_fold:
+                raise ConfigError(f"{path}: not fold 0..{k - 1} of a {k}-fold cross-fit (its sidecar says "
+                                  f"{emb.meta.get('cross_fit')!r}); injection.sasrec_folds needs one export per fold")
+            if not torch.equal(emb.item_emb.float(), items):
+                raise ConfigError(f"{path}: its item table is not injection.sasrec's; a fold encoder must be trained with "
+                                  "the item table frozen at the full SASRec's (benchmarks/cross_fit.py)")
+            by_fold[fold["fold"]] = SasrecUserEncoder.from_cf(emb)
+        return nn.ModuleList(by_fold[i] for i in range(k))
+
+    def _sasrec_states(self, seq: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """SASRec's causal states for ``seq`` (ids beyond its table zeroed): the full encoder's, or with
+        ``sasrec_folds`` each user's out-of-fold encoder's (the mean of all of them for ``users=None``)."""
+        known = seq.masked_fill(seq >= self.cf_table.shape[0], 0)
+        if self.fold_encoders is None:
+            return self.sasrec_encoder.causal_user_states(known)
+        if users is None:
+            return torch.stack([enc.causal_user_states(known) for enc in self.fold_encoders]).mean(0)
+        fold = users.to(seq.device) % len(self.fold_encoders)
+        out = None
+        for k, enc in enumerate(self.fold_encoders):
+            rows = (fold == k).nonzero().squeeze(1)
+            if len(rows):
+                part = enc.causal_user_states(known[rows])
+                out = part.new_zeros(seq.shape + part.shape[-1:]) if out is None else out
+                out[rows] = part
+        return out
+
     def _sasrec_dim(self) -> int:
         return int(self.sasrec_encoder.cfg.hidden_size)
 
@@ -155,16 +206,16 @@ class CollaborativeInjection(nn.Module):
         table[0] = 0
         return table
 
-    def user_states(self, seq: torch.Tensor) -> torch.Tensor | None:
-        """Causal user vectors [B, L, d_u] for windows ``seq`` [B, L] (left-padded); None if disabled."""
+    def user_states(self, seq: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Causal user vectors [B, L, d_u] for windows ``seq`` [B, L] (left-padded) of ``users`` [B] (their ids;
+        only cross-fitted SASRec states read them); None if disabled."""
         parts = []
         if self.cfg.user_vector and self.mean_dim:
             lg = self.vectors_for(seq)[..., : self.mean_dim]
             valid = (seq > 0).unsqueeze(-1).to(lg.dtype)
             parts.append(lg.cumsum(1) / valid.cumsum(1).clamp(min=1))
         if self.sasrec_encoder is not None:
-            known = seq.masked_fill(seq >= self.cf_table.shape[0], 0)
-            parts.append(self.sasrec_encoder.causal_user_states(known).to(self.cf_table.dtype))
+            parts.append(self._sasrec_states(seq, users).to(self.cf_table.dtype))
         return torch.cat(parts, -1) if parts else None
 
     def residual_items(self, rows: int) -> torch.Tensor:
@@ -178,16 +229,23 @@ class CollaborativeInjection(nn.Module):
         """SASRec's state ``u_t`` [B, L, d_sas] from :meth:`user_states` ``user`` (its SASRec part comes last)."""
         return user[..., -self._sasrec_dim() :]
 
-    def residual_users(self, user: torch.Tensor) -> torch.Tensor:
-        """``alpha * u_t`` [B, L, d_sas] from :meth:`user_states` ``user`` (its SASRec part, which comes last),
-        appended to the scoring state when ``residual``.
+    def residual_states(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        """SASRec's own ``u_t`` [B, L, d_sas] for its residual score: the SASRec part of :meth:`user_states` ``user``,
+        or with ``sasrec_folds`` the full encoder's states (the residual is SASRec's score, not a cross-fitted one)."""
+        if self.fold_encoders is None:
+            return self.sasrec_part(user)
+        return self.sasrec_encoder.causal_user_states(seq.masked_fill(seq >= self.cf_table.shape[0], 0)).to(user.dtype)
+
+    def residual_users(self, sas: torch.Tensor) -> torch.Tensor:
+        """``alpha * u_t`` [B, L, d_sas] from :meth:`residual_states` ``sas``, appended to the scoring state when
+        ``residual``.
 
         With the item side :meth:`residual_items`, the score becomes ``<W_o h, e_j> + alpha <u_t, c_j>``:
         the language model learns a correction on top of SASRec's own score, which stays frozen.
         """
         if self.training and self.cfg.residual_weight == "validation":
-            return torch.zeros_like(self.sasrec_part(user))  # the language model trains alone
-        return self.residual_scale * self.sasrec_part(user)
+            return torch.zeros_like(sas)  # the language model trains alone
+        return self.residual_scale * sas
 
     def run_with_prefixes(
         self,

@@ -144,7 +144,7 @@ def test_input_terms_start_at_the_word_embedding_scale(small_synth_dir, cf_expor
 
     d = PreparedData(small_synth_dir)
     m = _model(small_synth_dir, cf_exports, tmp_path, name=name, mode="input")
-    windows = _recent_windows(d.train_sequences(), 12)
+    windows, _ = _recent_windows(d.train_sequences(), 12)
     before = m.input_scales(windows)
     after = m.calibrate_input_scales(windows)
     target = after["word_embeddings"]
@@ -216,3 +216,67 @@ def test_a_model_that_is_not_a_cf_source_is_refused(small_synth_dir, tmp_path):
     with pytest.raises(ConfigError, match="Popularity is not a CF source"):
         export_module(Popularity(d.num_items, d.num_users, d.fingerprint), d, tmp_path / "pop.safetensors")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def fold_exports(small_synth_dir, tmp_path_factory) -> dict[str, object]:
+    """A full SASRec export, two cross-fitted fold encoders that share its item table, and bad fold exports."""
+    data = PreparedData(small_synth_dir)
+    out = tmp_path_factory.mktemp("folds")
+    kw = dict(hidden_size=16, inner_size=32, max_len=12)
+
+    def sasrec(seed: int, items: torch.Tensor | None = None) -> SASRec:
+        torch.manual_seed(seed)
+        m = SASRec(data.num_items, data.num_users, data.fingerprint, **kw).eval()
+        if items is not None:
+            m.encoder.item_embedding.weight.data.copy_(items)
+        return m
+
+    full = sasrec(1)
+    items = full.encoder.item_embedding.weight.data
+    folds = [str(export_module(sasrec(10 + k, items), data, out / f"fold{k}.safetensors",
+                               meta={"cross_fit": {"folds": 2, "fold": k}})) for k in range(2)]
+    return {"full": str(export_module(full, data, out / "full.safetensors")), "folds": folds,
+            "own_items": str(export_module(sasrec(20), data, out / "own.safetensors", meta={"cross_fit": {"folds": 2, "fold": 1}})),
+            "no_fold": str(export_module(sasrec(21, items), data, out / "plain.safetensors"))}
+
+
+def test_cross_fitted_user_states_come_from_the_encoder_that_did_not_see_the_user(small_synth_dir, fold_exports, tmp_path):
+    """With injection.sasrec_folds, user u's SASRec input states come from fold (u % K)'s encoder, in training and in
+    evaluation; SASRec's residual score keeps the full encoder's states; a history without a user id takes the mean."""
+    m = _model(small_synth_dir, {"sasrec": fold_exports["full"], "sasrec_folds": fold_exports["folds"]}, tmp_path,
+               mode="residual")
+    fp = PreparedData(small_synth_dir).fingerprint
+    full = SasrecUserEncoder.from_export(fold_exports["full"], fp)
+    folds = [SasrecUserEncoder.from_export(p, fp) for p in fold_exports["folds"]]
+    seq = torch.tensor([[0, 3, 7, 9], [2, 5, 8, 1], [0, 0, 4, 6], [3, 7, 9, 2]])
+    users = torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        states = m.injection.user_states(seq, users)
+        for row, u in enumerate(users.tolist()):
+            torch.testing.assert_close(states[row], folds[u % 2].causal_user_states(seq[row : row + 1])[0])
+        torch.testing.assert_close(m.injection.residual_states(seq, states), full.causal_user_states(seq))
+        mean = (folds[0].causal_user_states(seq) + folds[1].causal_user_states(seq)) / 2
+        torch.testing.assert_close(m.injection.user_states(seq), mean)
+        m.on_eval_start()
+        history = seq[[0, 0]]
+        b = m.prepare_eval_batch({"history": history, "user": torch.tensor([1, 2]), "target": torch.tensor([5, 5])})
+    torch.testing.assert_close(b["user_sasrec"], full.causal_user_states(history)[:, -1])
+    assert not torch.allclose(b["user_base"][0], b["user_base"][1], atol=1e-4)  # same history, the other fold's encoder
+
+
+@pytest.mark.parametrize("which,match", [
+    ("own_items", "item table is not injection.sasrec's"),
+    ("no_fold", "not fold 0..1 of a 2-fold cross-fit"),
+    ("one_fold", "not fold 0..0 of a 1-fold cross-fit"),
+    ("no_sasrec", "needs injection.sasrec"),
+])
+def test_bad_fold_exports_raise_a_clear_error(small_synth_dir, fold_exports, cf_exports, tmp_path, which, match):
+    folds = fold_exports["folds"]
+    inj = {"sasrec": fold_exports["full"], "sasrec_folds": {
+        "own_items": [folds[0], fold_exports["own_items"]], "no_fold": [fold_exports["no_fold"], folds[1]],
+        "one_fold": folds[:1], "no_sasrec": folds}[which]}
+    if which == "no_sasrec":
+        inj = {"lightgcn": cf_exports["lightgcn"], "sasrec_folds": folds}
+    with pytest.raises(ConfigError, match=match):
+        _model(small_synth_dir, inj, tmp_path, mode="input")
