@@ -14,7 +14,8 @@ Phases (each reuses what is already on disk):
   encoder's own training users: no user's held-out items reach the encoder that serves that user), and measure
   each encoder's fit gap on the users it serves (last training item against the validation item), beside the
   full model's on the same users;
-- ``darec``: train DARec's default configuration with ``injection.sasrec_folds`` at a fixed budget (``--epochs N``)
+- ``darec``: train DARec's default configuration with ``injection.sasrec_folds`` (evaluation reading the
+  out-of-fold states too, or with ``--fold-eval full`` the full SASRec's) at a fixed budget (``--epochs N``)
   or to convergence (``--epochs 0``: the shipped early stopping) and compare it, paired over test users, with the
   same configuration injected with the full SASRec (``ablation.py``'s ``full`` runs at the same budget, or
   ``darec_ml100k.py``'s converged DARec runs; any other run names by ``--reference``) and with SASRec itself.
@@ -180,8 +181,10 @@ def phase_darec(a: argparse.Namespace, work: Path, pat: int) -> dict[str, Any]:
     reference = a.reference or ("ablation_full_e{epochs}_sasp{patience}_s{seed}" if a.epochs else "darec_sasp{patience}_s{seed}")
     for s in a.seeds:
         folds = [str(fold_export_path(work, s, pat, a.folds, k)) for k in range(a.folds)]
-        name = darec_name(f"cross_fit{a.folds}_" + (f"e{a.epochs}" if a.epochs else "converged"), s, pat)
-        specs.append(RunSpec(name, "darec", s, {"injection": {"sasrec_folds": folds}}, {}, budget,
+        variant = f"cross_fit{a.folds}" + ("full" if a.fold_eval == "full" else "")
+        name = darec_name(f"{variant}_" + (f"e{a.epochs}" if a.epochs else "converged"), s, pat)
+        specs.append(RunSpec(name, "darec", s, {"injection": {"sasrec_folds": folds, "sasrec_folds_eval": a.fold_eval}},
+                             {}, budget,
                              cf_from=sasrec_name(50, s, pat), lightgcn_from=f"lightgcn_s{s}"))
         ref = reference.format(seed=s, epochs=a.epochs, patience=pat)
         if not is_done(work, ref):
@@ -231,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--reference", default=None,
                    help="run name (with {seed}, {epochs}, {patience}) of the full-SASRec DARec each seed is paired with "
                         "(default: ablation.py's full runs, or darec_ml100k.py's with --epochs 0)")
+    p.add_argument("--fold-eval", choices=["folds", "full"], default="folds",
+                   help="injection.sasrec_folds_eval: evaluation reads the out-of-fold states too, or the full SASRec's")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
@@ -252,8 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "sasrec" in a.phase:
         result["sasrec"] = {**phase_sasrec(a, work, pat), "command": result["command"], "git": result["git"], "machine": result["machine"]}
     if "darec" in a.phase:
-        key = f"darec_e{a.epochs}" if a.epochs else "darec_converged"
-        result[key] = {**phase_darec(a, work, pat), "epochs": a.epochs or "early stopping",
+        key = (f"darec_e{a.epochs}" if a.epochs else "darec_converged") + ("_eval_full" if a.fold_eval == "full" else "")
+        result[key] = {**phase_darec(a, work, pat), "epochs": a.epochs or "early stopping", "fold_eval": a.fold_eval,
                        "command": result["command"], "git": result["git"], "machine": result["machine"]}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.out}")

@@ -47,7 +47,10 @@ class InjectionConfig:
     never saw that user, in training as in evaluation, so the language model does not learn to trust states that are
     sharper on its training targets than on held-out ones (SASRec ranks a training target at about 1.6x the NDCG@10
     of a held-out one, ``benchmarks/sasrec_fit_gap.json``). The residual score stays ``sasrec``'s own. Histories
-    without a user id (``darec recommend``) take the mean of the fold encoders' states.
+    without a user id (``darec recommend``) take the mean of the fold encoders' states. With
+    ``sasrec_folds_eval: full`` only training reads the fold encoders, and evaluation the full SASRec's states (the
+    usual stacking recipe: the second stage learns from out-of-fold outputs and predicts from the model fitted on all
+    the data).
     """
 
     mode: Literal["none", "input", "attention"] = "none"  # none | input | attention (input + per-layer prefixes)
@@ -59,6 +62,7 @@ class InjectionConfig:
     residual: bool = False  # add SASRec's own score alpha <u_t, c_j> (frozen) to DARec's
     residual_weight: str = "validation"  # learned: alpha trains with the LM, which learns a correction | validation: see below
     sasrec_folds: list[str] = field(default_factory=list)  # cross-fitted SASRec exports: see below
+    sasrec_folds_eval: str = "folds"  # folds: evaluation reads the out-of-fold states too | full: the full SASRec's
 
 
 class CollaborativeInjection(nn.Module):
@@ -148,6 +152,8 @@ class CollaborativeInjection(nn.Module):
                               "full SASRec export) and injection.user_vector: true")
         if cfg.finetune:
             raise ConfigError("injection.sasrec_folds keeps SASRec frozen; set injection.finetune: false")
+        if cfg.sasrec_folds_eval not in ("folds", "full"):
+            raise ConfigError(f"injection.sasrec_folds_eval must be folds | full, got {cfg.sasrec_folds_eval!r}")
         k = len(cfg.sasrec_folds)
         by_fold: dict[int, SasrecUserEncoder] = {}
         for path in cfg.sasrec_folds:
@@ -166,7 +172,7 @@ class CollaborativeInjection(nn.Module):
         """SASRec's causal states for ``seq`` (ids beyond its table zeroed): the full encoder's, or with
         ``sasrec_folds`` each user's out-of-fold encoder's (the mean of all of them for ``users=None``)."""
         known = seq.masked_fill(seq >= self.cf_table.shape[0], 0)
-        if self.fold_encoders is None:
+        if self.fold_encoders is None or (not self.training and self.cfg.sasrec_folds_eval == "full"):
             return self.sasrec_encoder.causal_user_states(known)
         if users is None:
             return torch.stack([enc.causal_user_states(known) for enc in self.fold_encoders]).mean(0)

@@ -280,3 +280,21 @@ def test_bad_fold_exports_raise_a_clear_error(small_synth_dir, fold_exports, cf_
         inj = {"lightgcn": cf_exports["lightgcn"], "sasrec_folds": folds}
     with pytest.raises(ConfigError, match=match):
         _model(small_synth_dir, inj, tmp_path, mode="input")
+
+
+def test_cross_fitted_states_can_be_read_in_training_only(small_synth_dir, fold_exports, tmp_path):
+    """sasrec_folds_eval: full: training reads the out-of-fold encoders, evaluation the full SASRec's states."""
+    m = _model(small_synth_dir, {"sasrec": fold_exports["full"], "sasrec_folds": fold_exports["folds"],
+                                 "sasrec_folds_eval": "full"}, tmp_path, mode="input")
+    fp = PreparedData(small_synth_dir).fingerprint
+    full = SasrecUserEncoder.from_export(fold_exports["full"], fp)
+    fold1 = SasrecUserEncoder.from_export(fold_exports["folds"][1], fp)
+    seq, users = torch.tensor([[0, 3, 7, 9]]), torch.tensor([5])
+    with torch.no_grad():
+        m.eval()
+        torch.testing.assert_close(m.injection.user_states(seq, users)[..., -16:], full.causal_user_states(seq))
+        m.train()
+        torch.testing.assert_close(m.injection.user_states(seq, users)[..., -16:], fold1.causal_user_states(seq))
+    with pytest.raises(ConfigError, match=r"sasrec_folds_eval must be folds \| full"):
+        _model(small_synth_dir, {"sasrec": fold_exports["full"], "sasrec_folds": fold_exports["folds"],
+                                 "sasrec_folds_eval": "both"}, tmp_path, mode="input")
