@@ -46,7 +46,9 @@ class InjectionConfig:
     ``sasrec``'s. A user's causal SASRec state ``u_t`` in the language model's input then comes from the encoder that
     never saw that user, in training as in evaluation, so the language model does not learn to trust states that are
     sharper on its training targets than on held-out ones (SASRec ranks a training target at about 1.6x the NDCG@10
-    of a held-out one, ``benchmarks/sasrec_fit_gap.json``). The residual score stays ``sasrec``'s own. Histories
+    of a held-out one, ``benchmarks/sasrec_fit_gap.json``). On ml-100k with 2 folds it does not pay: the out-of-fold
+    states are weaker and the language-model path loses more than it gains (``benchmarks/cross_fit.json``), so it
+    is off by default. The residual score stays ``sasrec``'s own. Histories
     without a user id (``darec recommend``) take the mean of the fold encoders' states. With
     ``sasrec_folds_eval: full`` only training reads the fold encoders, and evaluation the full SASRec's states (the
     usual stacking recipe: the second stage learns from out-of-fold outputs and predicts from the model fitted on all
