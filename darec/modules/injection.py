@@ -170,11 +170,16 @@ class CollaborativeInjection(nn.Module):
             by_fold[fold["fold"]] = SasrecUserEncoder.from_cf(emb)
         return nn.ModuleList(by_fold[i] for i in range(k))
 
+    @property
+    def _reads_folds(self) -> bool:
+        """Whether SASRec's input states come from the fold encoders now (else from the full encoder)."""
+        return self.fold_encoders is not None and (self.training or self.cfg.sasrec_folds_eval == "folds")
+
     def _sasrec_states(self, seq: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
         """SASRec's causal states for ``seq`` (ids beyond its table zeroed): the full encoder's, or with
         ``sasrec_folds`` each user's out-of-fold encoder's (the mean of all of them for ``users=None``)."""
         known = seq.masked_fill(seq >= self.cf_table.shape[0], 0)
-        if self.fold_encoders is None or (not self.training and self.cfg.sasrec_folds_eval == "full"):
+        if not self._reads_folds:
             return self.sasrec_encoder.causal_user_states(known)
         if users is None:
             return torch.stack([enc.causal_user_states(known) for enc in self.fold_encoders]).mean(0)
@@ -240,7 +245,7 @@ class CollaborativeInjection(nn.Module):
     def residual_states(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         """SASRec's own ``u_t`` [B, L, d_sas] for its residual score: the SASRec part of :meth:`user_states` ``user``,
         or with ``sasrec_folds`` the full encoder's states (the residual is SASRec's score, not a cross-fitted one)."""
-        if self.fold_encoders is None:
+        if not self._reads_folds:  # the input states are already the full encoder's
             return self.sasrec_part(user)
         return self.sasrec_encoder.causal_user_states(seq.masked_fill(seq >= self.cf_table.shape[0], 0)).to(user.dtype)
 
