@@ -11,6 +11,8 @@ LightGCN. Each other variant changes one thing:
   with item-level adaptation);
 - ``item_level``: the paper's item-level adaptation on top (adapters act on item text in every layer, 64 fresh items
   per step, the cache rebuilt every 10 steps) with the masked-context loss on.
+- ``bf16``: not a component but a numeric check: the backbone's passes under bfloat16 autocast (worth it only on a
+  CPU with native bfloat16, see ``benchmarks/bf16_cpu.py``), to show that quality holds against float32.
 
 Every run trains exactly ``--epochs`` epochs (no early stopping; the best validation epoch is tested), a budget
 chosen to reach at least 0.9x the converged validation NDCG@10 of ``full`` (the JSON records both). The fused score
@@ -56,6 +58,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_hard_negative": {"model": {"losses": {"hard_negative": False}}},
     "item_level": {"model": {"item_adapter_layers": None, "max_fresh_items": 64, "refresh_every": 10,
                              "losses": {"masked_context": True}}},
+    "bf16": {"model": {"backbone": {"autocast": "bfloat16"}}},
 }
 
 
