@@ -33,29 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, git_commit, machine  # noqa: E402
+from common import command, cpu_facts, git_commit, machine  # noqa: E402
 from darec_epoch import build, settings  # noqa: E402
-
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_facts() -> dict[str, Any]:
-    """CPU model name, the bf16-relevant flags from /proc/cpuinfo, and what PyTorch sees."""
-    from darec.modules.backbone import cpu_has_fast_bfloat16
-
-    name, flags = None, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name is None:
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model_name": name, "flags": {f: f in flags for f in CPU_FLAGS},
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "onednn_native_bfloat16": cpu_has_fast_bfloat16()}
-
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:
     fn()

@@ -15,13 +15,35 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_facts() -> dict[str, Any]:
+    """CPU model name, the bf16-relevant flags from /proc/cpuinfo, and what PyTorch sees."""
+    from darec.modules.backbone import cpu_has_fast_bfloat16
+
+    name, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name is None:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model_name": name, "flags": {f: f in flags for f in CPU_FLAGS},
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_native_bfloat16": cpu_has_fast_bfloat16()}
+
+
 def machine() -> dict[str, Any]:
-    """Platform, cores, torch threads and versions, and the load average when called."""
+    """Platform, cores, the CPU's model and bfloat16 support, torch threads and versions, and the load average when
+    called."""
     import lightning as L
 
     return {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "cpu": cpu_facts(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
         "torch": torch.__version__, "lightning": L.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],

@@ -221,7 +221,7 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
     ddm = SequenceDataModule(str(data_dir), batch_size=64, eval_batch_size=256, max_len=50, stride=50, num_negatives=0)
     model = DARec(  # DARec's defaults are configs/darec_ml100k.yaml's
         num_items=ddm.num_items, num_users=ddm.num_users, data_fingerprint=ddm.fingerprint,
-        backbone=BackboneConfig(name="minilm"), adapters="serial", max_len=50,
+        backbone=BackboneConfig(name="minilm", autocast="auto"), adapters="serial", max_len=50,
         injection=InjectionConfig(mode="input", sasrec=str(sas_path), lightgcn=str(lg_path), residual=True),
         cache_dir=str(root / "cache"),
     )

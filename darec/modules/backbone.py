@@ -12,9 +12,12 @@ bit-identical through training, weight decay included.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +28,13 @@ from darec.errors import ConfigError
 from darec.modules.families import family_spec
 from darec.modules.masking import bool_to_additive, position_ids_from_segments, segment_mask
 
+log = logging.getLogger(__name__)
+
 SPECIAL_TOKENS: tuple[str, ...] = ("[ALIGN]", "[SEQ]")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTOCAST: dict[str, torch.dtype | None] = {"none": None, "bfloat16": torch.bfloat16}
+AUTOCAST_CHOICES = (*AUTOCAST, "auto")
 TINY_NAMES = ("tiny-bert", "tiny-gpt2", "tiny-llama")
 # Randomly initialised, full-size shapes for speed checks where no pretrained weights can be fetched.
 RANDOM_SHAPES: dict[str, dict[str, Any]] = {
@@ -51,6 +57,16 @@ def cpu_has_fast_bfloat16() -> bool:
         return False
 
 
+def runs_bfloat16_natively(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 matmuls in hardware: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (:func:`cpu_has_fast_bfloat16`)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return cpu_has_fast_bfloat16()
+    return False
+
+
 @dataclass
 class BackboneConfig:
     """Which backbone to load and how.
@@ -64,10 +80,12 @@ class BackboneConfig:
         tiny_layers, tiny_hidden, tiny_heads: shape of the ``tiny-*`` models.
         seed: seed for the ``tiny-*`` weights and the special-token embeddings.
         special_init: ``"mean"`` (mean vocabulary row plus small noise) or ``"normal"`` (N(0, 0.02)).
-        autocast: ``"none"`` or ``"bfloat16"``: run the backbone's passes under ``torch.autocast`` in bfloat16
-            while its weights stay in ``dtype`` (CPUs with AMX/AVX512-BF16 and GPUs run the matmuls faster; the
-            losses and the item tables stay in float32). ``benchmarks/bf16_cpu.py`` measures it per part; on a CPU
-            without native bfloat16 the first pass warns, since there it is far slower than float32.
+        autocast: ``"none"``, ``"bfloat16"`` or ``"auto"``: run the backbone's passes under ``torch.autocast`` in
+            bfloat16 while its weights stay in ``dtype`` (CPUs with AMX/AVX512-BF16 and GPUs run the matmuls faster;
+            the losses and the item tables stay in float32). ``"auto"`` chooses bfloat16 on a device that runs it
+            natively (:func:`runs_bfloat16_natively`) and float32 elsewhere, once per device type, and logs the
+            choice. ``benchmarks/bf16_cpu.py`` measures it per part; with ``"bfloat16"`` on a CPU without native
+            bfloat16 the first pass warns, since there it is far slower than float32.
     """
 
     name: str = "minilm"
@@ -86,8 +104,8 @@ class BackboneConfig:
             raise ConfigError(f"backbone.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.special_init not in ("mean", "normal"):
             raise ConfigError(f"backbone.special_init must be 'mean' or 'normal', got {self.special_init!r}")
-        if self.autocast not in AUTOCAST:
-            raise ConfigError(f"backbone.autocast must be one of {sorted(AUTOCAST)}, got {self.autocast!r}")
+        if self.autocast not in AUTOCAST_CHOICES:
+            raise ConfigError(f"backbone.autocast must be one of {list(AUTOCAST_CHOICES)}, got {self.autocast!r}")
         if self.tiny_layers < 1 or self.tiny_hidden < 1 or self.tiny_heads < 1:
             raise ConfigError("backbone.tiny_layers, tiny_hidden and tiny_heads must be positive")
         if self.tiny_hidden % self.tiny_heads or (self.tiny_hidden // self.tiny_heads) % 2:
@@ -191,8 +209,11 @@ class Backbone(nn.Module):
         disable_dropout(model)
         model.train()  # dropout-free, so the mode changes nothing; it follows the parent's like every other module
         self.model = model
-        self.autocast_dtype = AUTOCAST[autocast]
-        self._checked_autocast_device = False
+        if autocast not in AUTOCAST_CHOICES:
+            raise ConfigError(f"backbone.autocast must be one of {list(AUTOCAST_CHOICES)}, got {autocast!r}")
+        self.autocast = autocast
+        self._autocast_by_device: dict[str, torch.dtype | None] = {}
+        self._full_precision = False
         self.tokenizer = tokenizer
         self.name = name
         self.spec = spec
@@ -260,6 +281,41 @@ class Backbone(nn.Module):
             return bool_to_additive(mask[:, 0] >= 0, dtype)
         return mask
 
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The dtype the backbone's passes on ``device`` autocast to (``None``: float32), decided on the first pass
+        on that device type: ``autocast: auto`` picks bfloat16 where it runs natively and logs it; ``bfloat16`` on
+        a CPU without native support warns once."""
+        if self._full_precision:
+            return None
+        kind = device.type
+        if kind not in self._autocast_by_device:
+            native = runs_bfloat16_natively(device)
+            if self.autocast == "auto":
+                self._autocast_by_device[kind] = torch.bfloat16 if native else None
+                log.info("backbone.autocast: auto -> %s on %s (%s)", "bfloat16" if native else "none (float32)", kind,
+                         "native bfloat16" if native else "no native bfloat16")
+            else:
+                self._autocast_by_device[kind] = AUTOCAST[self.autocast]
+                if self.autocast == "bfloat16" and kind == "cpu" and not native:
+                    warnings.warn(
+                        f"backbone.autocast='bfloat16' on a CPU without native bfloat16 (torch sees "
+                        f"{torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 or AMX): bfloat16 matmuls are "
+                        "emulated and run far slower than float32 here. Set backbone.autocast: none (or auto) on this "
+                        "machine.",
+                        stacklevel=3,
+                    )
+        return self._autocast_by_device[kind]
+
+    @contextlib.contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """Within the block every pass runs in the weights' own dtype, whatever ``autocast`` says (exactness checks)."""
+        saved, self._full_precision = self._full_precision, True
+        try:
+            yield
+        finally:
+            self._full_precision = saved
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -275,16 +331,8 @@ class Backbone(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
         mask = self._prepare_mask(attention_mask_4d, embeds.dtype)
-        if self.autocast_dtype is not None and not self._checked_autocast_device:
-            self._checked_autocast_device = True
-            if embeds.device.type == "cpu" and not cpu_has_fast_bfloat16():
-                warnings.warn(
-                    f"backbone.autocast='bfloat16' on a CPU without native bfloat16 (torch sees "
-                    f"{torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 or AMX): bfloat16 matmuls are emulated "
-                    "and run far slower than float32 here. Set backbone.autocast: none on this machine.",
-                    stacklevel=2,
-                )
-        with torch.autocast(embeds.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        low = self.autocast_dtype(embeds.device)
+        with torch.autocast(embeds.device.type, dtype=low, enabled=low is not None):
             out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 

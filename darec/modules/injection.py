@@ -175,10 +175,14 @@ class CollaborativeInjection(nn.Module):
         """Whether SASRec's input states come from the fold encoders now (else from the full encoder)."""
         return self.fold_encoders is not None and (self.training or self.cfg.sasrec_folds_eval == "folds")
 
+    def _known(self, seq: torch.Tensor) -> torch.Tensor:
+        """``seq`` with the ids beyond the CF table (items SASRec never saw) set to padding."""
+        return seq.masked_fill(seq >= self.cf_table.shape[0], 0)
+
     def _sasrec_states(self, seq: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
         """SASRec's causal states for ``seq`` (ids beyond its table zeroed): the full encoder's, or with
         ``sasrec_folds`` each user's out-of-fold encoder's (the mean of all of them for ``users=None``)."""
-        known = seq.masked_fill(seq >= self.cf_table.shape[0], 0)
+        known = self._known(seq)
         if not self._reads_folds:
             return self.sasrec_encoder.causal_user_states(known)
         if users is None:
@@ -247,7 +251,7 @@ class CollaborativeInjection(nn.Module):
         or with ``sasrec_folds`` the full encoder's states (the residual is SASRec's score, not a cross-fitted one)."""
         if not self._reads_folds:  # the input states are already the full encoder's
             return self.sasrec_part(user)
-        return self.sasrec_encoder.causal_user_states(seq.masked_fill(seq >= self.cf_table.shape[0], 0)).to(user.dtype)
+        return self.sasrec_encoder.causal_user_states(self._known(seq)).to(user.dtype)
 
     def residual_users(self, sas: torch.Tensor) -> torch.Tensor:
         """``alpha * u_t`` [B, L, d_sas] from :meth:`residual_states` ``sas``, appended to the scoring state when

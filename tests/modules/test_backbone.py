@@ -160,7 +160,39 @@ def test_bfloat16_autocast_warns_once_on_a_cpu_without_native_bfloat16(monkeypat
     assert len(ours) == (0 if native else 1)
     if not native:
         assert "autocast: none" in str(ours[0].message)
-    bb.autocast_dtype = None
-    full = bb(x)
+    with bb.full_precision():
+        full = bb(x)
     assert out.shape == full.shape and not torch.equal(out, full)  # the pass did run in bfloat16
     torch.testing.assert_close(out, full, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_autocast_follows_native_bfloat16_and_logs_its_choice(monkeypatch, caplog, native):
+    import logging
+    import warnings
+
+    import darec.modules.backbone as backbone_module
+
+    monkeypatch.setattr(backbone_module, "cpu_has_fast_bfloat16", lambda: native)
+    bb = load_backbone(BackboneConfig(name="tiny-bert", autocast="auto"))
+    x = torch.randn(2, 5, bb.hidden_size)
+    with caplog.at_level(logging.INFO, logger="darec.modules.backbone"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto never warns: it never picks emulated bfloat16
+        out = bb(x)
+        bb(x)
+    chosen = [r.getMessage() for r in caplog.records if "backbone.autocast: auto" in r.getMessage()]
+    assert len(chosen) == 1 and ("-> bfloat16 on cpu" in chosen[0]) == native
+    assert bb.autocast_dtype(x.device) == (torch.bfloat16 if native else None)
+    with bb.full_precision():
+        assert bb.autocast_dtype(x.device) is None
+        full = bb(x)
+    if native:
+        assert not torch.equal(out, full)
+        torch.testing.assert_close(out, full, atol=0.1, rtol=0.05)
+    else:
+        assert torch.equal(out, full)
+
+
+def test_unknown_autocast_is_refused():
+    with pytest.raises(ConfigError, match="backbone.autocast must be one of"):
+        BackboneConfig(name="tiny-bert", autocast="fp8")
