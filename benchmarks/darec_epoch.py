@@ -335,9 +335,10 @@ def _print(result: dict[str, Any]) -> None:
     rows.append(("validation NDCG@10 after 2 epochs", [f"{runs[n]['val_ndcg@10']:.4f}" for n in names]))
     rows.append(("backbone passes in", [runs[n].get("autocast", "?") for n in names]))
     width = max(len(r[0]) for r in rows) + 2
-    print(f"{'':<{width}}" + "".join(f"{n:>12}" for n in names))
+    col = max(12, *(len(n) + 2 for n in names))
+    print(f"{'':<{width}}" + "".join(f"{n:>{col}}" for n in names))
     for label, vals in rows:
-        print(f"{label:<{width}}" + "".join(f"{v:>12}" for v in vals))
+        print(f"{label:<{width}}" + "".join(f"{v:>{col}}" for v in vals))
     if "speedup" in result:
         print(f"speed-up: {result['speedup']:.2f}x (target >= 6x)")
     if "speedup_float32" in result:
