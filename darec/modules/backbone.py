@@ -104,8 +104,7 @@ class BackboneConfig:
             raise ConfigError(f"backbone.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.special_init not in ("mean", "normal"):
             raise ConfigError(f"backbone.special_init must be 'mean' or 'normal', got {self.special_init!r}")
-        if self.autocast not in AUTOCAST_CHOICES:
-            raise ConfigError(f"backbone.autocast must be one of {list(AUTOCAST_CHOICES)}, got {self.autocast!r}")
+        _check_autocast(self.autocast)
         if self.tiny_layers < 1 or self.tiny_hidden < 1 or self.tiny_heads < 1:
             raise ConfigError("backbone.tiny_layers, tiny_hidden and tiny_heads must be positive")
         if self.tiny_hidden % self.tiny_heads or (self.tiny_hidden // self.tiny_heads) % 2:
@@ -123,6 +122,11 @@ def _check_attn(attn: str) -> None:
             "FlashAttention ignores; use 'sdpa' (fast) or 'eager'"
         )
     raise ConfigError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn!r}")
+
+
+def _check_autocast(autocast: str) -> None:
+    if autocast not in AUTOCAST_CHOICES:
+        raise ConfigError(f"backbone.autocast must be one of {list(AUTOCAST_CHOICES)}, got {autocast!r}")
 
 
 def _hub_offline() -> bool:
@@ -209,8 +213,7 @@ class Backbone(nn.Module):
         disable_dropout(model)
         model.train()  # dropout-free, so the mode changes nothing; it follows the parent's like every other module
         self.model = model
-        if autocast not in AUTOCAST_CHOICES:
-            raise ConfigError(f"backbone.autocast must be one of {list(AUTOCAST_CHOICES)}, got {autocast!r}")
+        _check_autocast(autocast)
         self.autocast = autocast
         self._autocast_by_device: dict[str, torch.dtype | None] = {}
         self._full_precision = False
@@ -280,7 +283,6 @@ class Backbone(nn.Module):
         if mask.dtype != dtype:
             return bool_to_additive(mask[:, 0] >= 0, dtype)
         return mask
-
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """The dtype the backbone's passes on ``device`` autocast to (``None``: float32), decided on the first pass
