@@ -62,8 +62,10 @@ def git_commit(outputs: tuple[str | Path, ...] = (), root: Path = ROOT) -> dict[
             return None
 
     names = git("diff", "--name-only", "HEAD")  # tracked files changed, staged or not
-    if names is None:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": None, "dirty_files": None}
+    if names is None:  # no git where it runs (a copy of the tree on another machine): the sender may name the commit
+        sent = os.environ.get("DAREC_SOURCE_COMMIT")
+        return {"commit": git("rev-parse", "HEAD") or sent, "dirty": None, "dirty_files": None,
+                **({"source": "DAREC_SOURCE_COMMIT (no git repository where it ran)"} if sent else {})}
     own = {Path(o).resolve() for o in outputs}
     changed = [f for f in names.splitlines() if f and (root / f).resolve() not in own]
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "dirty_files": changed}

@@ -20,6 +20,9 @@ at another patience are never reused by mistake. Per-user test NDCG@10 is averag
 is paired over users with a bootstrap 95% CI. Also reported: test NDCG@10 by history-length and target-popularity bucket.
 
     python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-lens 50 100 200] [--sasrec-patience P]
+                                      [--accelerator cpu|gpu]
+
+With ``--accelerator gpu`` every run trains and is scored on the first CUDA device (``--jobs`` runs share it).
 
 Runs go to ``--work-dir`` and are reused, so an interrupted benchmark resumes. Prints tables and writes
 ``benchmarks/darec_ml100k.json`` (machine, command, commit).
@@ -61,8 +64,8 @@ def specs(seeds: list[int], sasrec_len: int, darec_variants: dict[str, dict[str,
     return out
 
 
-def text_vectors(data_dir: str, cache_dir: str) -> np.ndarray:
-    """Frozen MiniLM item vectors (mean over the sentence's tokens with its framing), row = item id."""
+def text_vectors(data_dir: str, cache_dir: str, device: str = "cpu") -> np.ndarray:
+    """Frozen MiniLM item vectors (mean over the sentence's tokens with its framing, float32), row = item id."""
     from darec.data.dataset import PreparedData
     from darec.modules.backbone import BackboneConfig
     from darec.modules.darec import DARec
@@ -72,7 +75,8 @@ def text_vectors(data_dir: str, cache_dir: str) -> np.ndarray:
               backbone=BackboneConfig(name="minilm"), adapters="none", item_vector="mean", item_framing=True,
               cache_dir=cache_dir, losses={"hard_negative": False}, calibrate_inputs=False)
     m.attach_data(d.sentences, d.text_hash, d.fingerprint, [])
-    v = torch.nn.functional.normalize(m.encoder.encode_all(d.num_items), dim=-1)
+    m.to(device)
+    v = torch.nn.functional.normalize(m.encoder.encode_all(d.num_items), dim=-1).cpu()
     v[0] = 0
     return v.numpy()
 
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="SASRec's early-stopping patience (default: the shipped config's); DARec injects these runs")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (jobs x threads should not exceed the cores)")
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="where every run trains and is scored")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     a = p.parse_args(argv)
@@ -128,14 +133,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = Path(a.work_dir)
     pat = a.sasrec_patience if a.sasrec_patience is not None else shipped_sasrec_patience()
     tune = [sasrec_spec(n, a.seeds[0], pat) for n in a.sasrec_lens]
-    run_all(tune, work, a.data_dir, a.jobs, a.threads)
+    run_all(tune, work, a.data_dir, a.jobs, a.threads, a.accelerator)
     tuned = {n: load(work, sasrec_name(n, a.seeds[0], pat)).meta["best_val_ndcg@10"] for n in a.sasrec_lens}
     sas_len = max(tuned, key=tuned.get)
     print(f"SASRec history length by validation NDCG@10 (seed {a.seeds[0]}): {tuned} -> {sas_len}", flush=True)
     variants = {"darec": {}}
-    run_all(specs(a.seeds, sas_len, variants, pat), work, a.data_dir, a.jobs, a.threads)
+    run_all(specs(a.seeds, sas_len, variants, pat), work, a.data_dir, a.jobs, a.threads, a.accelerator)
 
-    vec = text_vectors(a.data_dir, str(work / "cache"))
+    vec = text_vectors(a.data_dir, str(work / "cache"), "cuda" if a.accelerator == "gpu" else "cpu")
     per_user: dict[str, list[np.ndarray]] = {}
     details: dict[str, list[dict[str, Any]]] = {}
     for s in a.seeds:
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
               "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),
-              "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len, "sasrec_patience": pat,
+              "accelerator": a.accelerator, "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len, "sasrec_patience": pat,
               "darec_config": "configs/darec_ml100k.yaml", "darec_variants": variants,
               "models": models, "comparisons": comparisons, "breakdowns_test_ndcg@10": breakdown, "targets": targets}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")

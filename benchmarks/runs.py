@@ -7,8 +7,9 @@ ensembles, fusions) and pair them user by user. A run is stored under ``WORK/<na
 ``meta.json`` marks it done. SASRec and LightGCN runs also export their embeddings there (``cf/``), which the
 DARec runs of the same seed inject.
 
-Several runs execute in parallel as subprocesses (``python benchmarks/runs.py SPEC``), one torch thread each
-unless ``threads`` says otherwise.
+Several runs execute in parallel as subprocesses (``python benchmarks/runs.py SPEC WORK DATA [ACCELERATOR]``), one
+torch thread each unless ``threads`` says otherwise. ``accelerator="gpu"`` trains and scores every run on the first
+CUDA device (runs in parallel share it); the default is the CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CONFIGS = {"sasrec": "sasrec_ml100k.yaml", "lightgcn": "lightgcn_ml100k.yaml", "darec": "darec_ml100k.yaml"}
+ACCELERATORS = ("cpu", "gpu")
 
 
 @dataclass
@@ -101,7 +103,8 @@ def is_done(work: Path, name: str) -> bool:
 
 @torch.no_grad()
 def score_matrices(model: Any, dm: Any) -> dict[str, dict[str, np.ndarray]]:
-    """``{split: {scores [U, N+1] (column 0 = padding, -inf), targets [U], histories (ragged)}}`` for val and test."""
+    """``{split: {scores [U, N+1] (column 0 = padding, -inf), targets [U], histories (ragged)}}`` for val and test,
+    scored on the model's device."""
     from darec.modules.base import RecModule
 
     assert isinstance(model, RecModule)
@@ -113,8 +116,8 @@ def score_matrices(model: Any, dm: Any) -> dict[str, dict[str, np.ndarray]]:
         model.on_eval_start()
         scores, targets, hist = [], [], []
         for batch in loader():
-            b = model.prepare_eval_batch(batch)
-            s = model.score_chunk(b, 1, model.num_items + 1).float()
+            b = model.prepare_eval_batch({k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()})
+            s = model.score_chunk(b, 1, model.num_items + 1).float().cpu()
             scores.append(torch.cat([torch.full((s.shape[0], 1), float("-inf")), s], 1).numpy())
             targets.append(batch["target"].numpy())
             hist.extend([h[h > 0] for h in batch["history"].numpy()])
@@ -150,8 +153,9 @@ def ndcg10(r: np.ndarray) -> np.ndarray:
     return np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)
 
 
-def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
-    """Train ``spec`` (unless done) and store its score matrices and ``meta.json``; returns the meta."""
+def train(spec: RunSpec, work: Path, data_dir: str, accelerator: str = "cpu") -> dict[str, Any]:
+    """Train ``spec`` (unless done) on ``accelerator`` (``"cpu"`` or ``"gpu"``) and store its score matrices and
+    ``meta.json``; returns the meta."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -160,6 +164,8 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
     out = run_dir(work, spec.name)
     if is_done(work, spec.name):
         return json.loads((out / "meta.json").read_text())
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}")
     out.mkdir(parents=True, exist_ok=True)
     cfg = shipped_config(spec.kind)
     model_kw = _merge(cfg["model"]["init_args"], spec.model)
@@ -205,14 +211,15 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
     ckpt = ModelCheckpoint(dirpath=out / "ckpt", monitor="val/ndcg@10", mode="max", save_top_k=1, filename="best")
     trainer = L.Trainer(
         max_epochs=max_epochs, max_time={"minutes": max_minutes}, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1,
+        enable_model_summary=False, num_sanity_val_steps=0, accelerator=accelerator, devices=1,
         gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
         callbacks=[ckpt, stopper := EarlyStopping(monitor=stop_on, mode="max", patience=patience), Curve()],
     )
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     fit_s = time.perf_counter() - t0
-    best = cls.load_from_checkpoint(ckpt.best_model_path, map_location="cpu")
+    device = torch.device("cuda" if accelerator == "gpu" else "cpu")
+    best = cls.load_from_checkpoint(ckpt.best_model_path, map_location=device).to(device)
     if spec.kind in ("sasrec", "lightgcn"):
         export_module(best, dm.data, out / "cf" / f"{spec.kind}.safetensors")
     mats = score_matrices(best, dm)
@@ -222,7 +229,9 @@ def train(spec: RunSpec, work: Path, data_dir: str) -> dict[str, Any]:
                   else "max_epochs" if trainer.current_epoch >= max_epochs else "time cap")
     meta: dict[str, Any] = {"spec": asdict(spec), "fit_s": fit_s, "epochs_run": trainer.current_epoch,
                             "best_val_ndcg@10": float(ckpt.best_model_score), "curve": curve, "stopped_by": stopped_by,
-                            "stopped_by_time": stopped_by == "time cap", "torch_threads": torch.get_num_threads()}
+                            "stopped_by_time": stopped_by == "time cap", "torch_threads": torch.get_num_threads(),
+                            "accelerator": accelerator,
+                            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     for split, m in mats.items():
         np.save(out / f"{split}_scores.npy", m["scores"])
         r = ranks(m["scores"], m["targets"], m["history"])
@@ -271,11 +280,16 @@ def load(work: Path, name: str, lm_only: bool = False) -> Run:
                {s: [np.asarray(h, dtype=np.int64) for h in hist[s]] for s in ("val", "test")})
 
 
-def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, threads: int = 1) -> None:
+def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, threads: int = 1,
+            accelerator: str = "cpu") -> None:
     """Train every spec not done yet, ``jobs`` subprocesses at a time with ``threads`` torch threads each, each
-    after the runs it injects."""
+    after the runs it injects, on ``accelerator`` (``"gpu"``: all of them on the first CUDA device)."""
     if jobs < 1 or threads < 1:
         raise ValueError(f"jobs and threads must be >= 1, got {jobs} and {threads}")
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}")
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("accelerator 'gpu' asked for, but torch sees no CUDA device")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if jobs * threads > cores:
         print(f"warning: {jobs} jobs x {threads} threads exceed this machine's {cores} cores; runs will be slower",
@@ -296,7 +310,7 @@ def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, thre
             run_dir(work, spec.name).mkdir(parents=True, exist_ok=True)
             log = open(run_dir(work, spec.name) / "log.txt", "w")
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
-            cmd = [sys.executable, __file__, json.dumps(asdict(spec)), str(work), data_dir]
+            cmd = [sys.executable, __file__, json.dumps(asdict(spec)), str(work), data_dir, accelerator]
             running.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
             print(f"started {spec.name}", flush=True)
         if not ready and not running and pending:
@@ -307,5 +321,5 @@ def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, thre
 if __name__ == "__main__":
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     spec_json, work_dir, data = sys.argv[1:4]
-    meta = train(RunSpec(**json.loads(spec_json)), Path(work_dir), data)
+    meta = train(RunSpec(**json.loads(spec_json)), Path(work_dir), data, sys.argv[4] if len(sys.argv) > 4 else "cpu")
     print(json.dumps({k: meta[k] for k in ("fit_s", "epochs_run", "best_val_ndcg@10", "test_ndcg@10")}))

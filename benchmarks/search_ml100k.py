@@ -29,7 +29,10 @@ again, and the counts found at the start are written to the JSON.
 
     python benchmarks/search_ml100k.py --cf-dir DIR [--trials 8] [--init-trials 4] [--epochs 2] [--seeds 3]
                                        [--parallel 2] [--resume] [--base-config configs/darec_ml100k.yaml]
-                                       [--metric val/ndcg@10|val/lm_ndcg@10]
+                                       [--metric val/ndcg@10|val/lm_ndcg@10] [--accelerator cpu|gpu]
+
+``--accelerator gpu`` trains every trial and re-run on the CUDA device (``--parallel`` trials share one GPU) and
+scores the re-runs there.
 
 ``--cf-dir`` holds ``sasrec.safetensors`` and ``lightgcn.safetensors`` (``darec export-embeddings`` of SASRec and
 LightGCN trained on this split). Writes ``benchmarks/search_ml100k.json`` and copies each search's plots beside it.
@@ -65,7 +68,8 @@ LR = [3e-4, 3e-3]
 def search_config(a: argparse.Namespace, name: str) -> dict[str, Any]:
     types, baseline = SEARCHES[name]
     work = Path(a.work_dir)
-    overrides = {"data.init_args.data_dir": a.data_dir, "model.init_args.cache_dir": str(work / "cache")}
+    overrides = {"data.init_args.data_dir": a.data_dir, "model.init_args.cache_dir": str(work / "cache"),
+                 "trainer.accelerator": a.accelerator}
     if a.cf_dir:
         overrides.update({"model.init_args.injection.sasrec": str(Path(a.cf_dir) / "sasrec.safetensors"),
                           "model.init_args.injection.lightgcn": str(Path(a.cf_dir) / "lightgcn.safetensors")})
@@ -89,7 +93,7 @@ def journal_counts(out_dir: Path) -> dict[str, int]:
     return {"search_trials": len(journal.search()), "reruns": len(journal.reruns())}
 
 
-def per_user_scores(trial_dir: Path, data_dir: str) -> dict[str, np.ndarray]:
+def per_user_scores(trial_dir: Path, data_dir: str, device: str = "cpu") -> dict[str, np.ndarray]:
     """Per-user NDCG@10 on validation and test of a trial's best checkpoint (``val``, ``test``), and of its
     language-model path alone (``val_lm``, ``test_lm``; the same as the fused score without SASRec's residual)."""
     from darec.data.datamodules.sequence import SequenceDataModule
@@ -99,7 +103,7 @@ def per_user_scores(trial_dir: Path, data_dir: str) -> dict[str, np.ndarray]:
     ckpt = sorted((trial_dir / "checkpoints").glob("best-*.ckpt"))
     if not ckpt:
         raise FileNotFoundError(f"no best checkpoint under {trial_dir}/checkpoints")
-    model = DARec.load_from_checkpoint(str(ckpt[-1]), map_location="cpu")
+    model = DARec.load_from_checkpoint(str(ckpt[-1]), map_location=device).to(device)
     dm = SequenceDataModule(data_dir=data_dir, max_len=model.max_len, eval_batch_size=256)
     dm.setup("fit")
     mats = score_matrices(model, dm)
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "language-model path alone; the comparisons report both")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per re-run")
     p.add_argument("--parallel", type=int, default=2, help="trials at once (each a 1-thread process)")
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="where trials train and re-runs are scored")
     p.add_argument("--no-refit", action="store_true", help="skip the refit of the static winner (the re-runs' test "
                    "figures are reported either way)")
     p.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=list(SEARCHES))
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for role, stats in (("winner", out.best), ("uniform", out.uniform)):
             label = f"{name}_{role}" if role == "winner" else f"uniform_{SEARCHES[name][1]}"
             runs = candidate_runs(out.out_dir, stats.candidate.key)
-            users = [per_user_scores(Path(r["trial_dir"]), a.data_dir) for r in runs]
+            users = [per_user_scores(Path(r["trial_dir"]), a.data_dir, "cuda" if a.accelerator == "gpu" else "cpu") for r in runs]
             scored[label] = {"adapters": list(stats.candidate.assignment), "knobs": dict(stats.candidate.knobs),
                              "label": stats.candidate.label(), "seeds": [r["seed"] for r in runs],
                              "val_ndcg@10": [float(u["val"].mean()) for u in users],
@@ -226,7 +231,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "BO with early stopping and cost objectives; winners against uniform serial on fresh seeds",
         "machine": machine(), "command": command("benchmarks/search_ml100k.py", argv), "git": git_commit((a.out, *Path(a.out).parent.glob(f"{Path(a.out).stem}_*.png"))),
         "budget": {"trials_per_search": a.trials, "init_trials": a.init_trials, "epochs": a.epochs,
-                   "fresh_seeds": a.seeds, "parallel": a.parallel, "threads_per_trial": 1},
+                   "fresh_seeds": a.seeds, "parallel": a.parallel, "threads_per_trial": 1,
+                   "accelerator": a.accelerator},
         "note": a.note,
         "resume": {"resumed": a.resume, "found_at_start": found,
                    "repeated_trials": {n: _repeats(work / n) for n in a.searches}},

@@ -36,3 +36,16 @@ def test_git_commit_names_changed_files_and_ignores_the_benchmarks_own_outputs(t
     record = git_commit((tmp_path / "result.json",), root=tmp_path)
     assert record["dirty"] is True and record["dirty_files"] == ["code.py"]
     assert git_commit(root=tmp_path / "not-a-repo")["dirty"] is None
+
+
+def test_git_commit_outside_a_repository_records_the_commit_the_sender_names(tmp_path, monkeypatch) -> None:
+    git_commit = _common().git_commit
+    copy = tmp_path / "tree-sent-to-another-machine"
+    copy.mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.delenv("DAREC_SOURCE_COMMIT", raising=False)
+    assert git_commit(root=copy) == {"commit": None, "dirty": None, "dirty_files": None}
+    monkeypatch.setenv("DAREC_SOURCE_COMMIT", "0123abc")
+    record = git_commit(root=copy)
+    assert record["commit"] == "0123abc" and record["dirty"] is None
+    assert "DAREC_SOURCE_COMMIT" in record["source"]
