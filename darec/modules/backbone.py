@@ -58,10 +58,18 @@ def cpu_has_fast_bfloat16() -> bool:
 
 
 def runs_bfloat16_natively(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 matmuls in hardware: a CUDA GPU that supports it, or a CPU with
-    AVX512-BF16 or AMX (:func:`cpu_has_fast_bfloat16`)."""
+    """Whether ``device`` runs bfloat16 matmuls in hardware: a CUDA GPU of compute capability 8.0 or later
+    (Ampere on; ROCm GPUs count too), or a CPU with AVX512-BF16 or AMX (:func:`cpu_has_fast_bfloat16`).
+
+    ``torch.cuda.is_bf16_supported()`` is not the test: it answers for the current device, not ``device``, and says
+    yes on older GPUs that only emulate bfloat16 (slowly)."""
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        if not torch.cuda.is_available():
+            return False
+        if torch.version.hip:
+            return True
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).major >= 8
     if device.type == "cpu":
         return cpu_has_fast_bfloat16()
     return False

@@ -196,3 +196,26 @@ def test_auto_autocast_follows_native_bfloat16_and_logs_its_choice(monkeypatch, 
 def test_unknown_autocast_is_refused():
     with pytest.raises(ConfigError, match="backbone.autocast must be one of"):
         BackboneConfig(name="tiny-bert", autocast="fp8")
+
+
+@pytest.mark.parametrize("major, native", [(7, False), (8, True), (9, True)])
+def test_native_bfloat16_on_cuda_reads_the_capability_of_the_device_asked_about(monkeypatch, major, native):
+    """Pre-Ampere GPUs emulate bfloat16 (``torch.cuda.is_bf16_supported()`` still says yes): ``auto`` must not pick it."""
+    import types
+
+    import darec.modules.backbone as backbone_module
+
+    asked = []
+
+    def properties(index):
+        asked.append(index)
+        return types.SimpleNamespace(major=major if index == 1 else 9)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert backbone_module.runs_bfloat16_natively(torch.device("cuda", 1)) is native
+    assert asked == [1]
+    assert backbone_module.runs_bfloat16_natively(torch.device("cuda")) is True  # current device 0: major 9
