@@ -100,6 +100,33 @@ def test_the_rule_reads_the_search_metric(tmp_path):
     assert trainer.current_epoch == 1 and cut["stopped"].startswith("pruned after epoch 1: best val/lm_ndcg@10 0.1000")
 
 
+def _trial_report(path, curve, error=None, metric="val/ndcg@10"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"val": [{"epoch": i, metric: v} for i, v in enumerate(curve)], "stopped": None,
+                                "error": error}))
+
+
+def test_a_first_wave_is_judged_against_the_trials_running_beside_it(tmp_path):
+    """Trials started together: none has finished when the others reach epoch 1, so the running ones' reports count."""
+    stop = tmp_path / "stopping.json"
+    write_thresholds(stop, [], RULE)  # no trial has finished
+    trials = tmp_path / "trials"
+    for i, curve in enumerate([[0.30], [0.32, 0.40], [0.34]]):  # three trials still running, past epoch 1
+        _trial_report(trials / f"trial_{i:04d}" / "result.json", curve)
+    _trial_report(trials / "trial_0003" / "result.json", [0.9], error="RuntimeError: CUDA error")  # failed: not counted
+    own = trials / "trial_0004"
+    own.mkdir()
+    report, trainer = _fit(own, [0.1, 0.2, 0.6], str(stop))
+    assert trainer.current_epoch == 1
+    assert report["stopped"] == ("pruned after epoch 1: best val/ndcg@10 0.1000 below 0.3200, the 50th percentile of "
+                                 "3 other trials at that epoch")  # the median of 0.30, 0.32, 0.34; not its own report
+    above, _ = _fit(own, [0.33, 0.2, 0.6], str(stop))
+    assert len(above["val"]) == 3
+    (trials / "trial_0002" / "result.json").unlink()  # two other trials are fewer than min_trials: nothing stops
+    few, _ = _fit(own, [0.1, 0.2, 0.6], str(stop))
+    assert len(few["val"]) == 3
+
+
 def test_search_stops_clearly_worse_trials_and_never_the_planted_best(tmp_path):
     epochs = 3
     cfg = _cfg(tmp_path, trials=12, init_trials=4, method="random", budget={"epochs": epochs},
