@@ -45,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
-from runs import (Run, RunSpec, darec_name, load, ndcg10, run_all, sasrec_name, sasrec_spec,  # noqa: E402
-                  shipped_sasrec_patience)
+from runs import (ACCELERATORS, Run, RunSpec, accelerator_device, darec_name, load, ndcg10, run_all,  # noqa: E402
+                  sasrec_name, sasrec_spec, shipped_sasrec_patience)
 
 TEXT_K = (1, 3, 10)
 TEXT_W = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -64,7 +64,7 @@ def specs(seeds: list[int], sasrec_len: int, darec_variants: dict[str, dict[str,
     return out
 
 
-def text_vectors(data_dir: str, cache_dir: str, device: str = "cpu") -> np.ndarray:
+def text_vectors(data_dir: str, cache_dir: str, device: torch.device = torch.device("cpu")) -> np.ndarray:
     """Frozen MiniLM item vectors (mean over the sentence's tokens with its framing, float32), row = item id."""
     from darec.data.dataset import PreparedData
     from darec.modules.backbone import BackboneConfig
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="SASRec's early-stopping patience (default: the shipped config's); DARec injects these runs")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (jobs x threads should not exceed the cores)")
-    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="where every run trains and is scored")
+    p.add_argument("--accelerator", default="cpu", choices=ACCELERATORS, help="where every run trains and is scored")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     a = p.parse_args(argv)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = {"darec": {}}
     run_all(specs(a.seeds, sas_len, variants, pat), work, a.data_dir, a.jobs, a.threads, a.accelerator)
 
-    vec = text_vectors(a.data_dir, str(work / "cache"), "cuda" if a.accelerator == "gpu" else "cpu")
+    vec = text_vectors(a.data_dir, str(work / "cache"), accelerator_device(a.accelerator))
     per_user: dict[str, list[np.ndarray]] = {}
     details: dict[str, list[dict[str, Any]]] = {}
     for s in a.seeds:

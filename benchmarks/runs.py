@@ -35,6 +35,13 @@ CONFIGS = {"sasrec": "sasrec_ml100k.yaml", "lightgcn": "lightgcn_ml100k.yaml", "
 ACCELERATORS = ("cpu", "gpu")
 
 
+def accelerator_device(accelerator: str) -> torch.device:
+    """The torch device of a Lightning ``accelerator`` of :data:`ACCELERATORS` (``"gpu"``: the first CUDA device)."""
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}")
+    return torch.device("cuda" if accelerator == "gpu" else "cpu")
+
+
 @dataclass
 class RunSpec:
     """One training run: which model (``kind``), seed and overrides of its shipped config."""
@@ -164,8 +171,7 @@ def train(spec: RunSpec, work: Path, data_dir: str, accelerator: str = "cpu") ->
     out = run_dir(work, spec.name)
     if is_done(work, spec.name):
         return json.loads((out / "meta.json").read_text())
-    if accelerator not in ACCELERATORS:
-        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}")
+    device = accelerator_device(accelerator)
     out.mkdir(parents=True, exist_ok=True)
     cfg = shipped_config(spec.kind)
     model_kw = _merge(cfg["model"]["init_args"], spec.model)
@@ -218,7 +224,6 @@ def train(spec: RunSpec, work: Path, data_dir: str, accelerator: str = "cpu") ->
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     fit_s = time.perf_counter() - t0
-    device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     best = cls.load_from_checkpoint(ckpt.best_model_path, map_location=device).to(device)
     if spec.kind in ("sasrec", "lightgcn"):
         export_module(best, dm.data, out / "cf" / f"{spec.kind}.safetensors")
@@ -286,9 +291,7 @@ def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, thre
     after the runs it injects, on ``accelerator`` (``"gpu"``: all of them on the first CUDA device)."""
     if jobs < 1 or threads < 1:
         raise ValueError(f"jobs and threads must be >= 1, got {jobs} and {threads}")
-    if accelerator not in ACCELERATORS:
-        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}")
-    if accelerator == "gpu" and not torch.cuda.is_available():
+    if accelerator_device(accelerator).type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("accelerator 'gpu' asked for, but torch sees no CUDA device")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if jobs * threads > cores:

@@ -93,16 +93,17 @@ def journal_counts(out_dir: Path) -> dict[str, int]:
     return {"search_trials": len(journal.search()), "reruns": len(journal.reruns())}
 
 
-def per_user_scores(trial_dir: Path, data_dir: str, device: str = "cpu") -> dict[str, np.ndarray]:
+def per_user_scores(trial_dir: Path, data_dir: str, accelerator: str = "cpu") -> dict[str, np.ndarray]:
     """Per-user NDCG@10 on validation and test of a trial's best checkpoint (``val``, ``test``), and of its
     language-model path alone (``val_lm``, ``test_lm``; the same as the fused score without SASRec's residual)."""
     from darec.data.datamodules.sequence import SequenceDataModule
     from darec.modules.darec import DARec
-    from runs import lm_only_score_matrices, ndcg10, ranks, score_matrices
+    from runs import accelerator_device, lm_only_score_matrices, ndcg10, ranks, score_matrices
 
     ckpt = sorted((trial_dir / "checkpoints").glob("best-*.ckpt"))
     if not ckpt:
         raise FileNotFoundError(f"no best checkpoint under {trial_dir}/checkpoints")
+    device = accelerator_device(accelerator)
     model = DARec.load_from_checkpoint(str(ckpt[-1]), map_location=device).to(device)
     dm = SequenceDataModule(data_dir=data_dir, max_len=model.max_len, eval_batch_size=256)
     dm.setup("fit")
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for role, stats in (("winner", out.best), ("uniform", out.uniform)):
             label = f"{name}_{role}" if role == "winner" else f"uniform_{SEARCHES[name][1]}"
             runs = candidate_runs(out.out_dir, stats.candidate.key)
-            users = [per_user_scores(Path(r["trial_dir"]), a.data_dir, "cuda" if a.accelerator == "gpu" else "cpu") for r in runs]
+            users = [per_user_scores(Path(r["trial_dir"]), a.data_dir, a.accelerator) for r in runs]
             scored[label] = {"adapters": list(stats.candidate.assignment), "knobs": dict(stats.candidate.knobs),
                              "label": stats.candidate.label(), "seeds": [r["seed"] for r in runs],
                              "val_ndcg@10": [float(u["val"].mean()) for u in users],
