@@ -11,7 +11,8 @@ objectives beside validation NDCG@10 (training seconds per epoch measured in eac
 Every trial trains ``--epochs`` epochs (2 reach about 0.9x the converged validation NDCG@10 of the default DARec,
 ``benchmarks/ablation.json``), unless the percentile rule stops it after an epoch as clearly worse. The Pareto point
 with the best search NDCG@10 of each search and its baseline are then trained on ``--seeds`` fresh seeds with the
-same budget. Each re-run's best checkpoint is scored per user on validation and test, and the benchmark reports:
+same budget, or to convergence with ``--rerun-epochs N`` (at most N epochs; the base config's early stopping on the
+language model's validation NDCG@10 ends them). Each re-run's best checkpoint is scored per user on validation and test, and the benchmark reports:
 
 - winner against uniform serial: validation NDCG@10 difference with a paired bootstrap CI over users (the mean over
   seeds per user), and the ratio of training seconds per epoch (target: CI above 0, or within the CI at <= 0.7x
@@ -28,7 +29,8 @@ It resumes after a kill (``--resume``): finished trials and re-runs are read fro
 again, and the counts found at the start are written to the JSON.
 
     python benchmarks/search_ml100k.py --cf-dir DIR [--trials 8] [--init-trials 4] [--epochs 2] [--seeds 3]
-                                       [--parallel 2] [--resume] [--base-config configs/darec_ml100k.yaml]
+                                       [--rerun-epochs 15] [--parallel 2] [--resume]
+                                       [--base-config configs/darec_ml100k.yaml]
                                        [--metric val/ndcg@10|val/lm_ndcg@10] [--accelerator cpu|gpu]
 
 ``--accelerator gpu`` trains every trial and re-run on the CUDA device (``--parallel`` trials share one GPU) and
@@ -84,7 +86,8 @@ def search_config(a: argparse.Namespace, name: str) -> dict[str, Any]:
         "overrides": overrides,
         "space": {"types": types, "sizes": {t: SIZES[t] for t in types if t in SIZES}, "lr": LR},
         "budget": {"epochs": a.epochs}, "early_stopping": {"percentile": 50, "grace_epochs": 1, "min_trials": 3},
-        "rerun": {"top_k": 1, "seeds": a.seeds, "baseline": baseline}, "refit": {"epochs": a.epochs},
+        "rerun": {"top_k": 1, "seeds": a.seeds, "baseline": baseline, "epochs": a.rerun_epochs},
+        "refit": {"epochs": a.rerun_epochs or a.epochs},
     }
 
 
@@ -127,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--base-config", default=str(ROOT / "configs" / "darec_ml100k.yaml"), help="the DARec fit config")
     p.add_argument("--trials", type=int, default=8, help="search trials per search")
     p.add_argument("--init-trials", type=int, default=4, help="quasi-random trials before BO")
-    p.add_argument("--epochs", type=int, default=2, help="epochs per trial and per fresh-seed re-run")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per trial (and per fresh-seed re-run without --rerun-epochs)")
+    p.add_argument("--rerun-epochs", type=int, default=None, help="max epochs of each fresh-seed re-run and the refit "
+                   "(full training: the base config's early stopping ends it); default --epochs")
     p.add_argument("--metric", default="val/ndcg@10", choices=["val/ndcg@10", "val/lm_ndcg@10"],
                    help="what the searches score trials by (and pick checkpoints by): the fused score, or the "
                         "language-model path alone; the comparisons report both")
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "BO with early stopping and cost objectives; winners against uniform serial on fresh seeds",
         "machine": machine(), "command": command("benchmarks/search_ml100k.py", argv), "git": git_commit((a.out, *Path(a.out).parent.glob(f"{Path(a.out).stem}_*.png"))),
         "budget": {"trials_per_search": a.trials, "init_trials": a.init_trials, "epochs": a.epochs,
-                   "fresh_seeds": a.seeds, "parallel": a.parallel, "threads_per_trial": 1,
+                   "rerun_epochs": a.rerun_epochs, "fresh_seeds": a.seeds, "parallel": a.parallel, "threads_per_trial": 1,
                    "accelerator": a.accelerator},
         "note": a.note,
         "resume": {"resumed": a.resume, "found_at_start": found,

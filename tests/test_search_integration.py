@@ -150,3 +150,27 @@ def test_a_search_can_score_trials_by_another_validation_metric(tmp_path):
     for bad in ("ndcg@10", "test/ndcg@10", "val/", 3):
         with pytest.raises(ConfigError, match="metric must be a logged validation metric"):
             config_from_dict({"out_dir": str(tmp_path / "out"), "metric": bad})
+
+
+def test_re_runs_train_at_their_own_epochs_without_the_trial_caps(tmp_path):
+    from darec.search import config_from_dict
+    from darec.search.space import Candidate
+    from darec.search.trial import TrialJob, trial_fit_config
+
+    budget = {"epochs": 2, "steps": 5, "minutes": 1.5}
+    base = {"model": {"init_args": {}}, "trainer": {"max_epochs": 30}}
+    candidate = Candidate(("serial", "none"))
+
+    def trainer(phase: str, rerun: dict) -> dict:
+        cfg = config_from_dict({"out_dir": str(tmp_path / "out"), "budget": budget, "rerun": rerun})
+        return trial_fit_config(cfg, base, TrialJob(0, phase, candidate, 0, tmp_path / phase))["trainer"]
+
+    search = trainer("search", {"epochs": 12})
+    assert (search["max_epochs"], search["limit_train_batches"], search["max_time"]) == (2, 5, "00:00:01:30")
+    full = trainer("rerun", {"epochs": 12})
+    assert full["max_epochs"] == 12 and "limit_train_batches" not in full and "max_time" not in full
+    same = trainer("rerun", {})  # by default a re-run gets the search budget
+    assert (same["max_epochs"], same["limit_train_batches"], same["max_time"]) == (2, 5, "00:00:01:30")
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ConfigError, match="rerun.epochs must be a positive integer"):
+            config_from_dict({"out_dir": str(tmp_path / "out"), "rerun": {"epochs": bad}})

@@ -30,7 +30,7 @@ class SpaceConfig:
 
 @dataclass
 class BudgetConfig:
-    """Training budget of one search trial (and of each fresh-seed re-run)."""
+    """Training budget of one search trial (and of each fresh-seed re-run unless ``rerun.epochs`` is set)."""
 
     epochs: int = 1  # trainer.max_epochs
     steps: int | None = None  # training batches per epoch (trainer.limit_train_batches); None = whole epochs
@@ -45,6 +45,9 @@ class RerunConfig:
     top_k: int = 2  # re-run this many of the best assignments (Pareto points when multi-objective)
     seeds: int = 2  # fresh seeds per re-run
     baseline: str = "serial"  # the uniform baseline: this type on every layer, re-run on the same seeds
+    # max_epochs of each re-run, trained as whole epochs without the budget's steps and minutes caps (the base config's
+    # early stopping still ends it): full training for the comparison that declares the winner. None = the search budget
+    epochs: int | None = None
 
 
 @dataclass
@@ -105,8 +108,9 @@ class SearchConfig:
             raise ConfigError("rerun.top_k and rerun.seeds must be at least 1: winners are always re-run on fresh seeds")
         if not 0 < self.top_fraction <= 1:
             raise ConfigError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
-        if self.refit.epochs is not None:
-            _positive("refit.epochs", self.refit.epochs)
+        for key, value in (("rerun.epochs", self.rerun.epochs), ("refit.epochs", self.refit.epochs)):
+            if value is not None:
+                _positive(key, value)
         levels = {len(v) for v in self.space.sizes.values()}
         if len(levels) > 1:
             raise ConfigError(f"space.sizes must give every type the same number of levels, got {self.space.sizes}")

@@ -132,11 +132,12 @@ def trial_fit_config(cfg: SearchConfig, base: dict[str, Any], job: TrialJob) -> 
     """The whole fit config of a search or re-run trial: the candidate, the seed, the budget, the run settings."""
     doc = fit_config(base, job.candidate, job.seed)
     trainer = doc.setdefault("trainer", {})
-    trainer["max_epochs"] = cfg.budget.epochs
+    full = job.phase == "rerun" and cfg.rerun.epochs is not None  # a re-run at full training: no trial caps
+    trainer["max_epochs"] = cfg.rerun.epochs if full else cfg.budget.epochs
     trainer.pop("max_steps", None)
-    if cfg.budget.steps is not None:
+    if cfg.budget.steps is not None and not full:
         trainer["limit_train_batches"] = cfg.budget.steps
-    if cfg.budget.minutes is not None:
+    if cfg.budget.minutes is not None and not full:
         secs = int(round(cfg.budget.minutes * 60))
         trainer["max_time"] = f"00:{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
     for callback in trainer.get("callbacks") or []:  # a trial's checkpoint is its best epoch by the search's metric
