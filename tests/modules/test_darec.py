@@ -173,6 +173,33 @@ def test_cache_is_built_once_per_epoch_start_and_validation(small_synth_dir, tmp
     assert calls == [0, 2, 4, 5, 7, 9, 10], calls
 
 
+
+def test_setup_moves_the_model_to_the_strategy_device_before_its_item_level_work(small_synth_dir, tmp_path, monkeypatch):
+    """Lightning calls ``setup`` before its strategy moves the model, so DARec moves itself there first and the
+    catalogue's first encode runs on the accelerator. One device or DDP qualifies; sharding strategies and the CPU not."""
+    import darec.modules.darec as darec_module
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
+
+    cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    assert darec_module.setup_device(SingleDeviceStrategy(device=cuda1)) == cuda1
+    assert darec_module.setup_device(DDPStrategy(parallel_devices=[cuda0, cuda1])) == cuda0  # rank 0's device
+    assert darec_module.setup_device(FSDPStrategy(parallel_devices=[cuda0, cuda1])) is None
+    assert darec_module.setup_device(SingleDeviceStrategy(device=torch.device("cpu"))) is None
+
+    dm = SequenceDataModule(str(small_synth_dir), batch_size=16, eval_batch_size=64, max_len=12, num_negatives=0)
+    m = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
+              backbone=BackboneConfig(name="tiny-bert"), max_len=12, cache_dir=str(tmp_path))
+    target = torch.device("cpu", 0)  # compares unequal to the model's "cpu", so setup must move it
+    monkeypatch.setattr(darec_module, "setup_device", lambda strategy: target)
+    events: list = []
+    to, refresh = m.to, m.refresh_cache
+    monkeypatch.setattr(m, "to", lambda *a, **kw: (events.append(("to", *a)), to(*a, **kw))[1])
+    monkeypatch.setattr(m, "refresh_cache", lambda: (events.append("refresh"), refresh())[1])
+    L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+              enable_checkpointing=False, enable_model_summary=False).fit(m, datamodule=dm)
+    assert events[0] == ("to", target) and events.index("refresh") > 0, events
+
+
 def test_weight_decay_only_on_weight_matrices(small_synth_dir, tmp_path):
     m, _ = _model(small_synth_dir, tmp_path=tmp_path)
     opt = m.configure_optimizers()
