@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, cpu_facts, git_commit, machine  # noqa: E402
+from common import command, git_commit, machine  # noqa: E402
 from darec_epoch import build, settings  # noqa: E402
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(a.threads)
     result: dict[str, Any] = {"benchmark": "bfloat16 autocast against float32 per part, DARec default configuration",
-                              "machine": machine(), "cpu": cpu_facts(), "command": command("benchmarks/bf16_cpu.py", argv),
+                              "machine": machine(), "command": command("benchmarks/bf16_cpu.py", argv),
                               "git": git_commit((a.out,)), "seconds": {}}
     import warnings
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{'part':<{width}}{'float32 s':>12}{'bf16 s':>12}{'bf16/fp32':>11}")
     for k in fp32:
         print(f"{k:<{width}}{fp32[k]:>12.4f}{bf16[k]:>12.4f}{result['bf16_over_fp32'][k]:>10.1f}x")
-    c = result["cpu"]
+    c = result["machine"]["cpu"]
     print(f"CPU {c['model_name']}; capability {c['torch_cpu_capability']}; native bf16 {c['onednn_native_bfloat16']}; "
           f"flags {', '.join(f for f, on in c['flags'].items() if on) or 'none'}")
     print(f"bf16 is kept for: {', '.join(result['keep_bf16_for']) or 'no part'}")

@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
+from runs import ACCELERATORS  # noqa: E402
 
 from darec.search.state import Journal  # noqa: E402
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "language-model path alone; the comparisons report both")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per re-run")
     p.add_argument("--parallel", type=int, default=2, help="trials at once (each a 1-thread process)")
-    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="where trials train and re-runs are scored")
+    p.add_argument("--accelerator", default="cpu", choices=ACCELERATORS, help="where trials train and re-runs are scored")
     p.add_argument("--no-refit", action="store_true", help="skip the refit of the static winner (the re-runs' test "
                    "figures are reported either way)")
     p.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=list(SEARCHES))
