@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     found = {name: journal_counts(work / name) for name in a.searches}
+    machine_at_start = machine()  # the load average before the searches start; the end's is added at the end
     print(f"finished before this start (trials.jsonl): {found}", flush=True)
     t0 = time.time()
     outcomes = {}
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "benchmark": "darec search on ml-100k (MiniLM, CPU): per-layer adapter type and size plus the learning rate by Ax "
                      "BO with early stopping and cost objectives; winners against uniform serial on fresh seeds",
-        "machine": machine(), "command": command("benchmarks/search_ml100k.py", argv), "git": git_commit((a.out, *Path(a.out).parent.glob(f"{Path(a.out).stem}_*.png"))),
+        "machine": machine_at_start, "command": command("benchmarks/search_ml100k.py", argv), "git": git_commit((a.out, *Path(a.out).parent.glob(f"{Path(a.out).stem}_*.png"))),
         "budget": {"trials_per_search": a.trials, "init_trials": a.init_trials, "epochs": a.epochs,
                    "rerun_epochs": a.rerun_epochs, "fresh_seeds": a.seeds, "parallel": a.parallel, "threads_per_trial": 1,
                    "accelerator": a.accelerator},
