@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
-from runs import ACCELERATORS  # noqa: E402
+from runs import ACCELERATORS, accelerator_device, lm_only_score_matrices, ndcg10, ranks, score_matrices  # noqa: E402
 
 from darec.search.state import Journal  # noqa: E402
 
@@ -102,7 +102,6 @@ def per_user_scores(trial_dir: Path, data_dir: str, accelerator: str = "cpu") ->
     language-model path alone (``val_lm``, ``test_lm``; the same as the fused score without SASRec's residual)."""
     from darec.data.datamodules.sequence import SequenceDataModule
     from darec.modules.darec import DARec
-    from runs import accelerator_device, lm_only_score_matrices, ndcg10, ranks, score_matrices
 
     ckpt = sorted((trial_dir / "checkpoints").glob("best-*.ckpt"))
     if not ckpt:

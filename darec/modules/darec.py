@@ -53,7 +53,6 @@ def _as(cls: type, value: Any) -> Any:
     return cls(**value) if isinstance(value, dict) else value
 
 
-
 def setup_device(strategy: Any) -> torch.device | None:
     """The accelerator device DARec's ``setup`` moves the model to before its item-level work (the catalogue's first
     encode, the mean-pooled encode for hard-negative mining, the input calibration), or None to leave it in place.

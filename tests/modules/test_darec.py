@@ -173,7 +173,6 @@ def test_cache_is_built_once_per_epoch_start_and_validation(small_synth_dir, tmp
     assert calls == [0, 2, 4, 5, 7, 9, 10], calls
 
 
-
 def test_setup_moves_the_model_to_the_strategy_device_before_its_item_level_work(small_synth_dir, tmp_path, monkeypatch):
     """Lightning calls ``setup`` before its strategy moves the model, so DARec moves itself there first and the
     catalogue's first encode runs on the accelerator. One device or DDP qualifies; sharding strategies and the CPU not."""
