@@ -11,6 +11,12 @@ LightGCN. Each other variant changes one thing:
   with item-level adaptation);
 - ``item_level``: the paper's item-level adaptation on top (adapters act on item text in every layer, 64 fresh items
   per step, the cache rebuilt every 10 steps) with the masked-context loss on.
+- quality levers of issue 11, each one change to ``full``: ``no_user_vector`` (no causal SASRec/LightGCN user vector
+  at the input, so the language model cannot lean on SASRec's state, which is over-confident on training targets,
+  ``benchmarks/sasrec_fit_gap.py``; the residual still adds SASRec's score), ``text_path`` (a direct path from the
+  mean of the last 10 items' text vectors to the scoring state), ``schedule`` (projections at twice the learning rate,
+  adapters at the default, one epoch of linear warm-up), ``cosine`` (``scoring: cosine``: the language model's
+  score is a cosine with a learned scale);
 - ``bf16``: not a component but a numeric check: the backbone's passes under bfloat16 autocast (worth it only on a
   CPU with native bfloat16, see ``benchmarks/bf16_cpu.py``), to show that quality holds against float32.
 
@@ -20,7 +26,9 @@ is mostly SASRec's after one epoch, so the JSON also gives the language-model pa
 budget against the converged runs' (at the default 4 epochs, about 0.9x in the converged runs' curves). The table
 gives test NDCG@10 (mean ± std over seeds) and the paired difference from ``full`` over users (per-user NDCG@10
 averaged over seeds) with a bootstrap 95% CI, for the fused score and for the language-model path alone (the
-same checkpoint without SASRec's residual part, which can hide a change in that path). SASRec/LightGCN runs are shared with ``benchmarks/darec_ml100k.py``
+same checkpoint without SASRec's residual part, which can hide a change in that path). A second table gives the
+same comparisons on validation, which is what a lever is kept or dropped by; the test columns are read after that
+choice. SASRec/LightGCN runs are shared with ``benchmarks/darec_ml100k.py``
 through ``--work-dir`` (same names, with SASRec's early-stopping patience: ``--sasrec-patience``, default the shipped
 config's), so they are trained once. Finished runs are kept, so an interrupted benchmark resumes.
 
@@ -46,8 +54,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
-from runs import (RunSpec, darec_name, has_lm_only, is_done, load, ndcg10, run_all, sasrec_name,  # noqa: E402
-                  sasrec_spec, shipped_sasrec_patience)
+from runs import (RunSpec, converged_darec_name, darec_name, has_lm_only, is_done, load, ndcg10, run_all,  # noqa: E402
+                  sasrec_name, sasrec_spec, shipped_darec_patience, shipped_sasrec_patience)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -59,6 +67,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "item_level": {"model": {"item_adapter_layers": None, "max_fresh_items": 64, "refresh_every": 10,
                              "losses": {"masked_context": True}}},
     "bf16": {"model": {"backbone": {"autocast": "bfloat16"}}},
+    "no_user_vector": {"model": {"injection": {"user_vector": False}}},
+    "text_path": {"model": {"text_path": 10}},
+    "schedule": {"model": {"lr": 0.002, "lr_adapters": 0.001, "warmup_steps": 40}},
+    "cosine": {"model": {"scoring": "cosine"}},
 }
 
 
@@ -95,10 +107,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           cf_from=cf, lightgcn_from=f"lightgcn_s{s}", shuffle_text=VARIANTS[v].get("shuffle_text", False))
                   for v in a.variants]
     run_all(specs, work, a.data_dir, a.jobs, a.threads)
-    per_user = {v: [ndcg10(load(work, name(v, s)).ranks("test")) for s in a.seeds] for v in a.variants}
+    runs = {(v, s): load(work, name(v, s)) for v in a.variants for s in a.seeds}
     # the language-model path alone (same checkpoints without SASRec's residual part): the residual can hide a change
     # in the language-model path, so each variant is also compared on this score
-    lm_user = {v: [ndcg10(_lm_or_fused(work, name(v, s)).ranks("test")) for s in a.seeds] for v in a.variants}
+    lm_runs = {(v, s): _lm_or_fused(work, name(v, s)) for v in a.variants for s in a.seeds}
+    per_user, lm_user = ({v: [ndcg10(rs[v, s].ranks("test")) for s in a.seeds] for v in a.variants} for rs in (runs, lm_runs))
+    # validation: what a lever is kept or dropped by (the test columns are read after that choice, for the report)
+    val_user, lm_val_user = ({v: [ndcg10(rs[v, s].ranks("val")) for s in a.seeds] for v in a.variants} for rs in (runs, lm_runs))
     metas = {v: [load(work, name(v, s)).meta for s in a.seeds] for v in a.variants}
     rows: dict[str, Any] = {}
     for v in a.variants:
@@ -109,12 +124,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lm_vals = [x.mean() for x in lm_user[v]]
         row["lm_only_test_ndcg@10_mean"] = float(np.mean(lm_vals))
         row["lm_only_test_ndcg@10_std"] = float(np.std(lm_vals))
+        row["val_ndcg@10_mean"] = float(np.mean([x.mean() for x in val_user[v]]))
+        row["lm_only_val_ndcg@10_mean"] = float(np.mean([x.mean() for x in lm_val_user[v]]))
         if v != "full" and "full" in per_user:
-            row["minus_full"] = paired_bootstrap(np.mean(per_user[v], 0) - np.mean(per_user["full"], 0))
-            row["lm_only_minus_full"] = paired_bootstrap(np.mean(lm_user[v], 0) - np.mean(lm_user["full"], 0))
+            for key, users in (("minus_full", per_user), ("lm_only_minus_full", lm_user),
+                               ("val_minus_full", val_user), ("lm_only_val_minus_full", lm_val_user)):
+                row[key] = paired_bootstrap(np.mean(users[v], 0) - np.mean(users["full"], 0))
         rows[v] = row
-    converged = [load(Path(a.converged_from), darec_name("darec", s, pat)).meta
-                 for s in a.seeds if is_done(Path(a.converged_from), darec_name("darec", s, pat))]
+    converged_names = [converged_darec_name(s, pat, shipped_darec_patience()) for s in a.seeds]
+    converged = [load(Path(a.converged_from), n).meta for n in converged_names if is_done(Path(a.converged_from), n)]
     budget_check = None
     if converged and "full" in rows:
         # the fused score is mostly SASRec's after one epoch, so the language-model path's own validation NDCG@10 (at
@@ -139,6 +157,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{v:<22}{r['test_ndcg@10_mean']:>12.4f} ± {r['test_ndcg@10_std']:.4f}{vs(r.get('minus_full')):>34}"
               f"{r['lm_only_test_ndcg@10_mean']:>12.4f} ± {r['lm_only_test_ndcg@10_std']:.4f}"
               f"{vs(r.get('lm_only_minus_full')):>34}{np.mean(r['fit_s']):>8.0f}")
+    print(f"\n{'validation':<22}{'NDCG@10':>12}{'vs full (95% CI)':>34}{'LM alone':>12}{'vs full (95% CI)':>34}")
+    for v, r in rows.items():
+        print(f"{v:<22}{r['val_ndcg@10_mean']:>12.4f}{vs(r.get('val_minus_full')):>34}"
+              f"{r['lm_only_val_ndcg@10_mean']:>12.4f}{vs(r.get('lm_only_val_minus_full')):>34}")
     if budget_check:
         print(f"budget: full reaches {budget_check['ratio']:.2f}x the converged validation NDCG@10 (target >= 0.9); "
               f"its language-model path alone {budget_check['lm_only_ratio']:.2f}x")

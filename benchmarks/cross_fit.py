@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
 from runs import (  # noqa: E402
-    RunSpec, darec_name, has_lm_only, is_done, load, ndcg10, run_all, run_dir, sasrec_name, shipped_sasrec_patience,
+    RunSpec, darec_name, has_lm_only, is_done, load, ndcg10, run_all, run_dir, sasrec_name, shipped_darec_patience,
+    shipped_sasrec_patience,
 )
 from sasrec_fit_gap import sasrec_ranks  # noqa: E402
 
@@ -178,7 +179,8 @@ def phase_sasrec(a: argparse.Namespace, work: Path, pat: int) -> dict[str, Any]:
 def phase_darec(a: argparse.Namespace, work: Path, pat: int) -> dict[str, Any]:
     specs, pairs = [], []
     budget = {"max_epochs": a.epochs, "patience": a.epochs} if a.epochs else {}
-    reference = a.reference or ("ablation_full_e{epochs}_sasp{patience}_s{seed}" if a.epochs else "darec_sasp{patience}_s{seed}")
+    converged = f"darec_p{shipped_darec_patience()}" + "_sasp{patience}_s{seed}"  # darec_ml100k.py's converged runs
+    reference = a.reference or ("ablation_full_e{epochs}_sasp{patience}_s{seed}" if a.epochs else converged)
     for s in a.seeds:
         folds = [str(fold_export_path(work, s, pat, a.folds, k)) for k in range(a.folds)]
         variant = f"cross_fit{a.folds}" + ("full" if a.fold_eval == "full" else "")

@@ -16,10 +16,13 @@ its best validation checkpoint; see ``benchmarks/runs.py``):
 SASRec's history length is tuned first on seed 0's validation split (``--sasrec-lens``); the best length is
 used for every seed. ``--sasrec-patience`` sets SASRec's early-stopping patience (default: the shipped config's, 25;
 with 11, most seeds stop on a plateau and then miss 0.01-0.03 test NDCG@10). Run names carry the patience, so runs
-at another patience are never reused by mistake. Per-user test NDCG@10 is averaged over seeds and every comparison
-is paired over users with a bootstrap 95% CI. Also reported: test NDCG@10 by history-length and target-popularity bucket.
+at another patience are never reused by mistake. ``--darec-patience`` does the same for DARec's own early stopping
+(default: the shipped config's; a DARec run's name is ``darec_p<its patience>_sasp<SASRec's>_s<seed>``). Per-user
+test NDCG@10 is averaged over seeds and every comparison is paired over users with a bootstrap 95% CI. Also
+reported: test NDCG@10 by history-length and target-popularity bucket.
 
     python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-lens 50 100 200] [--sasrec-patience P]
+                                      [--darec-patience P]
                                       [--accelerator cpu|gpu]
 
 With ``--accelerator gpu`` every run trains and is scored on the first CUDA device (``--jobs`` runs share it).
@@ -45,22 +48,21 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
-from runs import (ACCELERATORS, Run, RunSpec, accelerator_device, darec_name, load, ndcg10, run_all,  # noqa: E402
-                  sasrec_name, sasrec_spec, shipped_sasrec_patience)
+from runs import (ACCELERATORS, Run, RunSpec, accelerator_device, converged_darec_name, load, ndcg10,  # noqa: E402
+                  run_all, sasrec_name, sasrec_spec, shipped_darec_patience, shipped_sasrec_patience)
 
 TEXT_K = (1, 3, 10)
 TEXT_W = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
-def specs(seeds: list[int], sasrec_len: int, darec_variants: dict[str, dict[str, Any]],
-          sasrec_patience: int) -> list[RunSpec]:
+def specs(seeds: list[int], sasrec_len: int, sasrec_patience: int, darec_patience: int) -> list[RunSpec]:
     out = []
     for s in seeds:
         out += [sasrec_spec(sasrec_len, s, sasrec_patience), sasrec_spec(sasrec_len, s + 100, sasrec_patience),
-                RunSpec(f"lightgcn_s{s}", "lightgcn", s)]
-        out += [RunSpec(darec_name(name, s, sasrec_patience), "darec", s, over,
-                        cf_from=sasrec_name(sasrec_len, s, sasrec_patience), lightgcn_from=f"lightgcn_s{s}")
-                for name, over in darec_variants.items()]
+                RunSpec(f"lightgcn_s{s}", "lightgcn", s),
+                RunSpec(converged_darec_name(s, sasrec_patience, darec_patience), "darec", s,
+                        trainer={"patience": darec_patience},
+                        cf_from=sasrec_name(sasrec_len, s, sasrec_patience), lightgcn_from=f"lightgcn_s{s}")]
     return out
 
 
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--sasrec-lens", type=int, nargs="+", default=[50, 100, 200], help="SASRec history lengths tuned on seed 0's validation")
     p.add_argument("--sasrec-patience", type=int, default=None,
                    help="SASRec's early-stopping patience (default: the shipped config's); DARec injects these runs")
+    p.add_argument("--darec-patience", type=int, default=None,
+                   help="DARec's early-stopping patience on val/lm_ndcg@10 (default: the shipped config's)")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (jobs x threads should not exceed the cores)")
     p.add_argument("--accelerator", default="cpu", choices=ACCELERATORS, help="where every run trains and is scored")
@@ -137,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tuned = {n: load(work, sasrec_name(n, a.seeds[0], pat)).meta["best_val_ndcg@10"] for n in a.sasrec_lens}
     sas_len = max(tuned, key=tuned.get)
     print(f"SASRec history length by validation NDCG@10 (seed {a.seeds[0]}): {tuned} -> {sas_len}", flush=True)
-    variants = {"darec": {}}
-    run_all(specs(a.seeds, sas_len, variants, pat), work, a.data_dir, a.jobs, a.threads, a.accelerator)
+    dpat = a.darec_patience if a.darec_patience is not None else shipped_darec_patience()
+    run_all(specs(a.seeds, sas_len, pat, dpat), work, a.data_dir, a.jobs, a.threads, a.accelerator)
 
     vec = text_vectors(a.data_dir, str(work / "cache"), accelerator_device(a.accelerator))
     per_user: dict[str, list[np.ndarray]] = {}
@@ -146,8 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for s in a.seeds:
         sas, sas_b = load(work, sasrec_name(sas_len, s, pat)), load(work, sasrec_name(sas_len, s + 100, pat))
         runs = {"sasrec": sas, "lightgcn": load(work, f"lightgcn_s{s}")}
-        runs.update({v: load(work, darec_name(v, s, pat)) for v in variants})
-        runs["darec_lm_only"] = load(work, darec_name("darec", s, pat), lm_only=True)
+        runs["darec"] = load(work, converged_darec_name(s, pat, dpat))
+        runs["darec_lm_only"] = load(work, converged_darec_name(s, pat, dpat), lm_only=True)
         for name, run in runs.items():
             per_user.setdefault(name, []).append(ndcg10(run.ranks("test")))
             details.setdefault(name, []).append({k: run.meta.get(k) for k in ("fit_s", "epochs_run", "stopped_by", "stopped_by_time",
@@ -193,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
               "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),
               "accelerator": a.accelerator, "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len, "sasrec_patience": pat,
-              "darec_config": "configs/darec_ml100k.yaml", "darec_variants": variants,
+              "darec_config": "configs/darec_ml100k.yaml", "darec_patience": dpat,
               "models": models, "comparisons": comparisons, "breakdowns_test_ndcg@10": breakdown, "targets": targets}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     _print(result)

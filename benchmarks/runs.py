@@ -85,6 +85,11 @@ def shipped_sasrec_patience() -> int:
     return int(early_stopping_args(shipped_config("sasrec"))["patience"])
 
 
+def shipped_darec_patience() -> int:
+    """DARec's early-stopping patience in its shipped config (the default of ``darec_ml100k.py``'s converged runs)."""
+    return int(early_stopping_args(shipped_config("darec"))["patience"])
+
+
 def sasrec_name(length: int, seed: int, patience: int) -> str:
     """A SASRec run's name, with its early-stopping patience (runs are reused by name)."""
     return f"sasrec_L{length}_p{patience}_s{seed}"
@@ -93,6 +98,11 @@ def sasrec_name(length: int, seed: int, patience: int) -> str:
 def darec_name(variant: str, seed: int, patience: int) -> str:
     """A DARec run's name: the variant, and the patience of the SASRec runs it injects."""
     return f"{variant}_sasp{patience}_s{seed}"
+
+
+def converged_darec_name(seed: int, sasrec_patience: int, darec_patience: int) -> str:
+    """The name of a default DARec run trained to convergence, with its own early-stopping patience."""
+    return darec_name(f"darec_p{darec_patience}", seed, sasrec_patience)
 
 
 def sasrec_spec(length: int, seed: int, patience: int) -> RunSpec:

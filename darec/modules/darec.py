@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -128,6 +129,10 @@ class DARec(RecModule):
         text_path: > 0 adds a direct text path to the scoring state: ``W_t`` applied to the mean of the last
             ``text_path`` items' standardised semantic vectors (items up to the scoring position only), beside
             ``W_o h``. 0 turns it off.
+        scoring: how the language model's state meets an item's row. ``"dot"``: ``<W_o h, e_j>``. ``"cosine"``:
+            both are scaled to unit length and their cosine is multiplied by a learned scale ``exp(tau)`` (starting
+            at 10, at most 100), so no item wins by the length of its row alone. SASRec's residual score, when on,
+            is added as before.
         lr, weight_decay: AdamW settings for the trainable parameters. Weight decay applies to weight matrices
             only: never to biases, scales, the special tokens or the item-ID table.
         lr_adapters: learning rate of the adapters and special tokens (None: ``lr``); the projections and tables
@@ -163,6 +168,7 @@ class DARec(RecModule):
         calibrate_inputs: bool = True,
         dropout: float = 0.1,
         text_path: int = 0,
+        scoring: str = "dot",
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         lr_adapters: float | None = None,
@@ -193,6 +199,9 @@ class DARec(RecModule):
         self.lr_adapters = lr if lr_adapters is None else lr_adapters
         self.warmup_steps = warmup_steps
         self.text_path = text_path
+        if scoring not in ("dot", "cosine"):
+            raise ConfigError(f"scoring must be 'dot' or 'cosine', got {scoring!r}")
+        self.score_log_scale = nn.Parameter(torch.tensor(math.log(10.0))) if scoring == "cosine" else None
         self.drop = nn.Dropout(dropout)
         self.cache_dir = cache_dir
         self.backbone = load_backbone(backbone)
@@ -399,7 +408,7 @@ class DARec(RecModule):
             if sem.shape[0] > cf.shape[0]:
                 cf = torch.cat([cf, cf.new_zeros(sem.shape[0] - cf.shape[0], cf.shape[1])], 0)
             feats = torch.cat([sem, cf], -1)
-        table = self.w_p(feats)
+        table = self._unit(self.w_p(feats))
         if self.injection.residual_scale is not None:
             table = torch.cat([table, self.injection.residual_items(table.shape[0]).to(table.dtype)], -1)
         return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
@@ -469,10 +478,16 @@ class DARec(RecModule):
         if self.w_t is not None:
             recent = self._recent_text(seq, sem)
             out = out + self.w_t(recent[:, -1:] if last_only else recent)
+        if self.score_log_scale is not None:
+            out = self._unit(out) * self.score_log_scale.clamp(max=math.log(100.0)).exp()
         if self.injection.residual_scale is None or user is None:
             return out, None
         sas = self.injection.residual_states(seq, user)
         return out, sas[:, -1:] if last_only else sas
+
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` scaled to unit length along its last dimension with ``scoring: cosine``, else ``x``."""
+        return nn.functional.normalize(x, dim=-1) if self.score_log_scale is not None else x
 
     def _recent_text(self, seq: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
         """[B, L, H]: at position t, the mean standardised ``s_i`` of the last ``text_path`` items up to t."""

@@ -59,7 +59,7 @@ class InjectionConfig:
     sources: list[str] = field(default_factory=list)  # CF exports (`darec export-embeddings` of any CF source)
     sasrec: str | None = None  # shorthand: a SASRec export, added to sources
     lightgcn: str | None = None  # shorthand: a LightGCN export, added to sources
-    user_vector: bool = True  # add the causal user vector at each position
+    user_vector: bool = True  # add the causal user vector at each position (the residual reads SASRec's state either way)
     finetune: bool = False  # train the CF tables jointly (frozen by default)
     residual: bool = False  # add SASRec's own score alpha <u_t, c_j> (frozen) to DARec's
     residual_weight: str = "validation"  # learned: alpha trains with the LM, which learns a correction | validation: see below
@@ -111,7 +111,7 @@ class CollaborativeInjection(nn.Module):
                 flags.append(emb.has_cf)
                 if emb.causal_user_states is None:
                     self.mean_dim += emb.item_emb.shape[1]
-                elif cfg.user_vector:
+                elif cfg.user_vector or cfg.residual:
                     self.sasrec_encoder = SasrecUserEncoder.from_cf(emb)
                     if cfg.finetune:
                         self.sasrec_encoder.unfreeze()
@@ -122,7 +122,8 @@ class CollaborativeInjection(nn.Module):
         self.cf_table = nn.Parameter(cf, requires_grad=cfg.finetune)
         self.register_buffer("has_cf", has)
         self.w_c = nn.Linear(self.item_dim, hidden) if self.item_dim else None
-        user_dim = (self.mean_dim if cfg.user_vector else 0) + (self._sasrec_dim() if self.sasrec_encoder is not None else 0)
+        # without user_vector the SASRec encoder is loaded for the residual score only, never as an input
+        user_dim = (self.mean_dim + (self._sasrec_dim() if self.sasrec_encoder is not None else 0)) if cfg.user_vector else 0
         self.w_u = nn.Linear(user_dim, hidden) if user_dim else None
         self.w_prefix: nn.ModuleList | None = None
         self.__dict__["_prefix_layers"] = []
@@ -137,7 +138,7 @@ class CollaborativeInjection(nn.Module):
         if cfg.residual:
             if cfg.mode == "none" or self.sasrec_encoder is None:
                 raise ConfigError("injection.residual needs a SASRec export (injection.sasrec or in injection.sources) and "
-                                  "injection.user_vector: true")
+                                  "injection.mode input or attention")
             if cfg.residual_weight == "learned":
                 self.residual_scale = nn.Parameter(torch.ones(()))
             else:
@@ -225,7 +226,8 @@ class CollaborativeInjection(nn.Module):
 
     def user_states(self, seq: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor | None:
         """Causal user vectors [B, L, d_u] for windows ``seq`` [B, L] (left-padded) of ``users`` [B] (their ids;
-        only cross-fitted SASRec states read them); None if disabled."""
+        only cross-fitted SASRec states read them); None if disabled. Without ``user_vector`` they are SASRec's states
+        alone, kept for the residual score and never fed to the input."""
         parts = []
         if self.cfg.user_vector and self.mean_dim:
             lg = self.vectors_for(seq)[..., : self.mean_dim]

@@ -247,6 +247,29 @@ def test_scoring_states_with_the_text_path_are_causal_and_match_evaluation(small
     torch.testing.assert_close(a[0, -1] - without[0, -1], m.w_t(recent), atol=1e-4, rtol=1e-4)
 
 
+def test_cosine_scoring_is_a_scaled_cosine_that_trains_its_scale(small_synth_dir, tmp_path):
+    m, _ = _model(small_synth_dir, tmp_path=tmp_path, scoring="cosine")
+    dot, _ = _model(small_synth_dir, tmp_path=tmp_path)
+    dot.load_state_dict(m.state_dict(), strict=False)  # the same projections and adapters
+    m.eval(), dot.eval()
+    m.refresh_cache(), dot.refresh_cache()
+    seq = torch.tensor([[0, 0, 3, 7, 9, 11], [4, 8, 15, 16, 23, 2]])
+    with torch.no_grad():
+        m.score_log_scale.fill_(2.0)
+        scores = m.user_vectors(seq, m.sem_cache) @ m.item_table(m.sem_cache).T
+        u, e = dot.user_vectors(seq, dot.sem_cache), dot.item_table(dot.sem_cache)
+    cos = torch.nn.functional.cosine_similarity(u[:, None], e[None], dim=-1)
+    cos[:, 0] = 0
+    torch.testing.assert_close(scores, torch.e**2.0 * cos, atol=1e-5, rtol=1e-4)
+    assert scores.abs().max() <= torch.e**2.0 + 1e-4
+    m.train()
+    batch = {"input": seq, "target": torch.tensor([[0, 3, 7, 9, 11, 5], [8, 15, 16, 23, 2, 6]])}
+    m.training_step(batch, 0).backward()
+    assert m.score_log_scale.grad is not None and m.score_log_scale.grad.abs() > 0
+    with pytest.raises(ConfigError, match="scoring"):
+        _model(small_synth_dir, tmp_path=tmp_path, scoring="euclid")
+
+
 def test_frozen_backbone_is_bit_identical_after_a_real_fit(small_synth_dir, tmp_path):
     """Every frozen weight (all layers, not only the vocabulary), hashed afresh before and after Trainer.fit with
     AdamW weight decay and item-level adaptation on."""

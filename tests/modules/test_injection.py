@@ -110,24 +110,50 @@ def test_attention_mode_needs_a_user_vector(small_synth_dir, cf_exports, tmp_pat
         DARec(num_items=5, backbone=BackboneConfig(name="tiny-bert"), injection={"mode": "attention"})
 
 
-def test_residual_adds_sasrecs_own_score(small_synth_dir, cf_exports, tmp_path):
+SEQ = torch.tensor([[0, 0, 3, 7, 9, 11], [4, 8, 15, 16, 23, 2]])
+
+
+def _sasrec_scores(data_dir, export: str, seq: torch.Tensor) -> torch.Tensor:
+    """SASRec's own scores ``<u_t, c_j>`` after each window of ``seq``, read from its export (padding row zeroed)."""
     from darec.modules.cf import load_cf_embeddings
 
+    sas = load_cf_embeddings(export, PreparedData(data_dir).fingerprint)
+    with torch.no_grad():
+        scores = SasrecUserEncoder.from_cf(sas).causal_user_states(seq)[:, -1] @ sas.item_emb.T
+    scores[:, 0] = 0
+    return scores
+
+
+def test_residual_adds_sasrecs_own_score(small_synth_dir, cf_exports, tmp_path):
     plain = _model(small_synth_dir, cf_exports, tmp_path, mode="input")
     m = _model(small_synth_dir, cf_exports, tmp_path, mode="residual")
     assert plain.injection.residual_scale is None and m.injection.residual_scale.requires_grad
     m.load_state_dict(plain.state_dict(), strict=False)
     m.injection.residual_scale.data.fill_(0.5)
-    d = PreparedData(small_synth_dir)
-    sas = load_cf_embeddings(cf_exports["sasrec"], d.fingerprint)
-    seq = torch.tensor([[0, 0, 3, 7, 9, 11], [4, 8, 15, 16, 23, 2]])
     with torch.no_grad():
-        scores = m.user_vectors(seq, m.sem_cache) @ m.item_table(m.sem_cache).T
-        base = plain.user_vectors(seq, plain.sem_cache) @ plain.item_table(plain.sem_cache).T
-        sasrec = SasrecUserEncoder.from_cf(sas).causal_user_states(seq)[:, -1] @ sas.item_emb.T
-    sasrec[:, 0] = 0
+        scores = m.user_vectors(SEQ, m.sem_cache) @ m.item_table(m.sem_cache).T
+        base = plain.user_vectors(SEQ, plain.sem_cache) @ plain.item_table(plain.sem_cache).T
+    sasrec = _sasrec_scores(small_synth_dir, cf_exports["sasrec"], SEQ)
     torch.testing.assert_close(scores, base + 0.5 * sasrec, atol=1e-5, rtol=1e-4)
     assert not m.injection.cf_table.requires_grad, "SASRec's item vectors stay frozen"
+
+
+def test_without_user_vector_the_residual_keeps_sasrecs_score_but_the_input_never_reads_its_state(
+        small_synth_dir, cf_exports, tmp_path):
+    m = _model(small_synth_dir, {**cf_exports, "user_vector": False}, tmp_path, mode="residual")
+    assert m.injection.w_u is None, "no user-CF input term"
+    m.injection.residual_scale.data.fill_(0.5)
+    with torch.no_grad():
+        scores = m.user_vectors(SEQ, m.sem_cache) @ m.item_table(m.sem_cache).T
+        lm, _ = m._scoring_parts(SEQ, m.sem_cache, last_only=True)
+        lm_scores = lm[:, 0] @ m.item_table(m.sem_cache)[:, : lm.shape[-1]].T
+        sasrec = _sasrec_scores(small_synth_dir, cf_exports["sasrec"], SEQ)
+        # the language model's input does not depend on SASRec's state: another SASRec encoder leaves it unchanged
+        for p in m.injection.sasrec_encoder.parameters():
+            p.add_(torch.randn_like(p))
+        lm_other, _ = m._scoring_parts(SEQ, m.sem_cache, last_only=True)
+    torch.testing.assert_close(scores, lm_scores + 0.5 * sasrec, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(lm_other, lm)
 
 
 def test_residual_needs_a_sasrec_user_encoder(small_synth_dir, cf_exports):
