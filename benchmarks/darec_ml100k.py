@@ -14,7 +14,7 @@ its best validation checkpoint; see ``benchmarks/runs.py``):
   MiniLM vectors, item vector)``, with ``w`` and ``k`` chosen per seed on validation.
 
 SASRec's history length is tuned first on seed 0's validation split (``--sasrec-lens``); the best length is
-used for every seed. ``--sasrec-patience`` sets SASRec's early-stopping patience (default: the shipped config's, 25;
+used for every seed (``--tune-only`` stops there and writes just the tuning). ``--sasrec-patience`` sets SASRec's early-stopping patience (default: the shipped config's, 25;
 with 11, most seeds stop on a plateau and then miss 0.01-0.03 test NDCG@10). Run names carry the patience, so runs
 at another patience are never reused by mistake. ``--darec-patience`` does the same for DARec's own early stopping
 (default: the shipped config's; a DARec run's name is ``darec_p<its patience>_sasp<SASRec's>_s<seed>``). Per-user
@@ -22,7 +22,7 @@ test NDCG@10 is averaged over seeds and every comparison is paired over users wi
 reported: test NDCG@10 by history-length and target-popularity bucket.
 
     python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-lens 50 100 200] [--sasrec-patience P]
-                                      [--darec-patience P]
+                                      [--darec-patience P] [--tune-only]
                                       [--accelerator cpu|gpu]
 
 With ``--accelerator gpu`` every run trains and is scored on the first CUDA device (``--jobs`` runs share it).
@@ -53,6 +53,7 @@ from runs import (ACCELERATORS, Run, RunSpec, accelerator_device, converged_dare
 
 TEXT_K = (1, 3, 10)
 TEXT_W = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+TUNING_FIELDS = ("best_val_ndcg@10", "test_ndcg@10", "epochs_run", "fit_s", "stopped_by", "stopped_by_time", "torch_threads")
 
 
 def specs(seeds: list[int], sasrec_len: int, sasrec_patience: int, darec_patience: int) -> list[RunSpec]:
@@ -126,6 +127,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="SASRec's early-stopping patience (default: the shipped config's); DARec injects these runs")
     p.add_argument("--darec-patience", type=int, default=None,
                    help="DARec's early-stopping patience on val/lm_ndcg@10 (default: the shipped config's)")
+    p.add_argument("--compare-darec-patience", type=int, default=None,
+                   help="also compare DARec against its runs at this patience (already trained), on validation and test")
+    p.add_argument("--tune-only", action="store_true",
+                   help="stop after tuning SASRec's history length; write only the tuning (lengths, runs, choice) to --out")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (jobs x threads should not exceed the cores)")
     p.add_argument("--accelerator", default="cpu", choices=ACCELERATORS, help="where every run trains and is scored")
@@ -141,6 +146,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tuned = {n: load(work, sasrec_name(n, a.seeds[0], pat)).meta["best_val_ndcg@10"] for n in a.sasrec_lens}
     sas_len = max(tuned, key=tuned.get)
     print(f"SASRec history length by validation NDCG@10 (seed {a.seeds[0]}): {tuned} -> {sas_len}", flush=True)
+    tuning_runs = {n: {k: load(work, sasrec_name(n, a.seeds[0], pat)).meta.get(k) for k in TUNING_FIELDS} for n in a.sasrec_lens}
+    if a.tune_only:
+        result = {"benchmark": "SASRec history length on ml-100k, chosen by validation NDCG@10 (test reported, never used)",
+                  "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),
+                  "accelerator": a.accelerator, "seed": a.seeds[0], "sasrec_patience": pat,
+                  "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len, "runs": tuning_runs}
+        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+        _print_tuning(result)
+        print(f"wrote {a.out}")
+        return result
     dpat = a.darec_patience if a.darec_patience is not None else shipped_darec_patience()
     run_all(specs(a.seeds, sas_len, pat, dpat), work, a.data_dir, a.jobs, a.threads, a.accelerator)
 
@@ -194,15 +209,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "stopped_by_time": [r["stopped_by_time"] for r in details["darec"]],
             "met": all(r["fit_s"] <= 1800 and r["stopped_by_time"] is False for r in details["darec"])},
     }
+    if a.compare_darec_patience is not None:
+        comparisons[f"darec - darec at patience {a.compare_darec_patience}"] = patience_comparison(
+            work, a.seeds, pat, dpat, a.compare_darec_patience)
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
               "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),
               "accelerator": a.accelerator, "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len, "sasrec_patience": pat,
-              "darec_config": "configs/darec_ml100k.yaml", "darec_patience": dpat,
+              "sasrec_len_tuning_runs": tuning_runs, "darec_config": "configs/darec_ml100k.yaml", "darec_patience": dpat,
               "models": models, "comparisons": comparisons, "breakdowns_test_ndcg@10": breakdown, "targets": targets}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     _print(result)
     print(f"wrote {a.out}")
     return result
+
+
+def patience_comparison(work: Path, seeds: list[int], sasrec_patience: int, darec_patience: int,
+                        other: int) -> dict[str, Any]:
+    """DARec at ``darec_patience`` minus DARec at ``other`` (same seeds and injected runs), paired over users: on
+    validation (what a patience is chosen by), then on test, for the fused score and the language model alone."""
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        for lm_only in (False, True):
+            users = {dp: np.mean([ndcg10(load(work, converged_darec_name(s, sasrec_patience, dp), lm_only).ranks(split))
+                                  for s in seeds], 0) for dp in (darec_patience, other)}
+            key = split + ("_lm_only" if lm_only else "")
+            out[key] = paired_bootstrap(users[darec_patience] - users[other])
+            out[key]["ratio"] = float(users[darec_patience].mean() / users[other].mean())
+    out.update(out.pop("test"))  # the test figures also fill the table's diff / CI / ratio columns
+    return out
+
+
+def _print_tuning(r: dict[str, Any]) -> None:
+    print(f"\n{'SASRec length':<14}{'val NDCG@10':>12}{'test NDCG@10':>14}{'epochs':>8}{'fit s':>8}  stopped by")
+    for n, m in r["runs"].items():
+        print(f"{n:<14}{m['best_val_ndcg@10']:>12.4f}{m['test_ndcg@10']:>14.4f}{m['epochs_run']:>8}{m['fit_s']:>8.0f}  {m['stopped_by']}")
+    print(f"chosen on validation: {r['sasrec_len']}")
 
 
 def _print(r: dict[str, Any]) -> None:
@@ -214,6 +255,10 @@ def _print(r: dict[str, Any]) -> None:
     for name, c in r["comparisons"].items():
         lo, hi = c["bootstrap_95ci"]
         print(f"{name:<46}{c['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]{c['ratio']:>8.3f}")
+        for key in ("val", "val_lm_only", "test_lm_only"):
+            if key in c:
+                lo, hi = c[key]["bootstrap_95ci"]
+                print(f"{'  ' + key:<46}{c[key]['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]{c[key]['ratio']:>8.3f}")
     for kind, rows in r["breakdowns_test_ndcg@10"].items():
         print(f"\n{kind:<16}{'users':>7}{'DARec':>9}{'SASRec':>9}")
         for label, v in rows.items():
