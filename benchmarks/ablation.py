@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     budget = {"max_epochs": a.epochs, "patience": a.epochs}
 
     def name(v: str, s: int) -> str:
-        return darec_name(f"ablation_{v}_e{a.epochs}", s, pat)
+        return darec_name(f"ablation_{v}_e{a.epochs}", s, a.sasrec_len, pat)
 
     specs = []
     for s in a.seeds:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                ("val_minus_full", val_user), ("lm_only_val_minus_full", lm_val_user)):
                 row[key] = paired_bootstrap(np.mean(users[v], 0) - np.mean(users["full"], 0))
         rows[v] = row
-    converged_names = [converged_darec_name(s, pat, shipped_darec_patience()) for s in a.seeds]
+    converged_names = [converged_darec_name(s, a.sasrec_len, pat, shipped_darec_patience()) for s in a.seeds]
     converged = [load(Path(a.converged_from), n).meta for n in converged_names if is_done(Path(a.converged_from), n)]
     budget_check = None
     if converged and "full" in rows:

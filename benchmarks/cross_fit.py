@@ -50,8 +50,8 @@ from runs import (  # noqa: E402
 from sasrec_fit_gap import sasrec_ranks  # noqa: E402
 
 
-def fold_export_path(work: Path, seed: int, patience: int, folds: int, fold: int) -> Path:
-    return run_dir(work, sasrec_name(50, seed, patience)) / "cf" / f"sasrec_fold{fold}of{folds}.safetensors"
+def fold_export_path(work: Path, seed: int, length: int, patience: int, folds: int, fold: int) -> Path:
+    return run_dir(work, sasrec_name(length, seed, patience)) / "cf" / f"sasrec_fold{fold}of{folds}.safetensors"
 
 
 def train_fold_encoder(data: Any, full: Any, folds: int, fold: int, seed: int, patience: int, max_epochs: int,
@@ -134,14 +134,14 @@ def phase_sasrec(a: argparse.Namespace, work: Path, pat: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     gaps: dict[str, list[np.ndarray]] = {"cross_fit": [], "full": []}
     for s in a.seeds:
-        full_path = run_dir(work, sasrec_name(50, s, pat)) / "cf" / "sasrec.safetensors"
+        full_path = run_dir(work, sasrec_name(a.sasrec_len, s, pat)) / "cf" / "sasrec.safetensors"
         if not full_path.is_file():
             raise SystemExit(f"error: {full_path} is missing; run benchmarks/darec_ml100k.py first")
         full = load_cf_embeddings(full_path, data.fingerprint)
         full_enc, items = SasrecUserEncoder.from_cf(full).eval(), full.item_emb.float()
         per_seed: dict[str, list[np.ndarray]] = {"cross_fit": [], "full": []}
         for k in range(a.folds):
-            path = fold_export_path(work, s, pat, a.folds, k)
+            path = fold_export_path(work, s, a.sasrec_len, pat, a.folds, k)
             log = path.with_suffix(".curve.json")
             if path.is_file() and log.is_file():
                 curve = json.loads(log.read_text())
@@ -179,20 +179,20 @@ def phase_sasrec(a: argparse.Namespace, work: Path, pat: int) -> dict[str, Any]:
 def phase_darec(a: argparse.Namespace, work: Path, pat: int) -> dict[str, Any]:
     specs, pairs = [], []
     budget = {"max_epochs": a.epochs, "patience": a.epochs} if a.epochs else {}
-    converged = f"darec_p{shipped_darec_patience()}" + "_sasp{patience}_s{seed}"  # darec_ml100k.py's converged runs
-    reference = a.reference or ("ablation_full_e{epochs}_sasp{patience}_s{seed}" if a.epochs else converged)
+    default = f"ablation_full_e{a.epochs}" if a.epochs else f"darec_p{shipped_darec_patience()}"  # ablation.py's or darec_ml100k.py's
     for s in a.seeds:
-        folds = [str(fold_export_path(work, s, pat, a.folds, k)) for k in range(a.folds)]
+        folds = [str(fold_export_path(work, s, a.sasrec_len, pat, a.folds, k)) for k in range(a.folds)]
         variant = f"cross_fit{a.folds}" + ("full" if a.fold_eval == "full" else "")
-        name = darec_name(f"{variant}_" + (f"e{a.epochs}" if a.epochs else "converged"), s, pat)
+        name = darec_name(f"{variant}_" + (f"e{a.epochs}" if a.epochs else "converged"), s, a.sasrec_len, pat)
         specs.append(RunSpec(name, "darec", s, {"injection": {"sasrec_folds": folds, "sasrec_folds_eval": a.fold_eval}},
                              {}, budget,
-                             cf_from=sasrec_name(50, s, pat), lightgcn_from=f"lightgcn_s{s}"))
-        ref = reference.format(seed=s, epochs=a.epochs, patience=pat)
+                             cf_from=sasrec_name(a.sasrec_len, s, pat), lightgcn_from=f"lightgcn_s{s}"))
+        ref = (a.reference.format(seed=s, epochs=a.epochs, length=a.sasrec_len, patience=pat) if a.reference
+               else darec_name(default, s, a.sasrec_len, pat))
         if not is_done(work, ref):
             raise SystemExit(f"error: reference run {ref} is not in {work}; run benchmarks/ablation.py --epochs {a.epochs} "
                              "--variants full (or darec_ml100k.py for --epochs 0) first, or name another with --reference")
-        pairs.append((name, ref, sasrec_name(50, s, pat)))
+        pairs.append((name, ref, sasrec_name(a.sasrec_len, s, pat)))
     run_all(specs, work, a.data_dir, a.jobs, a.threads)
     rows: dict[str, Any] = {}
     sasrec = [ndcg10(load(work, p[2]).ranks("test")) for p in pairs]
@@ -231,10 +231,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--folds", type=int, default=2, help="user folds (user_id %% folds)")
     p.add_argument("--fold-patience", type=int, default=10, help="early-stopping patience of a fold encoder")
     p.add_argument("--fold-max-epochs", type=int, default=200)
+    p.add_argument("--sasrec-len", type=int, default=50, help="the full SASRec runs' history length")
     p.add_argument("--sasrec-patience", type=int, default=None, help="the full SASRec runs' (default: shipped config's)")
     p.add_argument("--epochs", type=int, default=4, help="DARec's fixed budget; 0: to convergence (shipped early stopping)")
     p.add_argument("--reference", default=None,
-                   help="run name (with {seed}, {epochs}, {patience}) of the full-SASRec DARec each seed is paired with "
+                   help="run name (with {seed}, {epochs}, {length}, {patience}) of the full-SASRec DARec each seed is paired with "
                         "(default: ablation.py's full runs, or darec_ml100k.py's with --epochs 0)")
     p.add_argument("--fold-eval", choices=["folds", "full"], default="folds",
                    help="injection.sasrec_folds_eval: evaluation reads the out-of-fold states too, or the full SASRec's")

@@ -17,7 +17,7 @@ SASRec's history length is tuned first on seed 0's validation split (``--sasrec-
 used for every seed (``--tune-only`` stops there and writes just the tuning). ``--sasrec-patience`` sets SASRec's early-stopping patience (default: the shipped config's, 25;
 with 11, most seeds stop on a plateau and then miss 0.01-0.03 test NDCG@10). Run names carry the patience, so runs
 at another patience are never reused by mistake. ``--darec-patience`` does the same for DARec's own early stopping
-(default: the shipped config's; a DARec run's name is ``darec_p<its patience>_sasp<SASRec's>_s<seed>``). Per-user
+(default: the shipped config's; a DARec run's name is ``darec_p<its patience>_sasL<SASRec's length>p<SASRec's patience>_s<seed>``). Per-user
 test NDCG@10 is averaged over seeds and every comparison is paired over users with a bootstrap 95% CI. Also
 reported: test NDCG@10 by history-length and target-popularity bucket.
 
@@ -61,7 +61,7 @@ def specs(seeds: list[int], sasrec_len: int, sasrec_patience: int, darec_patienc
     for s in seeds:
         out += [sasrec_spec(sasrec_len, s, sasrec_patience), sasrec_spec(sasrec_len, s + 100, sasrec_patience),
                 RunSpec(f"lightgcn_s{s}", "lightgcn", s),
-                RunSpec(converged_darec_name(s, sasrec_patience, darec_patience), "darec", s,
+                RunSpec(converged_darec_name(s, sasrec_len, sasrec_patience, darec_patience), "darec", s,
                         trainer={"patience": darec_patience},
                         cf_from=sasrec_name(sasrec_len, s, sasrec_patience), lightgcn_from=f"lightgcn_s{s}")]
     return out
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for s in a.seeds:
         sas, sas_b = load(work, sasrec_name(sas_len, s, pat)), load(work, sasrec_name(sas_len, s + 100, pat))
         runs = {"sasrec": sas, "lightgcn": load(work, f"lightgcn_s{s}")}
-        runs["darec"] = load(work, converged_darec_name(s, pat, dpat))
-        runs["darec_lm_only"] = load(work, converged_darec_name(s, pat, dpat), lm_only=True)
+        runs["darec"] = load(work, converged_darec_name(s, sas_len, pat, dpat))
+        runs["darec_lm_only"] = load(work, converged_darec_name(s, sas_len, pat, dpat), lm_only=True)
         for name, run in runs.items():
             per_user.setdefault(name, []).append(ndcg10(run.ranks("test")))
             details.setdefault(name, []).append({k: run.meta.get(k) for k in ("fit_s", "epochs_run", "stopped_by", "stopped_by_time",
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if a.compare_darec_patience is not None:
         comparisons[f"darec - darec at patience {a.compare_darec_patience}"] = patience_comparison(
-            work, a.seeds, pat, dpat, a.compare_darec_patience)
+            work, a.seeds, sas_len, pat, dpat, a.compare_darec_patience)
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
               "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),
               "accelerator": a.accelerator, "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len, "sasrec_patience": pat,
@@ -223,14 +223,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def patience_comparison(work: Path, seeds: list[int], sasrec_patience: int, darec_patience: int,
+def patience_comparison(work: Path, seeds: list[int], sasrec_len: int, sasrec_patience: int, darec_patience: int,
                         other: int) -> dict[str, Any]:
     """DARec at ``darec_patience`` minus DARec at ``other`` (same seeds and injected runs), paired over users: on
     validation (what a patience is chosen by), then on test, for the fused score and the language model alone."""
     out: dict[str, Any] = {}
     for split in ("val", "test"):
         for lm_only in (False, True):
-            users = {dp: np.mean([ndcg10(load(work, converged_darec_name(s, sasrec_patience, dp), lm_only).ranks(split))
+            users = {dp: np.mean([ndcg10(load(work, converged_darec_name(s, sasrec_len, sasrec_patience, dp), lm_only).ranks(split))
                                   for s in seeds], 0) for dp in (darec_patience, other)}
             key = split + ("_lm_only" if lm_only else "")
             out[key] = paired_bootstrap(users[darec_patience] - users[other])

@@ -95,14 +95,14 @@ def sasrec_name(length: int, seed: int, patience: int) -> str:
     return f"sasrec_L{length}_p{patience}_s{seed}"
 
 
-def darec_name(variant: str, seed: int, patience: int) -> str:
-    """A DARec run's name: the variant, and the patience of the SASRec runs it injects."""
-    return f"{variant}_sasp{patience}_s{seed}"
+def darec_name(variant: str, seed: int, sasrec_len: int, sasrec_patience: int) -> str:
+    """A DARec run's name: the variant, and the history length and patience of the SASRec run it injects."""
+    return f"{variant}_sasL{sasrec_len}p{sasrec_patience}_s{seed}"
 
 
-def converged_darec_name(seed: int, sasrec_patience: int, darec_patience: int) -> str:
+def converged_darec_name(seed: int, sasrec_len: int, sasrec_patience: int, darec_patience: int) -> str:
     """The name of a default DARec run trained to convergence, with its own early-stopping patience."""
-    return darec_name(f"darec_p{darec_patience}", seed, sasrec_patience)
+    return darec_name(f"darec_p{darec_patience}", seed, sasrec_len, sasrec_patience)
 
 
 def sasrec_spec(length: int, seed: int, patience: int) -> RunSpec:

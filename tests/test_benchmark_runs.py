@@ -23,11 +23,12 @@ def _runs():
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
-def test_converged_darec_runs_are_named_by_both_patiences_and_default_to_the_shipped_configs() -> None:
+def test_converged_darec_runs_are_named_by_sasrecs_length_and_both_patiences_and_default_to_the_shipped_configs() -> None:
     runs = _runs()
     shipped = yaml.safe_load((ROOT / "configs" / "darec_ml100k.yaml").read_text())
     stop = next(c["init_args"] for c in shipped["trainer"]["callbacks"] if c["class_path"].endswith("EarlyStopping"))
     assert runs.shipped_darec_patience() == stop["patience"]
-    names = {runs.converged_darec_name(seed, sas, dp) for seed in (0, 1) for sas in (11, 25) for dp in (3, 6)}
-    assert len(names) == 8, "a run at another seed or patience must never be reused"
-    assert runs.converged_darec_name(2, 25, 6) == "darec_p6_sasp25_s2"
+    names = {runs.converged_darec_name(seed, n, sas, dp) for seed in (0, 1) for n in (50, 100) for sas in (11, 25) for dp in (3, 6)}
+    assert len(names) == 16, "a run at another seed, SASRec length or patience must never be reused"
+    assert runs.converged_darec_name(2, 100, 25, 6) == "darec_p6_sasL100p25_s2"
+    assert runs.darec_name("ablation_full_e4", 1, 50, 25) == "ablation_full_e4_sasL50p25_s1"
