@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_user, lm_user = ({v: [ndcg10(rs[v, s].ranks("test")) for s in a.seeds] for v in a.variants} for rs in (runs, lm_runs))
     # validation: what a lever is kept or dropped by (the test columns are read after that choice, for the report)
     val_user, lm_val_user = ({v: [ndcg10(rs[v, s].ranks("val")) for s in a.seeds] for v in a.variants} for rs in (runs, lm_runs))
-    metas = {v: [load(work, name(v, s)).meta for s in a.seeds] for v in a.variants}
+    metas = {v: [runs[v, s].meta for s in a.seeds] for v in a.variants}
     rows: dict[str, Any] = {}
     for v in a.variants:
         vals = [x.mean() for x in per_user[v]]

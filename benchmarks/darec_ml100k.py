@@ -143,10 +143,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pat = a.sasrec_patience if a.sasrec_patience is not None else shipped_sasrec_patience()
     tune = [sasrec_spec(n, a.seeds[0], pat) for n in a.sasrec_lens]
     run_all(tune, work, a.data_dir, a.jobs, a.threads, a.accelerator)
-    tuned = {n: load(work, sasrec_name(n, a.seeds[0], pat)).meta["best_val_ndcg@10"] for n in a.sasrec_lens}
+    tuning_metas = {n: load(work, sasrec_name(n, a.seeds[0], pat)).meta for n in a.sasrec_lens}
+    tuned = {n: m["best_val_ndcg@10"] for n, m in tuning_metas.items()}
     sas_len = max(tuned, key=tuned.get)
     print(f"SASRec history length by validation NDCG@10 (seed {a.seeds[0]}): {tuned} -> {sas_len}", flush=True)
-    tuning_runs = {n: {k: load(work, sasrec_name(n, a.seeds[0], pat)).meta.get(k) for k in TUNING_FIELDS} for n in a.sasrec_lens}
+    tuning_runs = {n: {k: m.get(k) for k in TUNING_FIELDS} for n, m in tuning_metas.items()}
     if a.tune_only:
         result = {"benchmark": "SASRec history length on ml-100k, chosen by validation NDCG@10 (test reported, never used)",
                   "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),
@@ -228,10 +229,11 @@ def patience_comparison(work: Path, seeds: list[int], sasrec_len: int, sasrec_pa
     """DARec at ``darec_patience`` minus DARec at ``other`` (same seeds and injected runs), paired over users: on
     validation (what a patience is chosen by), then on test, for the fused score and the language model alone."""
     out: dict[str, Any] = {}
-    for split in ("val", "test"):
-        for lm_only in (False, True):
-            users = {dp: np.mean([ndcg10(load(work, converged_darec_name(s, sasrec_len, sasrec_patience, dp), lm_only).ranks(split))
-                                  for s in seeds], 0) for dp in (darec_patience, other)}
+    for lm_only in (False, True):
+        runs = {dp: [load(work, converged_darec_name(s, sasrec_len, sasrec_patience, dp), lm_only) for s in seeds]
+                for dp in (darec_patience, other)}
+        for split in ("val", "test"):
+            users = {dp: np.mean([ndcg10(r.ranks(split)) for r in rs], 0) for dp, rs in runs.items()}
             key = split + ("_lm_only" if lm_only else "")
             out[key] = paired_bootstrap(users[darec_patience] - users[other])
             out[key]["ratio"] = float(users[darec_patience].mean() / users[other].mean())
