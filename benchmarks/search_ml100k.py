@@ -4,13 +4,15 @@ Two Bayesian-optimisation searches from ``configs/darec_ml100k.yaml`` (SASRec an
 ``--cf-dir``), each over every MiniLM layer's adapter type and size plus the shared learning rate, with two
 objectives beside validation NDCG@10 (training seconds per epoch measured in each trial, trainable parameters):
 
-- ``static``: types none / serial / parallel / lora; its fresh-seed baseline is uniform serial (the default DARec);
+- ``static``: types none / skip / serial / parallel / lora; its fresh-seed baseline is uniform serial (the default
+  DARec); ``skip`` leaves a layer out of the forward pass, the one choice that makes the sequence level cheaper;
 - ``mixture``: the same plus ``mixture`` (serial, parallel and LoRA experts with a per-token router); its baseline
   is uniform mixture.
 
 Every trial trains ``--epochs`` epochs (2 reach about 0.9x the converged validation NDCG@10 of the default DARec,
 ``benchmarks/ablation.json``), unless the percentile rule stops it after an epoch as clearly worse. The Pareto point
-with the best search NDCG@10 of each search and its baseline are then trained on ``--seeds`` fresh seeds with the
+with the best search NDCG@10 of each search (``--prefer cost``: the cheapest Pareto point within ``--tolerance``
+of that value) and its baseline are then trained on ``--seeds`` fresh seeds with the
 same budget, or to convergence with ``--rerun-epochs N`` (at most N epochs; the base config's early stopping on the
 language model's validation NDCG@10 ends them). Each re-run's best checkpoint is scored per user on validation and test, and the benchmark reports:
 
@@ -62,8 +64,8 @@ from runs import ACCELERATORS, accelerator_device, lm_only_score_matrices, ndcg1
 
 from darec.search.state import Journal  # noqa: E402
 
-SEARCHES = {"static": (["none", "serial", "parallel", "lora"], "serial"),
-            "mixture": (["none", "serial", "parallel", "lora", "mixture"], "mixture")}
+SEARCHES = {"static": (["none", "skip", "serial", "parallel", "lora"], "serial"),
+            "mixture": (["none", "skip", "serial", "parallel", "lora", "mixture"], "mixture")}
 SIZES = {"serial": [16, 64], "parallel": [16, 64], "lora": [4, 16], "mixture": [16, 64]}
 LR = [3e-4, 3e-3]
 
@@ -87,7 +89,8 @@ def search_config(a: argparse.Namespace, name: str) -> dict[str, Any]:
         "overrides": overrides,
         "space": {"types": types, "sizes": {t: SIZES[t] for t in types if t in SIZES}, "lr": LR},
         "budget": {"epochs": a.epochs}, "early_stopping": {"percentile": 50, "grace_epochs": 1, "min_trials": 3},
-        "rerun": {"top_k": 1, "seeds": a.seeds, "baseline": baseline, "epochs": a.rerun_epochs},
+        "rerun": {"top_k": 1, "seeds": a.seeds, "baseline": baseline, "epochs": a.rerun_epochs,
+                  "prefer": a.prefer, "tolerance": a.tolerance},
         "refit": {"epochs": a.rerun_epochs or a.epochs},
     }
 
@@ -136,6 +139,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--metric", default="val/ndcg@10", choices=["val/ndcg@10", "val/lm_ndcg@10"],
                    help="what the searches score trials by (and pick checkpoints by): the fused score, or the "
                         "language-model path alone; the comparisons report both")
+    p.add_argument("--prefer", default="quality", choices=["quality", "cost"], help="which Pareto point each search "
+                   "re-runs as its winner: the best search value, or the cheapest (training seconds per epoch) within "
+                   "--tolerance of it")
+    p.add_argument("--tolerance", type=float, default=0.005, help="with --prefer cost: NDCG@10 below the best search value "
+                   "a Pareto point may lie")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per re-run")
     p.add_argument("--parallel", type=int, default=2, help="trials at once (each a 1-thread process)")
     p.add_argument("--accelerator", default="cpu", choices=ACCELERATORS, help="where trials train and re-runs are scored")

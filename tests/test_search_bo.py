@@ -242,6 +242,30 @@ def test_multi_objective_reports_a_pareto_front(tmp_path, costs):
     assert all(p["seconds_per_epoch"] == seconds_per_epoch(p["adapters"]) for p in summary["pareto"])
 
 
+def test_prefer_cost_re_runs_the_cheapest_pareto_point_within_the_tolerance(tmp_path):
+    from darec.search.results import pick_candidates
+
+    def record(trial, adapters, value, secs):
+        return {"trial": trial, "status": "completed", "candidate_key": "|".join(adapters), "adapters": adapters,
+                "knobs": {}, "ndcg@10": value, "trainable_params": 10, "seconds_per_epoch": secs}
+
+    # A (0.100, 10 s), B (0.097, 6 s), C (0.096, 4 s), D (0.090, 2 s): all four on the front
+    records = {i: record(i, list(a), v, s) for i, (a, v, s) in enumerate(
+        [(("serial", "serial"), 0.100, 10.0), (("none", "serial"), 0.097, 6.0), (("skip", "serial"), 0.096, 4.0),
+         (("skip", "skip"), 0.090, 2.0)])}
+    base = {"multi_objective": True, "costs": ["seconds_per_epoch"]}
+    quality = _cfg(tmp_path, **base, rerun={"top_k": 2, "seeds": 1})
+    picks, front = pick_candidates(quality, records)
+    assert [p.candidate.assignment for p in picks] == [("serial", "serial"), ("none", "serial")]
+    assert len(front) == 4
+    cost = _cfg(tmp_path, **base, rerun={"top_k": 1, "seeds": 1, "prefer": "cost", "tolerance": 0.005})
+    assert [p.candidate.assignment for p in pick_candidates(cost, records)[0]] == [("skip", "serial")]  # D is 0.01 below
+    wide = _cfg(tmp_path, **base, rerun={"top_k": 2, "seeds": 1, "prefer": "cost", "tolerance": 0.02})
+    assert [p.candidate.assignment for p in pick_candidates(wide, records)[0]] == [("skip", "skip"), ("skip", "serial")]
+    none = _cfg(tmp_path, **base, rerun={"top_k": 1, "seeds": 1, "prefer": "cost", "tolerance": 0.0})
+    assert [p.candidate.assignment for p in pick_candidates(none, records)[0]] == [("serial", "serial")]
+
+
 @pytest.mark.parametrize("bad,match", [
     ({"trials": 0}, "trials must be a positive integer"),
     ({"method": "grid"}, "method must be 'bo' or 'random'"),
@@ -254,6 +278,9 @@ def test_multi_objective_reports_a_pareto_front(tmp_path, costs):
     ({"multi_objective": True, "costs": ["gpu_hours"]}, "costs must be distinct names"),
     ({"early_stopping": {"percentile": 100}}, "early_stopping.percentile must be in"),
     ({"early_stopping": {"grace_epochs": 0}}, "early_stopping.grace_epochs must be a positive integer"),
+    ({"rerun": {"prefer": "speed"}}, "rerun.prefer must be 'quality' or 'cost'"),
+    ({"rerun": {"prefer": "cost"}}, "needs multi_objective: true"),
+    ({"multi_objective": True, "rerun": {"prefer": "cost", "tolerance": -0.01}}, "rerun.tolerance must be"),
 ])
 def test_bad_search_configs_are_refused(tmp_path, bad, match):
     with pytest.raises(ConfigError, match=match):

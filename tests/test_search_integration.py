@@ -28,7 +28,7 @@ def test_shipped_search_config_loads_and_derives_its_space(tmp_path):
     space = SearchSpace.from_config(cfg, num_layers_of(base))  # the layer count comes from the backbone
     names = [p.name for p in space.ax_parameters()]
     assert names == ["layer_0", "layer_1", "layer_2"]
-    assert space.ax_parameters()[0].values == ["none", "serial", "parallel", "lora", "mixture"]
+    assert space.ax_parameters()[0].values == ["none", "skip", "serial", "parallel", "lora", "mixture"]
     assert cfg.multi_objective is False and cfg.costs == ["seconds_per_epoch", "trainable_params"]
     assert (cfg.budget.epochs, cfg.early_stopping.percentile, cfg.early_stopping.grace_epochs) == (2, 50, 1)
     cfg.space.sizes = {"serial": [16, 64], "lora": [4, 8]}

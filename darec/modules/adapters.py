@@ -2,7 +2,9 @@
 
 Built-in types: ``none``, ``serial`` (bottleneck after the attention and after the feed-forward sub-block),
 ``parallel`` (bottleneck alongside the feed-forward block), ``lora`` (low-rank update of the attention
-projections) and ``mixture`` (the three as experts mixed per token by a learned router; ``darec.modules.mixture``).
+projections), ``mixture`` (the three as experts mixed per token by a learned router; ``darec.modules.mixture``)
+and ``skip`` (the layer is left out of the forward pass, at the item and the sequence level: a cost choice for
+the search, since a skipped layer costs nothing to train or serve).
 Every type starts as the identity: the last projection of each adapter is zero-initialised. A container may
 return an auxiliary loss of its last forward pass from ``aux_loss()`` (the mixture's load-balancing term); DARec
 adds it to its training loss.
@@ -18,6 +20,10 @@ Protocol of an adapter type (no need to edit this package; see ``tests/modules/c
             container.scale = ChannelScale(hidden_size)
             wrap_output(layer, spec.ffn_out, container.scale, mode="replace")
             return container
+
+A type may also define ``replace_layer(layer)``, returning the module that takes the layer's place in the
+backbone's layer list (``skip`` returns a pass-through), and set ``frozen = True`` when it adds nothing that
+trains, so that frozen-prefix caching may start above it.
 
 ``inject`` receives one transformer layer, the family's :class:`~darec.modules.families.FamilySpec` (paths of the
 attention/feed-forward modules inside the layer), the hidden size and the requested size (or ``None``). It must
@@ -41,7 +47,7 @@ from torch import nn
 
 from darec.errors import ConfigError
 from darec.modules.families import FamilySpec
-from darec.modules.wrapping import AdapterWrapper, wrap_output
+from darec.modules.wrapping import AdapterWrapper, ModuleWrapper, wrap_output
 
 __all__ = [
     "AdapterChoice",
@@ -50,6 +56,8 @@ __all__ = [
     "AdapterWrapper",
     "Bottleneck",
     "LoraDelta",
+    "SkippedLayer",
+    "is_frozen_type",
     "in_out_features",
     "register_adapter",
     "registered_adapters",
@@ -106,11 +114,17 @@ class AdapterType:
 
     adapter_name: ClassVar[str] = ""
     default_size: ClassVar[int | None] = None
+    frozen: ClassVar[bool] = False  # True: adds nothing that trains, so the layer computes a fixed function
 
     @classmethod
     def inject(cls, layer: nn.Module, spec: FamilySpec, hidden_size: int, size: int | None) -> AdapterContainer:
         """Add this adapter to ``layer``; return the container holding the new modules."""
         raise NotImplementedError
+
+    @classmethod
+    def replace_layer(cls, layer: nn.Module) -> nn.Module:
+        """The module that stands in the backbone's layer list for ``layer`` (after :meth:`inject`)."""
+        return layer
 
 
 def register_adapter(name: str) -> Callable[[type], type]:
@@ -181,6 +195,11 @@ def _parse_entry(entry: Any) -> AdapterChoice:
     return AdapterChoice(getattr(cls, "adapter_name", "") or str(name), size)
 
 
+def is_frozen_type(name: str) -> bool:
+    """Whether the adapter type ``name`` leaves its layer without trainable parameters (``none``, ``skip``)."""
+    return bool(getattr(resolve_adapter(name), "frozen", False))
+
+
 def parse_assignment(spec: Any, num_layers: int) -> list[AdapterChoice]:
     """Per-layer adapter choices from one entry for all layers or a list of ``num_layers`` entries.
 
@@ -239,9 +258,39 @@ def in_out_features(module: nn.Module, path: str) -> tuple[int, int]:
 class NoAdapter(AdapterType):
     """Leaves the layer untouched."""
 
+    frozen = True
+
     @classmethod
     def inject(cls, layer: nn.Module, spec: FamilySpec, hidden_size: int, size: int | None) -> AdapterContainer:
         return AdapterContainer()
+
+
+class SkippedLayer(ModuleWrapper):
+    """Takes a skipped layer's place in the layer list: returns the hidden states it is given, unchanged.
+
+    The frozen layer stays in ``base_layer`` (so its weights remain in the backbone's state and fingerprint) but
+    never runs.
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+
+@register_adapter("skip")
+class SkipLayer(AdapterType):
+    """Leaves the layer out of every forward pass (LayerDrop-style pruning chosen per layer, not sampled)."""
+
+    frozen = True
+
+    @classmethod
+    def inject(cls, layer: nn.Module, spec: FamilySpec, hidden_size: int, size: int | None) -> AdapterContainer:
+        if size is not None:
+            raise ConfigError(f"adapter type 'skip' takes no size, got skip:{size}")
+        return AdapterContainer()
+
+    @classmethod
+    def replace_layer(cls, layer: nn.Module) -> nn.Module:
+        return SkippedLayer(layer)
 
 
 @register_adapter("serial")
@@ -304,14 +353,22 @@ def apply_adapters(backbone: nn.Module, assignment: Any) -> nn.ModuleList:
         raise ConfigError("adapters were already applied to this backbone; load a fresh backbone to change them")
     choices = parse_assignment(assignment, backbone.num_layers)
     containers = []
-    for layer, choice in zip(backbone.layers, choices):
-        container = resolve_adapter(choice.type).inject(layer, backbone.spec, backbone.hidden_size, choice.size)
+    for i, (layer, choice) in enumerate(zip(list(backbone.layers), choices)):
+        kind = resolve_adapter(choice.type)
+        container = kind.inject(layer, backbone.spec, backbone.hidden_size, choice.size)
         if not isinstance(container, AdapterContainer):
             raise ConfigError(f"adapter type {choice.type!r}: inject() must return an AdapterContainer")
         container.adapter_type = choice.type
         container.size = choice.size
         device = next(layer.parameters()).device
         containers.append(container.to(device=device))
+        replace = getattr(kind, "replace_layer", None)
+        if replace is not None:
+            stand_in = replace(layer)
+            if not isinstance(stand_in, nn.Module):
+                raise ConfigError(f"adapter type {choice.type!r}: replace_layer() must return an nn.Module")
+            if stand_in is not layer:
+                backbone.layers[i] = stand_in
     backbone.adapters = nn.ModuleList(containers)
     backbone.adapter_assignment = choices
     return backbone.adapters

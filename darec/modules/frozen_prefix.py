@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from darec.modules.adapters import is_frozen_type
 from darec.modules.wrapping import ModuleWrapper
 
 
@@ -91,8 +92,9 @@ class FrozenPrefix:
 
 
 def first_adapted_layer(assignment: list[Any]) -> int:
-    """Index of the first layer whose adapter type is not ``none`` (the number of layers if there is none)."""
+    """Index of the first layer whose adapter type trains (not ``none`` or ``skip``; the number of layers if none
+    does)."""
     for i, choice in enumerate(assignment):
-        if getattr(choice, "type", choice) != "none":
+        if not is_frozen_type(str(getattr(choice, "type", choice))):
             return i
     return len(assignment)

@@ -48,6 +48,10 @@ class RerunConfig:
     # max_epochs of each re-run, trained as whole epochs without the budget's steps and minutes caps (the base config's
     # early stopping still ends it): full training for the comparison that declares the winner. None = the search budget
     epochs: int | None = None
+    # multi-objective only, which Pareto points are re-run: "quality" takes the best search values first; "cost" takes
+    # the cheapest by the first cost among the points within `tolerance` of the best search value
+    prefer: str = "quality"
+    tolerance: float = 0.005  # for prefer "cost": NDCG@10 points a Pareto point may lie below the best search value
 
 
 @dataclass
@@ -106,6 +110,14 @@ class SearchConfig:
             raise ConfigError(f"init_trials must be at least 1, got {self.init_trials}")
         if self.rerun.top_k < 1 or self.rerun.seeds < 1:
             raise ConfigError("rerun.top_k and rerun.seeds must be at least 1: winners are always re-run on fresh seeds")
+        if self.rerun.prefer not in ("quality", "cost"):
+            raise ConfigError(f"rerun.prefer must be 'quality' or 'cost', got {self.rerun.prefer!r}")
+        if self.rerun.prefer == "cost" and not self.multi_objective:
+            raise ConfigError("rerun.prefer 'cost' needs multi_objective: true (the costs are only measured and "
+                              "compared in a multi-objective search)")
+        tol = self.rerun.tolerance
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+            raise ConfigError(f"rerun.tolerance must be a finite number >= 0, got {tol!r}")
         if not 0 < self.top_fraction <= 1:
             raise ConfigError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
         for key, value in (("rerun.epochs", self.rerun.epochs), ("refit.epochs", self.refit.epochs)):

@@ -79,7 +79,16 @@ def pick_candidates(cfg: SearchConfig, records: dict[int, dict[str, Any]]) -> tu
     every = [stats(k, "pareto") for k in groups]
     front = [c for c in every if not any(dominates(o, c, cfg.costs) for o in every)]
     front.sort(key=lambda c: -(c.search_ndcg10 or 0.0))
+    if cfg.rerun.prefer == "cost":
+        floor = (front[0].search_ndcg10 or 0.0) - cfg.rerun.tolerance
+        near = sorted((c for c in front if (c.search_ndcg10 or 0.0) >= floor), key=lambda c: _cost(c, cfg.costs[0]))
+        return near[: cfg.rerun.top_k], front
     return front[: cfg.rerun.top_k], front
+
+
+def _cost(c: CandidateStats, cost: str) -> float:
+    v = getattr(c, cost)
+    return float("inf") if v is None else float(v)
 
 
 def dominates(a: CandidateStats, b: CandidateStats, costs: list[str]) -> bool:
@@ -88,11 +97,7 @@ def dominates(a: CandidateStats, b: CandidateStats, costs: list[str]) -> bool:
     Computed on the observed values (Ax's own front leaves out points beyond the reference point it infers, which
     can drop the best-quality trial). A missing cost counts as worst.
     """
-    def value(c: CandidateStats, cost: str) -> float:
-        v = getattr(c, cost)
-        return float("inf") if v is None else float(v)
-
-    pairs = [(a.search_ndcg10 or 0.0, b.search_ndcg10 or 0.0)] + [(-value(a, k), -value(b, k)) for k in costs]
+    pairs = [(a.search_ndcg10 or 0.0, b.search_ndcg10 or 0.0)] + [(-_cost(a, k), -_cost(b, k)) for k in costs]
     return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
 
 

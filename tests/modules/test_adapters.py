@@ -171,6 +171,35 @@ def test_apply_twice_is_refused():
         apply_adapters(bb, "lora")
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_skip_leaves_the_layer_out_of_the_pass(name):
+    bb = _fresh(name, tiny_layers=3)
+    ref = _fresh(name, tiny_layers=3)  # same seed: the same frozen weights
+    sha = ref.frozen_weights_sha256()
+    apply_adapters(bb, ["serial:4", "skip", "none"])
+    apply_adapters(ref, ["serial:4", "none", "none"])
+    del ref.layers[1]  # the reference: the same model without its middle layer
+    _randomise(bb)
+    ref.adapters[0].load_state_dict(bb.adapters[0].state_dict())
+    packed, _ = _batch(bb)
+    with torch.no_grad():
+        torch.testing.assert_close(_encode(bb, packed), _encode(ref, packed), atol=1e-6, rtol=1e-6)
+    assert bb.adapters[1].adapter_type == "skip" and count_trainable(bb.adapters[1]) == 0
+    assert bb.frozen_weights_sha256() == sha  # the skipped layer's frozen weights stay in the backbone's identity
+    with pytest.raises(ConfigError, match="takes no size"):
+        apply_adapters(_fresh(name), "skip:8")
+
+
+def test_frozen_types_are_none_and_skip():
+    from darec.modules.adapters import is_frozen_type
+    from darec.modules.frozen_prefix import first_adapted_layer
+
+    assert [is_frozen_type(t) for t in ("none", "skip", "serial", "parallel", "lora", "mixture")] == [
+        True, True, False, False, False, False]
+    assert first_adapted_layer(parse_assignment(["skip", "none", "lora", "skip"], 4)) == 2
+    assert first_adapted_layer(parse_assignment("skip", 3)) == 3
+
+
 def test_custom_adapter_by_class_path(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     path = "custom_adapter_example.ChannelScaleAdapter"
@@ -180,7 +209,7 @@ def test_custom_adapter_by_class_path(monkeypatch):
         before = _encode(bb, packed)
     apply_adapters(bb, [path, "serial:4"])
     assert path in registered_adapters()
-    assert {"none", "serial", "parallel", "lora"} <= set(registered_adapters())
+    assert {"none", "skip", "serial", "parallel", "lora"} <= set(registered_adapters())
     assert bb.adapters[0].adapter_type == path
     with torch.no_grad():
         assert torch.equal(_encode(bb, packed), before)

@@ -77,13 +77,14 @@ def test_straight_through_rows_equal_the_cache_and_carry_the_adapter_gradient(sm
     assert not torch.allclose(table_old[fresh_ids], m.sem_cache[fresh_ids], atol=1e-4)  # the old path differs
 
 
-@pytest.mark.parametrize("name", ["tiny-bert", "tiny-llama"])
-def test_frozen_prefix_caching_is_exact(small_synth_dir, tmp_path, name):
-    adapters = ["none", "serial", "lora:4"] if name == "tiny-bert" else ["none", "none", "parallel"]
+@pytest.mark.parametrize("name,adapters,cut", [("tiny-bert", ["none", "serial", "lora:4"], 1),
+                                               ("tiny-llama", ["none", "none", "parallel"], 2),
+                                               ("tiny-bert", ["skip", "none", "serial"], 2)])
+def test_frozen_prefix_caching_is_exact(small_synth_dir, tmp_path, name, adapters, cut):
     kw = dict(name=name, adapters=adapters, backbone={"tiny_layers": 3}, item_vector="mean")
     cached = _model(small_synth_dir, tmp_path, frozen_prefix=True, **kw)
     plain = _model(small_synth_dir, tmp_path, frozen_prefix=False, **kw)
-    assert cached.encoder.prefix is not None and cached.encoder.prefix.cut == (1 if name == "tiny-bert" else 2)
+    assert cached.encoder.prefix is not None and cached.encoder.prefix.cut == cut
     assert plain.encoder.prefix is None
     _perturb_adapters(cached)
     load_adapter_state_dict(plain.backbone, adapter_state_dict(cached.backbone))  # same seed: same frozen weights
