@@ -346,13 +346,16 @@ class LoraAdapter(AdapterType):
 def apply_adapters(backbone: nn.Module, assignment: Any) -> nn.ModuleList:
     """Inject one adapter type per layer; returns (and registers as ``backbone.adapters``) the containers.
 
+    Layers a type replaces (``skip``) are listed as ``"index:type"`` in ``backbone.replaced_layers``: the frozen
+    computation differs from the loaded model's, so caches of frozen vectors must key on it.
+
     ``assignment`` is anything :func:`parse_assignment` accepts. New parameters are created in float32 on the
     backbone's device; they run in float32 and their output is cast back to the backbone's dtype.
     """
     if getattr(backbone, "adapters", None) is not None:
         raise ConfigError("adapters were already applied to this backbone; load a fresh backbone to change them")
     choices = parse_assignment(assignment, backbone.num_layers)
-    containers = []
+    containers, replaced = [], []
     for i, (layer, choice) in enumerate(zip(list(backbone.layers), choices)):
         kind = resolve_adapter(choice.type)
         container = kind.inject(layer, backbone.spec, backbone.hidden_size, choice.size)
@@ -369,8 +372,10 @@ def apply_adapters(backbone: nn.Module, assignment: Any) -> nn.ModuleList:
                 raise ConfigError(f"adapter type {choice.type!r}: replace_layer() must return an nn.Module")
             if stand_in is not layer:
                 backbone.layers[i] = stand_in
+                replaced.append(f"{i}:{choice.type}")
     backbone.adapters = nn.ModuleList(containers)
     backbone.adapter_assignment = choices
+    backbone.replaced_layers = replaced
     return backbone.adapters
 
 

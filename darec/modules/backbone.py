@@ -203,7 +203,8 @@ class Backbone(nn.Module):
         hidden_size, num_layers: model shape.
         layers: the model's ``nn.ModuleList`` of transformer layers.
         special_embeddings: trainable ``[n_special, hidden]`` rows for ``[ALIGN]`` and ``[SEQ]``.
-        adapters, adapter_assignment: set by :func:`darec.modules.adapters.apply_adapters` (``None`` before).
+        adapters, adapter_assignment, replaced_layers: set by :func:`darec.modules.adapters.apply_adapters`
+            (``None``, ``None`` and ``[]`` before).
     """
 
     def __init__(
@@ -234,6 +235,7 @@ class Backbone(nn.Module):
         self.num_layers = len(self.layers)
         self.adapters: nn.ModuleList | None = None
         self.adapter_assignment: list | None = None
+        self.replaced_layers: list[str] = []  # "index:type" of layers an adapter type replaced (skip)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.special_embeddings = nn.Parameter(self._init_special(seed, special_init))

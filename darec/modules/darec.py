@@ -315,9 +315,12 @@ class DARec(RecModule):
         log.info("DARec: %s trainable parameters", f"{count_trainable(self):,}")
 
     def _text_source_key(self) -> str:
-        """What the frozen mean-pooled text vectors are computed from: backbone weights, texts and tokenisation."""
+        """What the frozen mean-pooled text vectors are computed from: backbone weights and skipped layers, texts and
+        tokenisation."""
         ident = self.backbone.identity()["weights_sha256"]
         text = f"{ident}|{self.text_hash}|{self.max_item_tokens}|{self.item_framing}|{self.encoder.pack_len}|mean"
+        if self.backbone.replaced_layers:  # a skipped layer changes the frozen vectors (keys without one are as before)
+            text += "|replaced:" + ",".join(self.backbone.replaced_layers)
         return hashlib.sha256(text.encode()).hexdigest()
 
     # ----------------------------------------------------------------- item tables

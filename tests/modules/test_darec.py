@@ -225,6 +225,19 @@ def test_hard_negatives_come_from_the_cache_without_encoding(small_synth_dir, tm
     assert torch.equal(again.hard_negs, first)
 
 
+def test_a_skipped_layer_mines_its_own_hard_negatives(small_synth_dir, tmp_path):
+    """The frozen text vectors of a model with a skipped layer differ, so a shared cache must not serve it another's."""
+    plain, _ = _model(small_synth_dir, tmp_path=tmp_path, adapters=["serial", "serial"])
+    skip, _ = _model(small_synth_dir, tmp_path=tmp_path, adapters=["skip", "serial"])  # same cache dir
+    assert skip.backbone.replaced_layers == ["0:skip"] and plain.backbone.replaced_layers == []
+    assert skip._text_source_key() != plain._text_source_key()
+    assert len(list((tmp_path / "hard_negatives").glob("hardneg-*.pt"))) == 2
+    with torch.no_grad():
+        a = plain.encoder.encode_all(plain.num_items, mean_pool=True)
+        b = skip.encoder.encode_all(skip.num_items, mean_pool=True)
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
 @pytest.mark.parametrize("predict_from", ["last_item", "seq"])
 def test_scoring_states_with_the_text_path_are_causal_and_match_evaluation(small_synth_dir, tmp_path, predict_from):
     m, _ = _model(small_synth_dir, tmp_path=tmp_path, text_path=3, predict_from=predict_from)
