@@ -68,20 +68,13 @@ def specs(seeds: list[int], sasrec_len: int, sasrec_patience: int, darec_patienc
 
 
 def text_vectors(data_dir: str, cache_dir: str, device: torch.device = torch.device("cpu")) -> np.ndarray:
-    """Frozen MiniLM item vectors (mean over the sentence's tokens with its framing, float32), row = item id."""
+    """Frozen MiniLM item vectors (mean over the sentence's tokens with its framing, unit length), row = item id."""
     from darec.data.dataset import PreparedData
-    from darec.modules.backbone import BackboneConfig
-    from darec.modules.darec import DARec
+    from darec.modules.item_encoder import frozen_text_vectors
 
     d = PreparedData(data_dir)
-    m = DARec(num_items=d.num_items, num_users=d.num_users, data_fingerprint=d.fingerprint,
-              backbone=BackboneConfig(name="minilm"), adapters="none", item_vector="mean", item_framing=True,
-              cache_dir=cache_dir, losses={"hard_negative": False}, calibrate_inputs=False)
-    m.attach_data(d.sentences, d.text_hash, d.fingerprint, [])
-    m.to(device)
-    v = torch.nn.functional.normalize(m.encoder.encode_all(d.num_items), dim=-1).cpu()
-    v[0] = 0
-    return v.numpy()
+    return frozen_text_vectors(d.sentences, cache_dir=str(Path(cache_dir) / "tokens"), text_hash=d.text_hash,
+                               device=device).numpy()
 
 
 def text_similarity(vec: np.ndarray, history: list[np.ndarray], k: int) -> np.ndarray:

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from darec.modules.text import layout_rows, pack_items, PackedBatch
+from darec.modules.text import layout_rows, pack_items, PackedBatch, tokenize_sentences
 from darec.errors import ConfigError
-from darec.modules.backbone import Backbone
+from darec.modules.backbone import Backbone, BackboneConfig, load_backbone
 from darec.modules.frozen_prefix import FrozenPrefix
 from darec.modules.wrapping import adapters_bypassed
 
@@ -241,3 +241,27 @@ class ItemEncoder:
         b_idx, cols = (torch.tensor(v, device=device) for v in zip(*where))
         out[b_idx, cols] = self._pool(states, segs, align.to(device), self.item_vector).to(out.dtype)
         return out
+
+
+@torch.no_grad()
+def frozen_text_vectors(
+    sentences: list[str],
+    backbone: BackboneConfig | None = None,
+    max_tokens: int = 64,
+    pack_len: int = 128,
+    cache_dir: str | None = None,
+    text_hash: str | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Unit-length item vectors ``[len(sentences), H]`` of the frozen backbone (no adapters), row = item id, row 0 zero.
+
+    Each sentence is read with the backbone's own framing tokens and mean-pooled over its tokens (the sentence
+    embedding all-MiniLM-L6-v2 was trained for). With ``cache_dir`` and ``text_hash`` the tokenisation is cached.
+    The encoding runs on ``device``; the vectors are returned on the CPU.
+    """
+    bb = load_backbone(backbone or BackboneConfig()).eval().to(device)
+    tokens = tokenize_sentences(sentences, bb.tokenizer, max_tokens, cache_dir, text_hash, framing=True)
+    vectors = ItemEncoder(bb, tokens, pack_len, item_vector="mean").encode_all()
+    vectors = torch.nn.functional.normalize(vectors.cpu(), dim=-1)
+    vectors[0] = 0.0
+    return vectors

@@ -10,6 +10,10 @@ masked out of attention, so left padding never changes an output. The hidden sta
 :class:`darec.data.datamodules.sequence.SequenceDataModule` with full-softmax cross-entropy (``ce``) or binary
 cross-entropy against one sampled negative per position (``bce``); items are scored with the tied
 item embedding.
+
+With ``text_backbone`` (text-aware SASRec) an item's embedding is its ID row plus a learned linear map of its
+frozen sentence vector (:func:`darec.modules.item_encoder.frozen_text_vectors`), in the input and in the tied
+scoring table alike. A CF export folds the two into one table, so DARec injects it like any SASRec.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class SasrecConfig:
     max_len: int = 50
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
+    text_dim: int = 0  # > 0: item embeddings add a learned map of frozen text vectors of this size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,9 +94,28 @@ class SasrecEncoder(nn.Module):
         self.ln = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.hidden_dropout)
         self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.num_blocks))
+        self.text_proj = nn.Linear(cfg.text_dim, d, bias=False) if cfg.text_dim > 0 else None
+        if cfg.text_dim > 0:  # filled by set_text_vectors; saved with the model
+            self.register_buffer("item_text", torch.zeros(cfg.num_items + 1, cfg.text_dim))
         self.apply(self._init)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
+
+    def set_text_vectors(self, vectors: torch.Tensor) -> None:
+        """The frozen text vector of every item id (row 0: padding, zero)."""
+        if self.text_proj is None:
+            raise ConfigError("this SASRec has no text input (text_dim 0)")
+        if tuple(vectors.shape) != tuple(self.item_text.shape):
+            raise ConfigError(f"text vectors have shape {tuple(vectors.shape)}, the model expects "
+                              f"{tuple(self.item_text.shape)} (num_items + 1, text_dim)")
+        with torch.no_grad():
+            self.item_text.copy_(vectors.to(self.item_text))
+            self.item_text[0].zero_()
+
+    def item_table(self) -> torch.Tensor:
+        """Item embeddings ``[num_items + 1, d]`` for input and scoring: the ID rows, plus the mapped text vectors."""
+        w = self.item_embedding.weight
+        return w if self.text_proj is None else w + self.text_proj(self.item_text)
 
     def _init(self, m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -109,7 +133,8 @@ class SasrecEncoder(nn.Module):
             raise ValueError(f"sequence length {n} exceeds max_len {self.cfg.max_len}; use causal_user_states")
         valid = item_seq > 0
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)
-        x = self.drop(self.ln(self.item_embedding(item_seq) + self.position_embedding(pos)))
+        items = self.item_embedding(item_seq) if self.text_proj is None else F.embedding(item_seq, self.item_table())
+        x = self.drop(self.ln(items + self.position_embedding(pos)))
         eye = torch.eye(n, dtype=torch.bool, device=item_seq.device)
         mask = (torch.ones(n, n, dtype=torch.bool, device=item_seq.device).tril() & valid[:, None, :]) | eye
         mask = mask[:, None]
@@ -162,6 +187,10 @@ class SASRec(RecModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         evaluation: the shared evaluation settings (:class:`~darec.modules.base.EvalConfig`).
+        text_backbone: ``None`` (plain SASRec) or a backbone (``minilm``, a local HF directory, ``tiny-*``) whose
+            frozen sentence vectors of the item texts are mapped into the item embeddings (text-aware SASRec).
+        text_dim: size of those vectors (the backbone's hidden size; 384 for MiniLM), checked at setup.
+        text_cache_dir: where the item texts' tokenisation is cached (``None``: not cached).
     """
 
     def __init__(
@@ -182,27 +211,54 @@ class SASRec(RecModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         evaluation: EvalConfig | None = None,
+        text_backbone: str | None = None,
+        text_dim: int = 384,
+        text_cache_dir: str | None = None,
     ):
         super().__init__(num_items, num_users, data_fingerprint, evaluation)
         if loss not in ("ce", "bce"):
             raise ConfigError(f"loss must be 'ce' or 'bce', got {loss!r}")
+        if text_backbone is not None and text_dim < 1:
+            raise ConfigError(f"text_dim must be positive with text_backbone {text_backbone!r}, got {text_dim}")
         self.save_hyperparameters()
         self.loss_kind = loss
         self.lr = lr
         self.weight_decay = weight_decay
         self.config = SasrecConfig(
             num_items, hidden_size, num_blocks, num_heads, inner_size, hidden_dropout, attn_dropout,
-            max_len, layer_norm_eps, initializer_range,
+            max_len, layer_norm_eps, initializer_range, text_dim if text_backbone is not None else 0,
         )
         self.encoder = SasrecEncoder(self.config)
+        self.text_backbone = text_backbone
+        self.text_cache_dir = text_cache_dir
+        if text_backbone is not None:  # the text vectors are in (saved with the model; plain SASRec has no such key)
+            self.register_buffer("text_ready", torch.tensor(False))
 
     @property
     def item_weight(self) -> torch.Tensor:
         """The tied item table ``[num_items + 1, d]`` used for input and scoring (row 0: padding)."""
-        return self.encoder.item_embedding.weight
+        return self.encoder.item_table()
 
     def setup(self, stage: str) -> None:
         self.check_window_length(self.config.max_len)
+        dm = self.attached_datamodule()
+        if self.text_backbone is not None and not bool(self.text_ready) and dm is not None:
+            self.attach_text(dm.data.sentences, dm.data.text_hash)
+
+    def attach_text(self, sentences: list[str], text_hash: str | None = None) -> None:
+        """Encode the item sentences with the frozen ``text_backbone`` and give them to the encoder (once)."""
+        from darec.modules.backbone import BackboneConfig  # the language model is loaded only for a text-aware SASRec
+        from darec.modules.item_encoder import frozen_text_vectors
+
+        if len(sentences) != self.num_items + 1:
+            raise ConfigError(f"{len(sentences)} item sentences for {self.num_items} items (+ padding row 0)")
+        vectors = frozen_text_vectors(sentences, BackboneConfig(name=self.text_backbone), cache_dir=self.text_cache_dir,
+                                      text_hash=text_hash)
+        if vectors.shape[1] != self.config.text_dim:
+            raise ConfigError(f"text_backbone {self.text_backbone!r} gives vectors of size {vectors.shape[1]}; set "
+                              f"text_dim: {vectors.shape[1]}")
+        self.encoder.set_text_vectors(vectors)
+        self.text_ready.fill_(True)
 
     def causal_user_states(self, item_seq: torch.Tensor) -> torch.Tensor:
         """See :meth:`SasrecEncoder.causal_user_states`."""
@@ -211,13 +267,16 @@ class SASRec(RecModule):
     def cf_export(self, data: Any, has_cf: torch.Tensor, include_user_emb: bool = False) -> CFExport:
         """SASRec as a CF source: its tied item table, and its encoder for causal per-position user states (the
         untrained rows of items without training interactions zeroed). It has no non-causal user table."""
-        state = {k: v.detach().cpu().clone().float() for k, v in self.encoder.state_dict().items()}
+        state = {k: v.detach().cpu().clone().float() for k, v in self.encoder.state_dict().items()
+                 if k not in ("item_text", "text_proj.weight")}
+        with torch.no_grad():  # a text-aware table is folded into plain ID rows: the export is an ordinary SASRec
+            state["item_embedding.weight"] = self.encoder.item_table().detach().cpu().float().clone()
         state["item_embedding.weight"][~has_cf] = 0.0
         return CFExport(
             kind="sasrec", item_emb=state["item_embedding.weight"].clone(),
             tensors={SASREC_PREFIX + k: v for k, v in state.items()},
             meta={"causal": {"user_states": USER_STATES}, "sasrec": {
-                "config": self.config.to_dict(), "tensor_prefix": SASREC_PREFIX,
+                "config": {**self.config.to_dict(), "text_dim": 0}, "tensor_prefix": SASREC_PREFIX,
                 "usage": "darec.modules.sasrec.SasrecUserEncoder.from_export(path, fingerprint).causal_user_states(item_seq)"}},
         )
 

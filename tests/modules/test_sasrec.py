@@ -182,3 +182,50 @@ def test_data_max_len_longer_than_model_is_refused(synth_dir: str) -> None:
     trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
     with pytest.raises(ConfigError, match="max_len"):
         trainer.fit(model, dm)
+
+
+def _text_sasrec(data_dir: str, **kw) -> tuple[SASRec, "PreparedData"]:
+    from darec.data.dataset import PreparedData
+
+    d = PreparedData(data_dir)
+    model = SASRec(d.num_items, d.num_users, d.fingerprint, hidden_size=16, inner_size=32, max_len=10,
+                   text_backbone="tiny-bert", text_dim=kw.pop("text_dim", 32), **kw)
+    model.attach_text(d.sentences, d.text_hash)
+    return model, d
+
+
+def test_text_aware_sasrec_exports_an_equivalent_plain_encoder(synth_dir: str, tmp_path) -> None:
+    from darec.modules.cf import export_module, items_with_training_interactions
+    from darec.modules.sasrec import SasrecUserEncoder
+
+    torch.manual_seed(0)
+    model, d = _text_sasrec(synth_dir)
+    text = model.encoder.item_text
+    assert bool(model.text_ready) and torch.allclose(text[1:].norm(dim=-1), torch.ones(d.num_items))
+    assert torch.equal(text[0], torch.zeros(32))
+    with torch.no_grad():
+        model.encoder.text_proj.weight.normal_(0.0, 0.5)  # make the text part matter
+    table = model.item_weight.detach()
+    assert not torch.allclose(table, model.encoder.item_embedding.weight)
+    model.eval()
+    path = export_module(model, d, tmp_path / "text_sasrec.safetensors")
+    plain = SasrecUserEncoder.from_export(path, d.fingerprint)
+    assert plain.text_proj is None  # an ordinary SASRec encoder: DARec injects it as usual
+    has_cf = items_with_training_interactions(d, d.num_items)
+    torch.testing.assert_close(plain.item_embedding.weight[has_cf], table[has_cf])
+    seq = torch.tensor([[0, 0, 3, 7, 1, 9], [4, 5, 6, 7, 8, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain.causal_user_states(seq), model.encoder.causal_user_states(seq), atol=1e-5, rtol=1e-5)
+
+
+def test_text_aware_sasrec_keeps_its_text_in_the_checkpoint_and_refuses_a_wrong_size(synth_dir: str) -> None:
+    model, d = _text_sasrec(synth_dir)
+    again = SASRec(d.num_items, d.num_users, d.fingerprint, hidden_size=16, inner_size=32, max_len=10,
+                   text_backbone="tiny-bert", text_dim=32)
+    again.load_state_dict(model.state_dict())
+    assert bool(again.text_ready) and torch.equal(again.encoder.item_text, model.encoder.item_text)
+    assert "text_ready" not in SASRec(d.num_items, d.num_users, d.fingerprint).state_dict()  # plain SASRec unchanged
+    with pytest.raises(ConfigError, match="set text_dim: 32"):
+        _text_sasrec(synth_dir, text_dim=48)
+    with pytest.raises(ConfigError, match="item sentences"):
+        model.attach_text(d.sentences[:-1])
