@@ -90,7 +90,7 @@ def search_config(a: argparse.Namespace, name: str) -> dict[str, Any]:
         "space": {"types": types, "sizes": {t: SIZES[t] for t in types if t in SIZES}, "lr": LR},
         "budget": {"epochs": a.epochs}, "early_stopping": {"percentile": 50, "grace_epochs": 1, "min_trials": 3},
         "rerun": {"top_k": 1, "seeds": a.seeds, "baseline": baseline, "epochs": a.rerun_epochs,
-                  "prefer": a.prefer, "tolerance": a.tolerance},
+                  "prefer": a.prefer, "tolerance": a.tolerance, "knob_control": a.knob_control},
         "refit": {"epochs": a.rerun_epochs or a.epochs},
     }
 
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "--tolerance of it")
     p.add_argument("--tolerance", type=float, default=0.005, help="with --prefer cost: NDCG@10 below the best search value "
                    "a Pareto point may lie")
+    p.add_argument("--knob-control", action="store_true", help="also re-run uniform serial at each winner's searched "
+                   "knobs (learning rate) on the same fresh seeds, and compare the winner with it")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per re-run")
     p.add_argument("--parallel", type=int, default=2, help="trials at once (each a 1-thread process)")
     p.add_argument("--accelerator", default="cpu", choices=ACCELERATORS, help="where trials train and re-runs are scored")
@@ -186,8 +188,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(2)
     scored: dict[str, dict[str, Any]] = {}
     for name, out in outcomes.items():  # the winner and the baseline of each search, on the fresh seeds
-        for role, stats in (("winner", out.best), ("uniform", out.uniform)):
-            label = f"{name}_{role}" if role == "winner" else f"uniform_{SEARCHES[name][1]}"
+        roles = [("winner", out.best), ("uniform", out.uniform)] + ([("control", out.knob_control)] if out.knob_control else [])
+        for role, stats in roles:
+            label = {"winner": f"{name}_winner", "uniform": f"uniform_{SEARCHES[name][1]}",
+                     "control": f"uniform_{SEARCHES[name][1]}_at_{name}_winner_knobs"}[role]
             runs = candidate_runs(out.out_dir, stats.candidate.key)
             users = [per_user_scores(Path(r["trial_dir"]), a.data_dir, a.accelerator) for r in runs]
             scored[label] = {"adapters": list(stats.candidate.assignment), "knobs": dict(stats.candidate.knobs),
@@ -199,11 +203,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "seconds_per_epoch": stats.fresh_seconds_per_epoch, "trainable_params": stats.trainable_params,
                              "_val_users": np.mean([u["val"] for u in users], 0),
                              "_val_lm_users": np.mean([u["val_lm"] for u in users], 0)}
-    base = scored["uniform_serial"]
     comparisons = {}
-    for label, s in scored.items():
-        if label == "uniform_serial":
-            continue
+    pairs = [(label, "uniform_serial") for label in scored if label != "uniform_serial"]
+    pairs += [(f"{name}_winner", f"uniform_{SEARCHES[name][1]}_at_{name}_winner_knobs") for name in outcomes
+              if f"uniform_{SEARCHES[name][1]}_at_{name}_winner_knobs" in scored]
+    for label, ref in pairs:
+        s, base = scored[label], scored[ref]
         ratio = s["seconds_per_epoch"] / base["seconds_per_epoch"] if s["seconds_per_epoch"] and base["seconds_per_epoch"] else None
         row: dict[str, Any] = {"seconds_per_epoch_ratio": ratio}
         # the target reads the fused score (DARec's validation NDCG@10); the language-model path alone is reported beside it
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             low, high = ci["bootstrap_95ci"]
             row.update({key: ci, "beats" + suffix: low > 0,
                         "matches_at_0.7x_seconds" + suffix: low <= 0 <= high and ratio is not None and ratio <= 0.7})
-        comparisons[f"{label} - uniform_serial"] = row
+        comparisons[f"{label} - {ref}"] = row
     for s in scored.values():
         s.pop("_val_users")
         s.pop("_val_lm_users")

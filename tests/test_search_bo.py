@@ -152,6 +152,27 @@ def test_rerun_declares_the_best_on_fresh_seeds_against_uniform(tmp_path):
     assert (out.out_dir / "choices.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_knob_control_re_runs_the_uniform_baseline_at_the_winners_knobs(tmp_path):
+    cfg = _cfg(tmp_path, trials=5, method="random", space={"types": TYPES, "lr": [1e-4, 1e-2]},
+               rerun={"top_k": 1, "seeds": 2, "knob_control": True})
+    obj = Planted()
+    out = run_search(cfg, objective=obj, num_layers=3, progress=False)
+    control = out.knob_control
+    assert control is not None and control.role == "uniform_at_best_knobs"
+    assert control.candidate.assignment == ("serial",) * 3 and control.candidate.knobs == out.best.candidate.knobs
+    assert len(control.fresh) == 2 and control.mean == pytest.approx(true_value(("serial",) * 3), abs=3 * NOISE)
+    runs = Journal(out.out_dir / "trials.jsonl").reruns()
+    assert {seed for key, seed in runs if key == control.candidate.key} == {100_000, 100_001}
+    summary = json.loads((out.out_dir / "summary.json").read_text())
+    assert summary["knob_control"]["knobs"] == dict(out.best.candidate.knobs)
+    again = Planted()
+    assert run_search(cfg, objective=again, num_layers=3, progress=False, resume=True).knob_control.fresh == control.fresh
+    assert again.calls == []  # resumed: every re-run, the control's included, is read from the journal
+    plain = run_search(_cfg(tmp_path / "b", trials=5, method="random", space={"types": TYPES, "lr": [1e-4, 1e-2]}),
+                       objective=Planted(), num_layers=3, progress=False)
+    assert plain.knob_control is None
+
+
 def test_resume_after_interruption_loses_and_repeats_nothing(tmp_path):
     cfg = _cfg(tmp_path, trials=5, init_trials=3)
     first = Planted(interrupt_at=2)

@@ -52,6 +52,9 @@ class RerunConfig:
     # the cheapest by the first cost among the points within `tolerance` of the best search value
     prefer: str = "quality"
     tolerance: float = 0.005  # for prefer "cost": NDCG@10 points a Pareto point may lie below the best search value
+    # also re-run the uniform baseline at the winner's searched knobs (learning rate, masked-context weight) on the same
+    # seeds, so that a win the knobs alone explain is seen as such
+    knob_control: bool = False
 
 
 @dataclass

@@ -19,7 +19,7 @@ from darec.search.results import (
     CandidateStats, attach_fresh, declare_best, fresh_seeds, pick_candidates, rerun_jobs, smaller_within_one_std,
     summary_table, write_fit_config, write_summary,
 )
-from darec.search.space import SearchSpace
+from darec.search.space import Candidate, SearchSpace
 from darec.search.state import SearchState
 from darec.search.trial import FitObjective, Objective, TrialJob, load_base_config, num_layers_of, run_safely
 
@@ -40,6 +40,7 @@ class SearchOutcome:
     refit: dict[str, Any] | None = None
     table: str = ""
     diagnostics: dict[str, Any] = field(default_factory=dict)  # surrogate fit and repeated arms
+    knob_control: CandidateStats | None = None  # the uniform baseline at the winner's knobs (rerun.knob_control)
 
 
 def _quiet_ax() -> None:
@@ -94,6 +95,7 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
     if uniform.mean is not None and best.mean < uniform.mean:
         log.warning("on fresh seeds the uniform %r baseline (%.4f) beats the best searched assignment (%.4f)",
                     cfg.rerun.baseline, uniform.mean, best.mean)
+    control = _knob_control(cfg, state, best, uniform, seeds, objective, progress)
 
     files = {"trace": str(plot_trace(records, out / "trace.png", cfg.metric)),
              "choices": str(plot_choices(records, space, cfg.top_fraction, out / "choices.png"))}
@@ -107,8 +109,8 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
             write_fit_config(path, base, cfg, point, f"Pareto point {i} of {len(front)}")
             files[f"pareto_{i}"] = str(path)
 
-    table = summary_table(best, uniform, picks)
-    outcome = SearchOutcome(out, records, best, uniform, picks, front, files, table=table)
+    table = summary_table(best, uniform, picks + ([control] if control else []))
+    outcome = SearchOutcome(out, records, best, uniform, picks, front, files, table=table, knob_control=control)
     if refit:
         outcome.refit = _refit(cfg, out, best, base, objective)
     completed = sum(r["status"] == "completed" for r in records.values())
@@ -122,10 +124,23 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
         "search_space": space.describe(), "fresh_seeds": seeds, "best": best.to_json(), "uniform": uniform.to_json(),
         "best_beats_uniform": None if uniform.mean is None else best.mean >= uniform.mean,
         "candidates": [c.to_json() for c in picks], "pareto": [c.to_json() for c in front],
+        "knob_control": control.to_json() if control else None,
         "pareto_smaller_within_one_std": [c.to_json() for c in smaller_within_one_std(best, front)],
         "files": files, "refit": outcome.refit, "config": asdict(cfg), "wall_s": time.perf_counter() - t0,
     })
     return outcome
+
+
+def _knob_control(cfg: SearchConfig, state: SearchState, best: CandidateStats, uniform: CandidateStats, seeds: list[int],
+                  objective: Objective, progress: bool) -> CandidateStats | None:
+    """With ``rerun.knob_control``: the uniform baseline re-run at the winner's knobs on the same fresh seeds."""
+    if not cfg.rerun.knob_control or not best.candidate.knobs or best.candidate.assignment == uniform.candidate.assignment:
+        return None
+    control = CandidateStats(Candidate(uniform.candidate.assignment, best.candidate.knobs), "uniform_at_best_knobs")
+    jobs = [TrialJob(len(seeds) * 100 + i, "rerun", control.candidate, seed,
+                     Path(cfg.out_dir) / "reruns" / f"uniform_knobs_seed{seed}") for i, seed in enumerate(seeds)]
+    attach_fresh([control], rerun_phase(cfg, state, jobs, objective, progress), seeds)
+    return control
 
 
 def _refit(cfg: SearchConfig, out: Path, best: CandidateStats, base: dict[str, Any] | None,
