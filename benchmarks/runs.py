@@ -100,9 +100,12 @@ def darec_name(variant: str, seed: int, sasrec_len: int, sasrec_patience: int) -
     return f"{variant}_sasL{sasrec_len}p{sasrec_patience}_s{seed}"
 
 
-def converged_darec_name(seed: int, sasrec_len: int, sasrec_patience: int, darec_patience: int) -> str:
-    """The name of a default DARec run trained to convergence, with its own early-stopping patience."""
-    return darec_name(f"darec_p{darec_patience}", seed, sasrec_len, sasrec_patience)
+def converged_darec_name(seed: int, sasrec_len: int, sasrec_patience: int, darec_patience: int,
+                         lr: float | None = None) -> str:
+    """The name of a default DARec run trained to convergence, with its own early-stopping patience and, when it is
+    not the shipped config's, its learning rate."""
+    variant = f"darec_p{darec_patience}" + (f"_lr{lr:g}" if lr is not None else "")
+    return darec_name(variant, seed, sasrec_len, sasrec_patience)
 
 
 def sasrec_spec(length: int, seed: int, patience: int) -> RunSpec:

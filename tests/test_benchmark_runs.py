@@ -31,4 +31,5 @@ def test_converged_darec_runs_are_named_by_sasrecs_length_and_both_patiences_and
     names = {runs.converged_darec_name(seed, n, sas, dp) for seed in (0, 1) for n in (50, 100) for sas in (11, 25) for dp in (3, 6)}
     assert len(names) == 16, "a run at another seed, SASRec length or patience must never be reused"
     assert runs.converged_darec_name(2, 100, 25, 6) == "darec_p6_sasL100p25_s2"
+    assert runs.converged_darec_name(2, 100, 25, 3, 0.00036) == "darec_p3_lr0.00036_sasL100p25_s2"
     assert runs.darec_name("ablation_full_e4", 1, 50, 25) == "ablation_full_e4_sasL50p25_s1"
