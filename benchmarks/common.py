@@ -82,3 +82,16 @@ def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> dict[str
     means = diff[rng.integers(0, len(diff), (n, len(diff)))].mean(1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"mean": float(diff.mean()), "bootstrap_95ci": [float(lo), float(hi)], "users": int(len(diff))}
+
+
+def paired_comparison(mine: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
+    """:func:`paired_bootstrap` of two models' per-user values, with the ratio of their means."""
+    out = paired_bootstrap(mine - theirs)
+    out["ratio"] = float(mine.mean() / theirs.mean())
+    return out
+
+
+def print_targets(targets: dict[str, dict[str, Any]]) -> None:
+    """One line per target: met or MISSED, and its figures."""
+    for name, t in targets.items():
+        print(f"{'met ' if t['met'] else 'MISSED'} {name}: " + ", ".join(f"{k} {v}" for k, v in t.items() if k != "met"))

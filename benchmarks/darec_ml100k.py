@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
+from common import command, git_commit, machine, paired_comparison, print_targets  # noqa: E402
 from runs import (ACCELERATORS, Run, RunSpec, accelerator_device, converged_darec_name, load, ndcg10,  # noqa: E402
                   run_all, sasrec_name, sasrec_spec, shipped_darec_patience, shipped_sasrec_patience)
 
@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dpat = a.darec_patience if a.darec_patience is not None else shipped_darec_patience()
     lr = a.darec_lr
     run_all(specs(a.seeds, sas_len, pat, dpat, lr), work, a.data_dir, a.jobs, a.threads, a.accelerator)
+    if lr is not None:  # DARec at the shipped learning rate, which the comparison below reads
+        run_all(specs(a.seeds, sas_len, pat, dpat), work, a.data_dir, a.jobs, a.threads, a.accelerator)
 
     vec = text_vectors(a.data_dir, str(work / "cache"), accelerator_device(a.accelerator))
     per_user: dict[str, list[np.ndarray]] = {}
@@ -183,9 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     comparisons = {}
     for model, ref in (("darec", "sasrec"), ("darec", "sasrec_2seed_ensemble"), ("darec", "sasrec_plus_text"),
                        ("darec_lm_only", "sasrec"), ("sasrec_2seed_ensemble", "sasrec"), ("sasrec_plus_text", "sasrec")):
-        c = paired_bootstrap(mean_user[model] - mean_user[ref])
-        c["ratio"] = models[model]["test_ndcg@10_mean"] / models[ref]["test_ndcg@10_mean"]
-        comparisons[f"{model} - {ref}"] = c
+        comparisons[f"{model} - {ref}"] = paired_comparison(mean_user[model], mean_user[ref])
     first = load(work, sasrec_name(sas_len, a.seeds[0], pat))
     groups = buckets(a.data_dir, first.history["test"], first.targets["test"])
     breakdown = {}
@@ -212,8 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.compare_darec_patience is not None:
         comparisons[f"darec - darec at patience {a.compare_darec_patience}"] = darec_comparison(
             work, a.seeds, sas_len, pat, (dpat, lr), (a.compare_darec_patience, lr))
-    if lr is not None:  # the same patience at the shipped learning rate (its runs must exist or are trained here)
-        run_all(specs(a.seeds, sas_len, pat, dpat), work, a.data_dir, a.jobs, a.threads, a.accelerator)
+    if lr is not None:
         comparisons["darec - darec at the shipped lr"] = darec_comparison(work, a.seeds, sas_len, pat, (dpat, lr), (dpat, None))
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
               "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),
@@ -238,8 +237,7 @@ def darec_comparison(work: Path, seeds: list[int], sasrec_len: int, sasrec_patie
         for split in ("val", "test"):
             mine, theirs = (np.mean([ndcg10(r.ranks(split)) for r in rs], 0) for rs in runs)
             key = split + ("_lm_only" if lm_only else "")
-            out[key] = paired_bootstrap(mine - theirs)
-            out[key]["ratio"] = float(mine.mean() / theirs.mean())
+            out[key] = paired_comparison(mine, theirs)
     out.update(out.pop("test"))  # the test figures also fill the table's diff / CI / ratio columns
     return out
 
@@ -269,8 +267,7 @@ def _print(r: dict[str, Any]) -> None:
         for label, v in rows.items():
             print(f"{label:<16}{v['users']:>7}{v['darec']:>9.4f}{v['sasrec']:>9.4f}")
     print()
-    for name, t in r["targets"].items():
-        print(f"{'met ' if t['met'] else 'MISSED'} {name}: " + ", ".join(f"{k} {v}" for k, v in t.items() if k != "met"))
+    print_targets(r["targets"])
 
 
 if __name__ == "__main__":

@@ -187,11 +187,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(2)
     scored: dict[str, dict[str, Any]] = {}
+    pairs: list[tuple[str, str]] = []  # (model, reference) beyond "every candidate - uniform_serial"
     for name, out in outcomes.items():  # the winner and the baseline of each search, on the fresh seeds
-        roles = [("winner", out.best), ("uniform", out.uniform)] + ([("control", out.knob_control)] if out.knob_control else [])
-        for role, stats in roles:
-            label = {"winner": f"{name}_winner", "uniform": f"uniform_{SEARCHES[name][1]}",
-                     "control": f"uniform_{SEARCHES[name][1]}_at_{name}_winner_knobs"}[role]
+        labelled = [(f"{name}_winner", out.best), (f"uniform_{SEARCHES[name][1]}", out.uniform)]
+        if out.knob_control:
+            labelled.append((f"uniform_{SEARCHES[name][1]}_at_{name}_winner_knobs", out.knob_control))
+            pairs.append((f"{name}_winner", labelled[-1][0]))
+        for label, stats in labelled:
             runs = candidate_runs(out.out_dir, stats.candidate.key)
             users = [per_user_scores(Path(r["trial_dir"]), a.data_dir, a.accelerator) for r in runs]
             scored[label] = {"adapters": list(stats.candidate.assignment), "knobs": dict(stats.candidate.knobs),
@@ -204,9 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "_val_users": np.mean([u["val"] for u in users], 0),
                              "_val_lm_users": np.mean([u["val_lm"] for u in users], 0)}
     comparisons = {}
-    pairs = [(label, "uniform_serial") for label in scored if label != "uniform_serial"]
-    pairs += [(f"{name}_winner", f"uniform_{SEARCHES[name][1]}_at_{name}_winner_knobs") for name in outcomes
-              if f"uniform_{SEARCHES[name][1]}_at_{name}_winner_knobs" in scored]
+    pairs = [(label, "uniform_serial") for label in scored if label != "uniform_serial"] + pairs
     for label, ref in pairs:
         s, base = scored[label], scored[ref]
         ratio = s["seconds_per_epoch"] / base["seconds_per_epoch"] if s["seconds_per_epoch"] and base["seconds_per_epoch"] else None

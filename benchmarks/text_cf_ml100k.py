@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
+from common import command, git_commit, machine, paired_comparison, print_targets  # noqa: E402
 from runs import (RunSpec, converged_darec_name, darec_name, load, ndcg10, run_all, sasrec_name,  # noqa: E402
                   sasrec_spec, shipped_darec_patience)
 
@@ -99,12 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              ("darec_textcf_lm_only", "darec_lm_only")]
     comparisons = {}
     for model, ref in pairs:
-        row = {}
-        for split in ("val", "test"):
-            c = paired_bootstrap(mean_user[split][model] - mean_user[split][ref])
-            c["ratio"] = float(mean_user[split][model].mean() / mean_user[split][ref].mean())
-            row[split] = c
-        comparisons[f"{model} - {ref}"] = row
+        comparisons[f"{model} - {ref}"] = {split: paired_comparison(mean_user[split][model], mean_user[split][ref])
+                                           for split in ("val", "test")}
     t = comparisons["darec_textcf - sasrec"]["test"]
     ctrl = comparisons["darec_textcf - sasrec_text"]["test"]
     targets = {"darec (text-aware source) >= 1.10x sasrec with CI above 0":
@@ -132,8 +128,7 @@ def _print(r: dict[str, Any]) -> None:
             lo, hi = c["bootstrap_95ci"]
             print(f"{name:<40}{split:>6}{c['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]{c['ratio']:>8.3f}")
     print()
-    for name, t in r["targets"].items():
-        print(f"{'met ' if t['met'] else 'MISSED'} {name}: " + ", ".join(f"{k} {v}" for k, v in t.items() if k != "met"))
+    print_targets(r["targets"])
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ class SasrecEncoder(nn.Module):
             raise ValueError(f"sequence length {n} exceeds max_len {self.cfg.max_len}; use causal_user_states")
         valid = item_seq > 0
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)
-        items = self.item_embedding(item_seq) if self.text_proj is None else F.embedding(item_seq, self.item_table())
+        items = F.embedding(item_seq, self.item_table(), padding_idx=0)  # nn.Embedding's lookup, on the whole table
         x = self.drop(self.ln(items + self.position_embedding(pos)))
         eye = torch.eye(n, dtype=torch.bool, device=item_seq.device)
         mask = (torch.ones(n, n, dtype=torch.bool, device=item_seq.device).tril() & valid[:, None, :]) | eye

@@ -88,14 +88,15 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
     uniform = CandidateStats(space.uniform(cfg.rerun.baseline), "uniform")
     searched = [r["ndcg@10"] for r in records.values() if r["status"] == "completed" and r["candidate_key"] == uniform.candidate.key]
     uniform.search_ndcg10 = sum(searched) / len(searched) if searched else None
-    reruns = rerun_phase(cfg, state, rerun_jobs(cfg, picks, uniform.candidate), objective, progress)
+    jobs = rerun_jobs(cfg, picks, uniform.candidate)
+    reruns = rerun_phase(cfg, state, jobs, objective, progress)
     seeds = fresh_seeds(cfg)
     attach_fresh(picks + [uniform] + [c for c in front if c not in picks], reruns, seeds)
     best = declare_best(picks)
     if uniform.mean is not None and best.mean < uniform.mean:
         log.warning("on fresh seeds the uniform %r baseline (%.4f) beats the best searched assignment (%.4f)",
                     cfg.rerun.baseline, uniform.mean, best.mean)
-    control = _knob_control(cfg, state, best, uniform, seeds, objective, progress)
+    control = _knob_control(cfg, state, best, uniform, seeds, len(jobs), objective, progress)
 
     files = {"trace": str(plot_trace(records, out / "trace.png", cfg.metric)),
              "choices": str(plot_choices(records, space, cfg.top_fraction, out / "choices.png"))}
@@ -132,12 +133,13 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
 
 
 def _knob_control(cfg: SearchConfig, state: SearchState, best: CandidateStats, uniform: CandidateStats, seeds: list[int],
-                  objective: Objective, progress: bool) -> CandidateStats | None:
-    """With ``rerun.knob_control``: the uniform baseline re-run at the winner's knobs on the same fresh seeds."""
+                  first_index: int, objective: Objective, progress: bool) -> CandidateStats | None:
+    """With ``rerun.knob_control``: the uniform baseline re-run at the winner's knobs on the same fresh seeds (re-run
+    positions from ``first_index``, after the other re-runs)."""
     if not cfg.rerun.knob_control or not best.candidate.knobs or best.candidate.assignment == uniform.candidate.assignment:
         return None
     control = CandidateStats(Candidate(uniform.candidate.assignment, best.candidate.knobs), "uniform_at_best_knobs")
-    jobs = [TrialJob(len(seeds) * 100 + i, "rerun", control.candidate, seed,
+    jobs = [TrialJob(first_index + i, "rerun", control.candidate, seed,
                      Path(cfg.out_dir) / "reruns" / f"uniform_knobs_seed{seed}") for i, seed in enumerate(seeds)]
     attach_fresh([control], rerun_phase(cfg, state, jobs, objective, progress), seeds)
     return control
