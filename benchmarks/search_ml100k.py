@@ -10,7 +10,10 @@ objectives beside validation NDCG@10 (training seconds per epoch measured in eac
   is uniform mixture.
 
 Every trial trains ``--epochs`` epochs (2 reach about 0.9x the converged validation NDCG@10 of the default DARec,
-``benchmarks/ablation.json``), unless the percentile rule stops it after an epoch as clearly worse. The Pareto point
+``benchmarks/ablation.json``), unless the percentile rule stops it after an epoch as clearly worse, or, with
+``--reference-floor F``, it falls below F times the uniform baseline's curve at the search budget (a reference run
+trained first, beside the first trials, which the percentile rule cannot judge). The JSON reports which completed
+trials stayed below 0.9x the converged validation value of the uniform baseline (``trained_far_enough``). The Pareto point
 with the best search NDCG@10 of each search (``--prefer cost``: the cheapest Pareto point within ``--tolerance``
 of that value) and its baseline are then trained on ``--seeds`` fresh seeds with the
 same budget, or to convergence with ``--rerun-epochs N`` (at most N epochs; the base config's early stopping on the
@@ -88,7 +91,8 @@ def search_config(a: argparse.Namespace, name: str) -> dict[str, Any]:
         "costs": ["seconds_per_epoch", "trainable_params"], "share_cache": True,
         "overrides": overrides,
         "space": {"types": types, "sizes": {t: SIZES[t] for t in types if t in SIZES}, "lr": LR},
-        "budget": {"epochs": a.epochs}, "early_stopping": {"percentile": 50, "grace_epochs": 1, "min_trials": 3},
+        "budget": {"epochs": a.epochs},
+        "early_stopping": {"percentile": 50, "grace_epochs": 1, "min_trials": 3, "reference": a.reference_floor},
         "rerun": {"top_k": 1, "seeds": a.seeds, "baseline": baseline, "epochs": a.rerun_epochs,
                   "prefer": a.prefer, "tolerance": a.tolerance, "knob_control": a.knob_control},
         "refit": {"epochs": a.rerun_epochs or a.epochs},
@@ -146,6 +150,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "a Pareto point may lie")
     p.add_argument("--knob-control", action="store_true", help="also re-run uniform serial at each winner's searched "
                    "knobs (learning rate) on the same fresh seeds, and compare the winner with it")
+    p.add_argument("--reference-floor", type=float, default=None, help="early_stopping.reference: train the uniform "
+                   "baseline at the search budget first, beside the first trials, and stop any trial below this fraction "
+                   "of its best so far at the same epoch (e.g. 0.9); default: no reference run")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per re-run")
     p.add_argument("--parallel", type=int, default=2, help="trials at once (each a 1-thread process)")
     p.add_argument("--accelerator", default="cpu", choices=ACCELERATORS, help="where trials train and re-runs are scored")
@@ -240,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "epochs": r.get("epochs"), "stopped": r.get("stopped"), "seconds_per_epoch": r.get("seconds_per_epoch"),
                              "trainable_params": r["trainable_params"], "status": r["status"]} for r in records],
             "pareto": [c.to_json() for c in out.pareto], "winner": out.best.to_json(), "baseline": out.uniform.to_json(),
-            "refit": out.refit,
+            "refit": out.refit, "reference": summary.get("reference"),
+            "trained_far_enough": trained_far_enough(records, out.uniform.mean),
         }
         for plot in ("trace.png", "choices.png", "pareto.png"):
             if (out.out_dir / plot).is_file():
@@ -272,10 +280,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def trained_far_enough(records: list[dict[str, Any]], converged: float | None) -> dict[str, Any]:
+    """Issue 14's first target: every completed trial reaches 0.9x the converged validation value (the search's metric)
+    of the uniform baseline (its fresh-seed re-runs' mean), or was stopped early as clearly worse."""
+    if converged is None:
+        return {"uniform_converged": None}
+    full = [r for r in records if r["status"] == "completed" and not r.get("pruned")]
+    short = [r["trial"] for r in full if r["ndcg@10"] < 0.9 * converged]
+    return {"uniform_converged": converged, "floor": 0.9 * converged, "completed_without_stop": len(full),
+            "stopped_early": sum(bool(r.get("pruned")) for r in records), "below_floor": short, "met": not short}
+
+
 def _repeats(out_dir: Path) -> int:
-    """Finished trials or re-runs that the journal holds more than once (0 after a correct resume)."""
+    """Finished trials, re-runs or reference runs that the journal holds more than once (0 after a correct resume)."""
     journal = Journal(out_dir / "trials.jsonl")
-    return len(journal.records) - len(journal.search()) - len(journal.reruns())
+    return len(journal.records) - len(journal.search()) - len(journal.reruns()) - (journal.reference() is not None)
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -284,6 +303,13 @@ def _print(result: dict[str, Any]) -> None:
         loo = d.get("surrogate_loo") or {}
         print(f"\nsearch {name}: {s['trials']} trials, {s['stopped_early']} stopped early, {s['epochs_trained']} epochs trained; "
               f"surrogate LOO MSE / constant {loo.get('mse_ratio')}; repeated arms {d['arms']['repeated']}")
+        if s.get("reference"):
+            ref = s["reference"]
+            print(f"  reference run (uniform at the search budget): {' '.join(f'{v:.4f}' for v in ref['curve'] or [])}")
+        far = s.get("trained_far_enough") or {}
+        if far.get("uniform_converged") is not None:
+            print(f"  completed trials below 0.9x uniform's converged {far['uniform_converged']:.4f}: {far['below_floor']} "
+                  f"({far['completed_without_stop']} completed without a stop, {far['stopped_early']} stopped early)")
         print(f"  {'trial':>5}  {result['metric']:>14}  {'epochs':>6}  {'s/epoch':>7}  {'params':>9}  adapters; knobs")
         for r in s["trial_table"]:
             v = f"{r['val_ndcg@10']:.4f}" if r["val_ndcg@10"] is not None else "failed"

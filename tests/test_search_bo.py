@@ -63,8 +63,8 @@ class Planted:
         curve, stopped = [], f"max_epochs reached ({self.epochs})"
         for epoch in range(self.epochs):
             curve.append(noisy * RISE[epoch])
-            rule, table = read_thresholds(job.stop_file) if job.stop_file else (None, {})
-            reason = decide(table, rule, curve, self.epochs, "val/ndcg@10") if rule else None
+            judge = read_thresholds(job.stop_file) if job.stop_file else None
+            reason = decide(judge, curve, self.epochs, "val/ndcg@10") if judge else None
             if reason:
                 stopped = reason
                 break

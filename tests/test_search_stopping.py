@@ -14,7 +14,8 @@ from torch import nn
 from darec.search import run_search
 from darec.search.report import TrialReport
 from darec.search.state import Journal
-from darec.search.stopping import EarlyStoppingConfig, decide, thresholds, write_thresholds
+from darec.errors import ConfigError
+from darec.search.stopping import EarlyStoppingConfig, Thresholds, decide, thresholds, write_thresholds
 
 from test_search_bo import PLANTED, Planted, _cfg, true_value
 
@@ -35,14 +36,48 @@ def test_thresholds_are_percentiles_of_best_so_far_at_each_epoch():
 
 def test_decide_prunes_below_the_threshold_only_where_the_rule_allows():
     table = {1: {"value": 0.2, "trials": 4}, 2: {"value": 0.3, "trials": 3}}
+    judge = Thresholds(RULE, table)
     m = "val/ndcg@10"
-    assert decide(table, RULE, [0.1], max_epochs=3, metric=m).startswith("pruned after epoch 1: best val/ndcg@10 0.1000 below 0.2000")
-    assert decide(table, RULE, [0.25], max_epochs=3, metric=m) is None  # above
-    assert decide(table, RULE, [0.1, 0.29], max_epochs=3, metric=m) is not None  # best so far 0.29 < 0.3
-    assert decide(table, RULE, [0.31, 0.1], max_epochs=3, metric=m) is None  # best so far counts, not the last value
-    assert decide(table, RULE, [0.1], max_epochs=1, metric=m) is None  # the last epoch: stopping saves nothing
-    assert decide(table, EarlyStoppingConfig(grace_epochs=2), [0.1], max_epochs=3, metric=m) is None  # within the grace epochs
-    assert decide({2: table[2]}, RULE, [0.1], max_epochs=3, metric=m) is None  # too few trials reached epoch 1
+    assert decide(judge, [0.1], max_epochs=3, metric=m).startswith("pruned after epoch 1: best val/ndcg@10 0.1000 below 0.2000")
+    assert decide(judge, [0.25], max_epochs=3, metric=m) is None  # above
+    assert decide(judge, [0.1, 0.29], max_epochs=3, metric=m) is not None  # best so far 0.29 < 0.3
+    assert decide(judge, [0.31, 0.1], max_epochs=3, metric=m) is None  # best so far counts, not the last value
+    assert decide(judge, [0.1], max_epochs=1, metric=m) is None  # the last epoch: stopping saves nothing
+    assert decide(Thresholds(EarlyStoppingConfig(grace_epochs=2), table), [0.1], max_epochs=3, metric=m) is None  # grace
+    assert decide(Thresholds(RULE, {2: table[2]}), [0.1], max_epochs=3, metric=m) is None  # too few trials at epoch 1
+
+
+def test_the_reference_floor_judges_a_trial_with_no_other_trials_and_waits_for_the_reference():
+    rule = EarlyStoppingConfig(percentile=None, grace_epochs=1, reference=0.9)
+    reference = [0.10, 0.20, 0.15]  # best so far: 0.10, 0.20, 0.20
+    m = "val/ndcg@10"
+    assert decide(Thresholds(rule, {}, reference), [0.08], max_epochs=4, metric=m) == (
+        "pruned after epoch 1: best val/ndcg@10 by epoch 1 0.0800 below 0.0900, 0.9x the reference run's (the uniform "
+        "baseline) by that epoch")
+    assert decide(Thresholds(rule, {}, reference), [0.091], max_epochs=4, metric=m) is None  # above the floor
+    assert decide(Thresholds(rule, {}, reference), [0.091, 0.17], max_epochs=4, metric=m).startswith(
+        "pruned after epoch 2: best val/ndcg@10 by epoch 2 0.1700 below 0.1800")
+    assert decide(Thresholds(rule, {}, reference), [0.091, 0.17, 0.19], max_epochs=4, metric=m) is None  # 0.19 >= 0.18
+    # the reference has reached epoch 1 only: a trial at epoch 2 is judged at epoch 1, by its best by then
+    assert decide(Thresholds(rule, {}, reference[:1]), [0.091, 0.05], max_epochs=4, metric=m) is None
+    assert decide(Thresholds(rule, {}, reference[:1]), [0.05, 0.5], max_epochs=4, metric=m).startswith(
+        "pruned after epoch 2: best val/ndcg@10 by epoch 1 0.0500")
+    assert decide(Thresholds(rule, {}, []), [0.0], max_epochs=4, metric=m) is None  # no reference epoch yet
+    assert decide(Thresholds(rule, {}, reference), [0.0], max_epochs=1, metric=m) is None  # the last epoch
+    assert decide(Thresholds(EarlyStoppingConfig(reference=0.9, grace_epochs=2), {}, reference), [0.0], 4, m) is None
+    off = EarlyStoppingConfig(percentile=None)  # no reference fraction: a reference curve is ignored
+    assert decide(Thresholds(off, {}, reference), [0.0], max_epochs=4, metric=m) is None
+    # the floor and the percentile rule together: either stops
+    both = Thresholds(EarlyStoppingConfig(percentile=50, min_trials=1, reference=0.5), {1: {"value": 0.3, "trials": 5}},
+                      reference)
+    assert "percentile" in decide(both, [0.2], max_epochs=4, metric=m)
+    assert "reference" in decide(both, [0.04], max_epochs=4, metric=m)
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, 1.5, True, "0.9"])
+def test_a_bad_reference_fraction_is_refused(bad):
+    with pytest.raises(ConfigError, match="early_stopping.reference must be a fraction"):
+        EarlyStoppingConfig(reference=bad).validate()
 
 
 class _Constant(L.LightningModule):
@@ -175,3 +210,77 @@ def test_resume_keeps_early_stopped_trials_and_repeats_nothing(tmp_path):
     df = Client.load_from_json_file(str(out.out_dir / "ax_state.json")).summarize().set_index("trial_index")
     assert {i for i in df.index if df.loc[i, "trial_status"] == "EARLY_STOPPED"} == {i for i, r in after.items() if r["pruned"]}
     assert set(df["trial_status"]) <= {"COMPLETED", "EARLY_STOPPED"}
+
+
+def test_a_real_fit_reads_the_reference_run_while_it_trains(tmp_path):
+    """The first wave: no other trial has a curve, but the reference run training beside it has reached epoch 1."""
+    stop = tmp_path / "stopping.json"
+    write_thresholds(stop, [], EarlyStoppingConfig(percentile=50, reference=0.9))  # nothing finished, no reference yet
+    own = tmp_path / "trials" / "trial_0000"
+    own.mkdir(parents=True)
+    free, _ = _fit(own, [0.05, 0.2, 0.6], str(stop))  # the reference has not started: nothing to judge against
+    assert len(free["val"]) == 3
+    _trial_report(tmp_path / "reference" / "result.json", [0.10])
+    report, trainer = _fit(own, [0.05, 0.2, 0.6], str(stop))
+    assert trainer.current_epoch == 1 and report["stopped"].startswith(
+        "pruned after epoch 1: best val/ndcg@10 by epoch 1 0.0500 below 0.0900, 0.9x the reference run's")
+    kept, _ = _fit(own, [0.095, 0.2, 0.6], str(stop))  # above 0.9x the reference's 0.10
+    assert len(kept["val"]) == 3
+    _trial_report(tmp_path / "reference" / "result.json", [0.10], error="RuntimeError: boom")  # a failed reference
+    failed, _ = _fit(own, [0.05, 0.2, 0.6], str(stop))
+    assert len(failed["val"]) == 3
+
+
+def _floor_cfg(tmp_path, trials):
+    # min_trials above the trial count: the percentile rule never applies, so every stop is the reference floor's
+    return _cfg(tmp_path, trials=trials, init_trials=4, method="random", budget={"epochs": 3},
+                early_stopping={"percentile": 50, "min_trials": 50, "reference": 0.9})
+
+
+def test_search_with_a_reference_run_judges_its_first_trials(tmp_path):
+    cfg = _floor_cfg(tmp_path, trials=10)
+    objective = Planted(epochs=3)
+    out = run_search(cfg, objective=objective, num_layers=3, progress=False)
+    assert objective.calls[0] == ("reference", -1, ("serial",) * 3)  # trained first, as the uniform baseline
+    assert sum(c[0] == "reference" for c in objective.calls) == 1
+    journal = Journal(out.out_dir / "trials.jsonl")
+    ref = journal.reference()
+    assert ref["status"] == "completed" and ref["epochs"] == 3 and not ref["pruned"]
+    floor = 0.9 * np.maximum.accumulate(ref["curve"])
+    rows = sorted(out.records.values(), key=lambda r: r["trial"])
+    assert len(rows) == 10
+    for r in rows:  # stopped exactly when below the floor before the last epoch, whatever its position in the search
+        best = np.maximum.accumulate(r["curve"])
+        below = next((e for e in range(min(2, len(best))) if best[e] < floor[e]), None)
+        if below is not None:
+            assert r["pruned"] and r["epochs"] == below + 1 and "reference run" in r["stopped"]
+        else:
+            assert not r["pruned"] and r["epochs"] == 3
+    assert any(r["pruned"] and r["trial"] < 3 for r in rows)  # a first trial, which the percentile rule cannot judge
+    assert any(not r["pruned"] for r in rows)
+    summary = json.loads((out.out_dir / "summary.json").read_text())
+    assert summary["reference"]["curve"] == ref["curve"] and summary["trials"] == 10
+    assert out.uniform.search_ndcg10 == pytest.approx(ref["ndcg@10"])
+    assert json.loads((out.out_dir / "stopping.json").read_text())["reference"] == pytest.approx(ref["curve"])
+    from ax import Client
+
+    df = Client.load_from_json_file(str(out.out_dir / "ax_state.json")).summarize()
+    assert sorted(df["trial_index"]) == list(range(10))  # the reference run is not an Ax trial
+
+
+def test_resume_runs_the_reference_once(tmp_path):
+    cfg = _floor_cfg(tmp_path, trials=7)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, objective=Planted(epochs=3, interrupt_at=4), num_layers=3, progress=False)
+    second = Planted(epochs=3)
+    run_search(cfg, resume=True, objective=second, num_layers=3, progress=False)
+    assert [c[:2] for c in second.calls if c[0] == "search"] == [("search", 4), ("search", 5), ("search", 6)]
+    records = Journal(tmp_path / "out" / "trials.jsonl").records
+    assert sum(r["phase"] == "reference" for r in records) == 1
+    # adding the reference to a search that ran without one changes how it judged trials: refused
+    plain = _cfg(tmp_path / "plain", trials=2, init_trials=2, method="random", budget={"epochs": 3})
+    run_search(plain, objective=Planted(epochs=3), num_layers=3, progress=False)
+    with_floor = _cfg(tmp_path / "plain", trials=2, init_trials=2, method="random", budget={"epochs": 3},
+                      early_stopping={"reference": 0.9})
+    with pytest.raises(ConfigError, match="early_stopping"):
+        run_search(with_floor, resume=True, objective=Planted(epochs=3), num_layers=3, progress=False)

@@ -18,6 +18,8 @@ from darec.search.trial import Objective, TrialJob, TrialResult, run_safely
 
 log = logging.getLogger(__name__)
 
+REFERENCE_INDEX = -1  # the journal's trial index of the reference run (early_stopping.reference), not an Ax trial
+
 
 def trial_record(job: TrialJob, result: TrialResult, seconds: float) -> dict[str, Any]:
     """The ``trials.jsonl`` line of a finished trial."""
@@ -78,17 +80,24 @@ def search_phase(cfg: SearchConfig, space: SearchSpace, state: SearchState, obje
         log.info("resuming: %d unfinished trial(s) run again under the same index: %s", len(queue), [i for i, _ in queue])
     started = len(done)
     stop_file = out / "stopping.json"
+    reference = state.journal.reference()
+    need_reference = cfg.early_stopping.reference is not None and reference is None
 
     def update_thresholds() -> None:
+        curve = reference["curve"] if reference and reference["status"] == "completed" else None
         write_thresholds(stop_file, [r.get("curve") or [] for r in done.values() if r["status"] == "completed"],
-                         cfg.early_stopping)
+                         cfg.early_stopping, curve)
 
     update_thresholds()
     bar = tqdm(total=max(cfg.trials, len(done) + len(queue)), initial=len(done), desc="search trials", unit="trial",
                disable=not progress, dynamic_ncols=True)
 
     def next_job(slot: int) -> TrialJob | None:
-        nonlocal started
+        nonlocal started, need_reference
+        if need_reference:  # first, so that it trains beside the first trials it judges
+            need_reference = False
+            return TrialJob(REFERENCE_INDEX, "reference", space.uniform(cfg.rerun.baseline), cfg.seed, out / "reference",
+                            slot)
         if queue:
             index, params = queue.pop(0)
         elif started < cfg.trials:
@@ -105,8 +114,18 @@ def search_phase(cfg: SearchConfig, space: SearchSpace, state: SearchState, obje
                         slot, stop_file=stop_file)
 
     def on_done(job: TrialJob, result: TrialResult, seconds: float) -> None:
+        nonlocal reference
         record = trial_record(job, result, seconds)
         state.journal.append(record)
+        if job.phase == "reference":
+            reference = record
+            update_thresholds()
+            if result.status == "failed":
+                log.warning("the reference run failed (%s); trials are judged by the percentile rule alone", result.reason)
+            else:
+                log.info("reference run (%s at the search budget) done: %s %s", job.candidate.label(), cfg.metric,
+                         " ".join(f"{v:.4f}" for v in result.curve))
+            return
         state.tell(job.index, record)
         state.save_ax()
         done[job.index] = record

@@ -3,7 +3,7 @@
 The report holds the trainable parameter count, the validation metrics of every validation epoch, the training
 seconds of every epoch (validation excluded), the test metrics (refit only), why training stopped and the error
 that stopped it, if any. A non-finite training loss stops the trial. With ``stop_file`` (search trials), the
-trial stops early when :mod:`darec.search.stopping`'s rule says it is clearly worse than the search's other trials.
+trial stops early when :mod:`darec.search.stopping`'s rule says it is clearly worse than the search's other trials or its reference run.
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ class TrialReport(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         self.report["val"].append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
         if self.stop_file and trainer.state.fn == "fit":
-            rule, table = live_thresholds(self.stop_file, self.path, self.metric)
+            judge = live_thresholds(self.stop_file, self.path, self.metric)
             curve = [h[self.metric] for h in self.report["val"] if self.metric in h]
-            reason = decide(table, rule, curve, trainer.max_epochs or 0, self.metric) if curve else None
+            reason = decide(judge, curve, trainer.max_epochs or 0, self.metric) if curve else None
             if reason:
                 self.report["stopped"] = reason
                 trainer.should_stop = True

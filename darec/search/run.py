@@ -86,7 +86,9 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
 
     picks, front = pick_candidates(cfg, records)
     uniform = CandidateStats(space.uniform(cfg.rerun.baseline), "uniform")
-    searched = [r["ndcg@10"] for r in records.values() if r["status"] == "completed" and r["candidate_key"] == uniform.candidate.key]
+    reference = state.journal.reference()
+    searched = [r["ndcg@10"] for r in [*records.values(), *([reference] if reference else [])]
+                if r["status"] == "completed" and not r.get("pruned") and r["candidate_key"] == uniform.candidate.key]
     uniform.search_ndcg10 = sum(searched) / len(searched) if searched else None
     jobs = rerun_jobs(cfg, picks, uniform.candidate)
     reruns = rerun_phase(cfg, state, jobs, objective, progress)
@@ -126,6 +128,8 @@ def _run(cfg: SearchConfig, resume: bool, refit: bool, objective: Objective | No
         "best_beats_uniform": None if uniform.mean is None else best.mean >= uniform.mean,
         "candidates": [c.to_json() for c in picks], "pareto": [c.to_json() for c in front],
         "knob_control": control.to_json() if control else None,
+        "reference": None if reference is None else {k: reference.get(k) for k in (
+            "adapters", "status", "reason", "ndcg@10", "curve", "epochs", "seconds_per_epoch", "seed")},
         "pareto_smaller_within_one_std": [c.to_json() for c in smaller_within_one_std(best, front)],
         "files": files, "refit": outcome.refit, "config": asdict(cfg), "wall_s": time.perf_counter() - t0,
     })

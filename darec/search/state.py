@@ -50,6 +50,10 @@ class Journal:
     def search(self) -> dict[int, dict[str, Any]]:
         return {r["trial"]: r for r in self.records if r["phase"] == "search"}
 
+    def reference(self) -> dict[str, Any] | None:
+        """The finished reference run of ``early_stopping.reference``, if any."""
+        return next((r for r in self.records if r["phase"] == "reference"), None)
+
     def reruns(self) -> dict[tuple[str, int], dict[str, Any]]:
         return {(r["candidate_key"], r["seed"]): r for r in self.records if r["phase"] == "rerun"}
 
@@ -57,9 +61,15 @@ class Journal:
 def _identity(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
     """What must not change between a search and its resumption."""
     return {"space": space.describe(), "metric": cfg.metric, "multi_objective": cfg.multi_objective, "costs": cfg.costs,
-            "early_stopping": asdict(cfg.early_stopping), "method": cfg.method,
+            "early_stopping": _without_unset(asdict(cfg.early_stopping), "reference"), "method": cfg.method,
             "seed": cfg.seed, "init_trials": cfg.init_trials, "budget": asdict(cfg.budget),
             "base_config": cfg.base_config, "overrides": cfg.overrides}
+
+
+def _without_unset(data: dict[str, Any], *later: str) -> dict[str, Any]:
+    """``data`` less the ``later`` keys that are None: keys added after some searches were saved, which those ran
+    without."""
+    return {k: v for k, v in data.items() if not (k in later and v is None)}
 
 
 class SearchState:

@@ -14,12 +14,19 @@ when the others reach epoch 1. The search loop writes the rule and the finished 
 ``<out_dir>/stopping.json`` whenever a trial finishes. After every validation epoch each trial process
 (:class:`darec.search.report.TrialReport`) reads the rule from there and the curves so far from every other trial's
 report under ``<out_dir>/trials/`` (:func:`live_thresholds`).
+
+The percentile rule cannot judge the first trials of a search: fewer than ``min_trials`` others have reached an epoch
+while they train. With ``reference`` set, the search first trains a reference run, its uniform baseline
+(``rerun.baseline`` on every layer) at the search budget, in ``<out_dir>/reference/``, beside the first trials. A trial
+whose best value so far is below ``reference`` times the reference run's best so far at the same epoch stops as
+clearly worse, from its first epoch on. Where the reference run has not reached the trial's epoch yet, the trial is
+judged at the latest epoch both have reached, so a slow reference delays a stop but never wrongly causes one.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +45,14 @@ class EarlyStoppingConfig:
     percentile: float | None = 50.0  # stop below this percentile of the other trials at the same epoch; null = never
     grace_epochs: int = 1  # epochs every trial gets before it can be stopped
     min_trials: int = 3  # other trials (finished or running) that must have reached an epoch before it can stop anyone
+    # stop below this fraction of the reference run's (the uniform baseline at the search budget) best so far at the same
+    # epoch; the search trains that run first. null = no reference run
+    reference: float | None = None
 
     def validate(self) -> "EarlyStoppingConfig":
+        ref = self.reference
+        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float)) or not 0 < ref <= 1):
+            raise ConfigError(f"early_stopping.reference must be a fraction in (0, 1] or null, got {ref!r}")
         if self.percentile is not None and not (isinstance(self.percentile, (int, float)) and 0 < self.percentile < 100):
             raise ConfigError(f"early_stopping.percentile must be in (0, 100) or null, got {self.percentile!r}")
         for key in ("grace_epochs", "min_trials"):
@@ -68,24 +81,53 @@ def thresholds(curves: list[list[float]], cfg: EarlyStoppingConfig) -> dict[int,
     return out
 
 
-def decide(table: dict[int, dict[str, float]], cfg: EarlyStoppingConfig, curve: list[float], max_epochs: int,
-           metric: str) -> str | None:
+@dataclass
+class Thresholds:
+    """What a search trial is judged against after an epoch."""
+
+    rule: EarlyStoppingConfig
+    table: dict[int, dict[str, float]] = field(default_factory=dict)  # the other trials' percentile per epoch
+    reference: list[float] = field(default_factory=list)  # the reference run's curve so far (empty: none yet)
+
+
+def decide(judge: Thresholds, curve: list[float], max_epochs: int, metric: str) -> str | None:
     """The reason to stop a trial whose validation curve of ``metric`` so far is ``curve``, or None to go on."""
-    epoch = len(curve)
-    if cfg.percentile is None or epoch < cfg.grace_epochs or epoch >= max_epochs or epoch not in table:
+    cfg, epoch = judge.rule, len(curve)
+    if epoch < cfg.grace_epochs or epoch >= max_epochs:
         return None
-    best, ref = max(curve), table[epoch]
+    if cfg.reference is not None and judge.reference:
+        seen = min(epoch, len(judge.reference))  # the latest epoch both have reached
+        best, floor = max(curve[:seen]), cfg.reference * max(judge.reference[:seen])
+        if seen >= cfg.grace_epochs and best < floor:
+            return (f"{PRUNED} after epoch {epoch}: best {metric} by epoch {seen} {best:.4f} below {floor:.4f}, "
+                    f"{cfg.reference:g}x the reference run's (the uniform baseline) by that epoch")
+    if cfg.percentile is None or epoch not in judge.table:
+        return None
+    best, ref = max(curve), judge.table[epoch]
     if best < ref["value"]:
         return (f"{PRUNED} after epoch {epoch}: best {metric} {best:.4f} below {ref['value']:.4f}, the "
                 f"{cfg.percentile:g}th percentile of {int(ref['trials'])} other trials at that epoch")
     return None
 
 
-def write_thresholds(path: Path, curves: list[list[float]], cfg: EarlyStoppingConfig) -> None:
-    """Write the rule and its current thresholds for the trial processes to read."""
-    data = {"rule": {"percentile": cfg.percentile, "grace_epochs": cfg.grace_epochs, "min_trials": cfg.min_trials},
-            "thresholds": {str(k): v for k, v in thresholds(curves, cfg).items()}}
+def write_thresholds(path: Path, curves: list[list[float]], cfg: EarlyStoppingConfig,
+                     reference: list[float] | None = None) -> None:
+    """Write the rule, its current thresholds and the finished reference run's curve for the trial processes."""
+    data = {"rule": asdict(cfg), "thresholds": {str(k): v for k, v in thresholds(curves, cfg).items()},
+            "reference": [float(v) for v in reference or []]}
     atomic_write_text(path, json.dumps(data, indent=1))
+
+
+def report_curve(path: Path, metric: str) -> list[float] | None:
+    """The validation curve of ``metric`` so far in a trial report (``result.json``, rewritten after every validation
+    epoch); None when it is missing, being replaced right now, or holds an error."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # missing, or removed or being replaced right now: the next epoch reads it again
+        return None
+    if report.get("error"):
+        return None
+    return [float(h[metric]) for h in report.get("val", []) if metric in h]
 
 
 def trial_curves(trials_dir: Path, metric: str, exclude: Path | None = None) -> list[list[float]]:
@@ -97,32 +139,33 @@ def trial_curves(trials_dir: Path, metric: str, exclude: Path | None = None) -> 
     for path in sorted(Path(trials_dir).glob("*/result.json")):
         if own is not None and path.resolve() == own:
             continue
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, ValueError):  # removed or being replaced right now: the next epoch reads it again
-            continue
-        if report.get("error"):
-            continue
-        curve = [float(h[metric]) for h in report.get("val", []) if metric in h]
+        curve = report_curve(path, metric)
         if curve:
             curves.append(curve)
     return curves
 
 
-def live_thresholds(stop_file: str | Path, own_report: str | Path, metric: str
-                    ) -> tuple[EarlyStoppingConfig, dict[int, dict[str, float]]]:
-    """The rule in ``stop_file`` and its thresholds over every other trial of the search so far, finished or running
-    (the reports under ``<stop_file's folder>/trials/``); the finished trials' thresholds in ``stop_file`` when that
-    folder holds no other report."""
-    rule, table = read_thresholds(stop_file)
-    curves = trial_curves(Path(stop_file).parent / "trials", metric, exclude=Path(own_report))
-    return (rule, thresholds(curves, rule)) if curves else (rule, table)
+def live_thresholds(stop_file: str | Path, own_report: str | Path, metric: str) -> Thresholds:
+    """The rule in ``stop_file`` with its thresholds over every other trial of the search so far, finished or running
+    (the reports under ``<stop_file's folder>/trials/``; the finished trials' thresholds in ``stop_file`` when that
+    folder holds no other report), and the reference run's curve so far (``<folder>/reference/result.json`` while it
+    runs)."""
+    judge = read_thresholds(stop_file)
+    folder = Path(stop_file).parent
+    curves = trial_curves(folder / "trials", metric, exclude=Path(own_report))
+    if curves:
+        judge.table = thresholds(curves, judge.rule)
+    running = report_curve(folder / "reference" / "result.json", metric) if judge.rule.reference is not None else None
+    if running and len(running) > len(judge.reference):
+        judge.reference = running
+    return judge
 
 
-def read_thresholds(path: str | Path) -> tuple[EarlyStoppingConfig, dict[int, dict[str, float]]]:
-    """The rule and thresholds written by :func:`write_thresholds` (the rule off when the file is missing)."""
+def read_thresholds(path: str | Path) -> Thresholds:
+    """What :func:`write_thresholds` wrote (the rule off when the file is missing)."""
     path = Path(path)
     if not path.is_file():
-        return EarlyStoppingConfig(percentile=None), {}
+        return Thresholds(EarlyStoppingConfig(percentile=None))
     data: dict[str, Any] = json.loads(path.read_text())
-    return EarlyStoppingConfig(**data["rule"]), {int(k): v for k, v in data["thresholds"].items()}
+    return Thresholds(EarlyStoppingConfig(**data["rule"]), {int(k): v for k, v in data["thresholds"].items()},
+                      [float(v) for v in data.get("reference", [])])

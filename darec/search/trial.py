@@ -33,8 +33,8 @@ NO_REPORT = "the trial wrote no report (training never started)"
 class TrialJob:
     """What to train: the candidate, the seed, where to write, and the worker slot (device pinning)."""
 
-    index: int  # Ax trial index (search) or position in the re-run list
-    phase: str  # "search" | "rerun" | "refit"
+    index: int  # Ax trial index (search), position in the re-run list, or -1 (the reference run)
+    phase: str  # "search" | "reference" (early_stopping.reference) | "rerun" | "refit"
     candidate: Candidate
     seed: int
     trial_dir: Path
