@@ -11,7 +11,9 @@ Both settings run side by side in one process, on the same data, threads and CF 
 - ``after_float32``: the same in float32 (``backbone.autocast: none``), to show what bfloat16 adds on this machine;
 - ``after_item_level``: the same with the paper's item-level adaptation (adapters at the item level in every layer,
   64 fresh items per step with straight-through gradients, the cache rebuilt every 10 steps, the masked-context loss):
-  what that costs on top, and how far cached rows drift between refreshes.
+  what that costs on top, and how far cached rows drift between refreshes;
+- ``after_adapters`` (with ``--adapters A,B,...``): the shipped settings with other per-layer adapters, for example the
+  adapter search's winner, whose ``skip`` layers leave the forward pass.
 
 For each it reports the measured epoch (the second of a two-epoch ``Trainer.fit``, validation included), the time per part
 (item level with gradient, sequence level, cache refreshes, validation), how far cached item rows drift from
@@ -19,7 +21,8 @@ fresh encodings within an epoch, and exactness checks (frozen-prefix caching, fr
 bfloat16 against float32). It also reports how much of an item's text its semantic vector carries: the share
 of each item's 10 nearest neighbours that share its year or a genre.
 
-    python benchmarks/darec_epoch.py [--data-dir data/ml-100k] [--cf-dir DIR] [--threads 2] [--out FILE]
+    python benchmarks/darec_epoch.py [--data-dir data/ml-100k] [--cf-dir DIR] [--threads 2] [--adapters A,B,...]
+                                     [--skip PART ...] [--out FILE]
 
 ``--cf-dir`` holds ``sasrec.safetensors`` and ``lightgcn.safetensors`` (``darec export-embeddings``) for the
 injection both settings use; without it injection is off. Prints a table and writes ``benchmarks/darec_epoch.json``.
@@ -57,8 +60,10 @@ BEFORE_BACKBONE = dict(autocast="none")
 BEFORE_DATA = dict(max_len=50, stride=25, batch_size=64)
 
 
-def settings(data_dir: str, cf_dir: str | None, cache_dir: str) -> dict[str, tuple[dict, dict]]:
-    """``{name: (model kwargs, data kwargs)}`` for ``before`` and ``after``."""
+def settings(data_dir: str, cf_dir: str | None, cache_dir: str,
+             adapters: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
+    """``{name: (model kwargs, data kwargs)}`` for ``before``, ``after`` and its variants (``after_adapters`` with
+    ``adapters`` in place of the shipped per-layer adapters, when given)."""
     cfg = yaml.safe_load(CONFIG.read_text())
     model = dict(cfg["model"]["init_args"])
     data = dict(cfg["data"]["init_args"], data_dir=data_dir)
@@ -75,8 +80,11 @@ def settings(data_dir: str, cf_dir: str | None, cache_dir: str) -> dict[str, tup
     item_level = dict(model, item_adapter_layers=None, max_fresh_items=64, refresh_every=10,
                       losses=dict(model.get("losses") or {}, masked_context=True))
     float32 = dict(model, backbone=dict(model.get("backbone") or {}, autocast="none"))
-    return {"before": (before, dict(data, **BEFORE_DATA)), "after": (model, data), "after_float32": (float32, data),
-            "after_item_level": (item_level, data)}
+    out = {"before": (before, dict(data, **BEFORE_DATA)), "after": (model, data), "after_float32": (float32, data),
+           "after_item_level": (item_level, data)}
+    if adapters is not None:
+        out["after_adapters"] = (dict(model, adapters=adapters), data)
+    return out
 
 
 def build(model_kw: dict, data_kw: dict):
@@ -269,7 +277,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-dir", default="data/ml-100k")
     p.add_argument("--cf-dir", default=None, help="directory with sasrec.safetensors and lightgcn.safetensors")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip", nargs="*", default=[], choices=["before", "after", "after_float32", "after_item_level", "neighbours"], help="parts to skip")
+    p.add_argument("--skip", nargs="*", default=[], choices=["before", "after", "after_float32", "after_item_level", "after_adapters", "neighbours"], help="parts to skip")
+    p.add_argument("--adapters", type=lambda text: text.split(","), default=None,
+                   help="also time after_adapters: the shipped settings with these per-layer adapters (comma-separated, "
+                        "e.g. the search's winner skip,skip,serial:64,skip,serial:16,none)")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_epoch"))
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     a = p.parse_args(argv)
@@ -282,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "DARec epoch cost on ml-100k, before and after, side by side",
                               "machine": machine(), "command": command("benchmarks/darec_epoch.py", argv),
                               "git": git_commit((a.out,)), "settings": {}, "runs": {}}
-    for name, (model_kw, data_kw) in settings(a.data_dir, a.cf_dir, cache).items():
+    for name, (model_kw, data_kw) in settings(a.data_dir, a.cf_dir, cache, a.adapters).items():
         if name in a.skip:
             continue
         result["settings"][name] = {"model": model_kw, "data": data_kw}
@@ -307,6 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["speedup"] = runs["before"]["epoch_s"] / runs["after"]["epoch_s"]
         if "after_float32" in runs:
             result["speedup_float32"] = runs["before"]["epoch_s"] / runs["after_float32"]["epoch_s"]
+        if "after_adapters" in runs:
+            result["speedup_adapters"] = runs["before"]["epoch_s"] / runs["after_adapters"]["epoch_s"]
         result["target"] = "after epoch <= 1/6 of before, side by side"
         result["target_met"] = result["speedup"] >= 6.0
     result["machine"]["load_average_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -343,6 +356,9 @@ def _print(result: dict[str, Any]) -> None:
         print(f"speed-up: {result['speedup']:.2f}x (target >= 6x)")
     if "speedup_float32" in result:
         print(f"speed-up with the backbone in float32: {result['speedup_float32']:.2f}x")
+    if "speedup_adapters" in result:
+        print(f"speed-up with the adapters {','.join(result['settings']['after_adapters']['model']['adapters'])}: "
+              f"{result['speedup_adapters']:.2f}x")
     for name, s in result.get("neighbours_top10", {}).items():
         print(f"10-NN {name:<28} same year {s['same_year']:.3f}  shared genre {s['shared_genre']:.3f}")
     m = result["machine"]

@@ -18,12 +18,13 @@ used for every seed (``--tune-only`` stops there and writes just the tuning). ``
 with 11, most seeds stop on a plateau and then miss 0.01-0.03 test NDCG@10). Run names carry the patience, so runs
 at another patience are never reused by mistake. ``--darec-patience`` does the same for DARec's own early stopping
 (default: the shipped config's; a DARec run's name is ``darec_p<its patience>_sasL<SASRec's length>p<SASRec's patience>_s<seed>``), and
-``--darec-lr`` for its learning rate (named ``darec_p3_lr0.00036_...``; compared with DARec at the shipped rate). Per-user
+``--darec-lr`` for its learning rate (named ``darec_p3_lr0.00036_...``) and ``--darec-adapters`` for its per-layer
+adapters (named ``darec_p3_adskip-skip-serial64-...``); either is compared with DARec at the shipped settings. Per-user
 test NDCG@10 is averaged over seeds and every comparison is paired over users with a bootstrap 95% CI. Also
 reported: test NDCG@10 by history-length and target-popularity bucket.
 
     python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-lens 50 100 200] [--sasrec-patience P]
-                                      [--darec-patience P] [--darec-lr LR] [--tune-only]
+                                      [--darec-patience P] [--darec-lr LR] [--darec-adapters A,B,...] [--tune-only]
                                       [--accelerator cpu|gpu]
 
 With ``--accelerator gpu`` every run trains and is scored on the first CUDA device (``--jobs`` runs share it).
@@ -57,14 +58,18 @@ TEXT_W = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 TUNING_FIELDS = ("best_val_ndcg@10", "test_ndcg@10", "epochs_run", "fit_s", "stopped_by", "stopped_by_time", "torch_threads")
 
 
-def specs(seeds: list[int], sasrec_len: int, sasrec_patience: int, darec_patience: int,
-          darec_lr: float | None = None) -> list[RunSpec]:
+Setting = tuple[int, float | None, list[str] | None]  # DARec's (patience, lr, adapters); None = the shipped config's
+
+
+def specs(seeds: list[int], sasrec_len: int, sasrec_patience: int, darec: Setting) -> list[RunSpec]:
+    patience, lr, adapters = darec
+    model = {k: v for k, v in (("lr", lr), ("adapters", adapters)) if v is not None}
     out = []
     for s in seeds:
         out += [sasrec_spec(sasrec_len, s, sasrec_patience), sasrec_spec(sasrec_len, s + 100, sasrec_patience),
                 RunSpec(f"lightgcn_s{s}", "lightgcn", s),
-                RunSpec(converged_darec_name(s, sasrec_len, sasrec_patience, darec_patience, darec_lr), "darec", s,
-                        {"lr": darec_lr} if darec_lr is not None else {}, trainer={"patience": darec_patience},
+                RunSpec(converged_darec_name(s, sasrec_len, sasrec_patience, *darec), "darec", s, model,
+                        trainer={"patience": patience},
                         cf_from=sasrec_name(sasrec_len, s, sasrec_patience), lightgcn_from=f"lightgcn_s{s}")]
     return out
 
@@ -125,6 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--darec-lr", type=float, default=None,
                    help="DARec's learning rate (default: the shipped config's); the run names carry it, and the JSON "
                         "adds the paired comparison with DARec at the shipped rate")
+    p.add_argument("--darec-adapters", type=lambda text: text.split(","), default=None,
+                   help="DARec's per-layer adapters, comma-separated (e.g. skip,skip,serial:64,skip,serial:16,none; "
+                        "default: the shipped config's); named and compared like --darec-lr")
     p.add_argument("--compare-darec-patience", type=int, default=None,
                    help="also compare DARec against its runs at this patience (already trained), on validation and test")
     p.add_argument("--tune-only", action="store_true",
@@ -156,10 +164,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"wrote {a.out}")
         return result
     dpat = a.darec_patience if a.darec_patience is not None else shipped_darec_patience()
-    lr = a.darec_lr
-    run_all(specs(a.seeds, sas_len, pat, dpat, lr), work, a.data_dir, a.jobs, a.threads, a.accelerator)
-    if lr is not None:  # DARec at the shipped learning rate, which the comparison below reads
-        run_all(specs(a.seeds, sas_len, pat, dpat), work, a.data_dir, a.jobs, a.threads, a.accelerator)
+    lr, adapters = a.darec_lr, a.darec_adapters
+    setting: Setting = (dpat, lr, adapters)
+    shipped: Setting = (dpat, None, None)
+    run_all(specs(a.seeds, sas_len, pat, setting), work, a.data_dir, a.jobs, a.threads, a.accelerator)
+    if setting != shipped:  # DARec at the shipped settings, which the comparison below reads
+        run_all(specs(a.seeds, sas_len, pat, shipped), work, a.data_dir, a.jobs, a.threads, a.accelerator)
 
     vec = text_vectors(a.data_dir, str(work / "cache"), accelerator_device(a.accelerator))
     per_user: dict[str, list[np.ndarray]] = {}
@@ -167,8 +177,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for s in a.seeds:
         sas, sas_b = load(work, sasrec_name(sas_len, s, pat)), load(work, sasrec_name(sas_len, s + 100, pat))
         runs = {"sasrec": sas, "lightgcn": load(work, f"lightgcn_s{s}")}
-        runs["darec"] = load(work, converged_darec_name(s, sas_len, pat, dpat, lr))
-        runs["darec_lm_only"] = load(work, converged_darec_name(s, sas_len, pat, dpat, lr), lm_only=True)
+        runs["darec"] = load(work, converged_darec_name(s, sas_len, pat, *setting))
+        runs["darec_lm_only"] = load(work, converged_darec_name(s, sas_len, pat, *setting), lm_only=True)
         for name, run in runs.items():
             per_user.setdefault(name, []).append(ndcg10(run.ranks("test")))
             details.setdefault(name, []).append({k: run.meta.get(k) for k in ("fit_s", "epochs_run", "stopped_by", "stopped_by_time",
@@ -211,13 +221,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if a.compare_darec_patience is not None:
         comparisons[f"darec - darec at patience {a.compare_darec_patience}"] = darec_comparison(
-            work, a.seeds, sas_len, pat, (dpat, lr), (a.compare_darec_patience, lr))
-    if lr is not None:
-        comparisons["darec - darec at the shipped lr"] = darec_comparison(work, a.seeds, sas_len, pat, (dpat, lr), (dpat, None))
+            work, a.seeds, sas_len, pat, setting, (a.compare_darec_patience, lr, adapters))
+    if setting != shipped:
+        changed = " and ".join(k for k, v in (("lr", lr), ("adapters", adapters)) if v is not None)
+        comparisons[f"darec - darec at the shipped {changed}"] = darec_comparison(work, a.seeds, sas_len, pat, setting, shipped)
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
               "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),
               "accelerator": a.accelerator, "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len, "sasrec_patience": pat,
               "sasrec_len_tuning_runs": tuning_runs, "darec_config": "configs/darec_ml100k.yaml", "darec_patience": dpat, "darec_lr": lr,
+              "darec_adapters": adapters,
               "models": models, "comparisons": comparisons, "breakdowns_test_ndcg@10": breakdown, "targets": targets}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     _print(result)
@@ -226,9 +238,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def darec_comparison(work: Path, seeds: list[int], sasrec_len: int, sasrec_patience: int,
-                     setting: tuple[int, float | None], other: tuple[int, float | None]) -> dict[str, Any]:
-    """DARec at ``setting`` minus DARec at ``other`` (each ``(patience, lr)``, ``lr`` None = the shipped config's; same
-    seeds and injected runs), paired over users: on validation (what a setting is chosen by), then on test, for the
+                     setting: Setting, other: Setting) -> dict[str, Any]:
+    """DARec at ``setting`` minus DARec at ``other`` (each ``(patience, lr, adapters)``; same seeds and injected runs),
+    paired over users: on validation (what a setting is chosen by), then on test, for the
     fused score and the language model alone."""
     out: dict[str, Any] = {}
     for lm_only in (False, True):

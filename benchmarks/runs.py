@@ -101,10 +101,12 @@ def darec_name(variant: str, seed: int, sasrec_len: int, sasrec_patience: int) -
 
 
 def converged_darec_name(seed: int, sasrec_len: int, sasrec_patience: int, darec_patience: int,
-                         lr: float | None = None) -> str:
-    """The name of a default DARec run trained to convergence, with its own early-stopping patience and, when it is
-    not the shipped config's, its learning rate."""
+                         lr: float | None = None, adapters: list[str] | None = None) -> str:
+    """The name of a default DARec run trained to convergence, with its own early-stopping patience and, when they
+    are not the shipped config's, its learning rate and per-layer adapters."""
     variant = f"darec_p{darec_patience}" + (f"_lr{lr:g}" if lr is not None else "")
+    if adapters is not None:
+        variant += "_ad" + "-".join(a.replace(":", "") for a in adapters)
     return darec_name(variant, seed, sasrec_len, sasrec_patience)
 
 

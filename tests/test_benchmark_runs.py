@@ -32,4 +32,6 @@ def test_converged_darec_runs_are_named_by_sasrecs_length_and_both_patiences_and
     assert len(names) == 16, "a run at another seed, SASRec length or patience must never be reused"
     assert runs.converged_darec_name(2, 100, 25, 6) == "darec_p6_sasL100p25_s2"
     assert runs.converged_darec_name(2, 100, 25, 3, 0.00036) == "darec_p3_lr0.00036_sasL100p25_s2"
+    assert runs.converged_darec_name(2, 100, 25, 3, None, ["skip", "serial:64", "none"]) == (
+        "darec_p3_adskip-serial64-none_sasL100p25_s2")
     assert runs.darec_name("ablation_full_e4", 1, 50, 25) == "ablation_full_e4_sasL50p25_s1"
