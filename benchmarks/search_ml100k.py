@@ -37,6 +37,7 @@ again, and the counts found at the start are written to the JSON.
                                        [--rerun-epochs 15] [--parallel 2] [--resume]
                                        [--base-config configs/darec_ml100k.yaml]
                                        [--metric val/ndcg@10|val/lm_ndcg@10] [--accelerator cpu|gpu]
+                                       [--prefer quality|cost] [--tolerance T] [--knob-control] [--reference-floor F]
 
 ``--accelerator gpu`` trains every trial and re-run on the CUDA device (``--parallel`` trials share one GPU) and
 scores the re-runs there.
