@@ -76,6 +76,11 @@ def command(script: str, argv: list[str] | None) -> str:
     return " ".join(["python", script, *(argv if argv is not None else sys.argv[1:])])
 
 
+def comma_list(text: str) -> list[str]:
+    """An argparse type: ``a,b:16,c`` -> ``["a", "b:16", "c"]`` (per-layer adapters on the command line)."""
+    return text.split(",")
+
+
 def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Mean of per-user differences with a bootstrap 95% CI over users (resampling users, ``n`` times)."""
     rng = np.random.default_rng(seed)

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, git_commit, machine  # noqa: E402
+from common import comma_list, command, git_commit, machine  # noqa: E402
 
 CONFIG = ROOT / "configs" / "darec_ml100k.yaml"
 BEFORE_MODEL = dict(
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cf-dir", default=None, help="directory with sasrec.safetensors and lightgcn.safetensors")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip", nargs="*", default=[], choices=["before", "after", "after_float32", "after_item_level", "after_adapters", "neighbours"], help="parts to skip")
-    p.add_argument("--adapters", type=lambda text: text.split(","), default=None,
+    p.add_argument("--adapters", type=comma_list, default=None,
                    help="also time after_adapters: the shipped settings with these per-layer adapters (comma-separated, "
                         "e.g. the search's winner skip,skip,serial:64,skip,serial:16,none)")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_epoch"))

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, git_commit, machine, paired_comparison, print_targets  # noqa: E402
+from common import comma_list, command, git_commit, machine, paired_comparison, print_targets  # noqa: E402
 from runs import (ACCELERATORS, Run, RunSpec, accelerator_device, converged_darec_name, load, ndcg10,  # noqa: E402
                   run_all, sasrec_name, sasrec_spec, shipped_darec_patience, shipped_sasrec_patience)
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--darec-lr", type=float, default=None,
                    help="DARec's learning rate (default: the shipped config's); the run names carry it, and the JSON "
                         "adds the paired comparison with DARec at the shipped rate")
-    p.add_argument("--darec-adapters", type=lambda text: text.split(","), default=None,
+    p.add_argument("--darec-adapters", type=comma_list, default=None,
                    help="DARec's per-layer adapters, comma-separated (e.g. skip,skip,serial:64,skip,serial:16,none; "
                         "default: the shipped config's); named and compared like --darec-lr")
     p.add_argument("--compare-darec-patience", type=int, default=None,

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from darec.search.config import SearchConfig
 from darec.search.space import SearchSpace
 from darec.search.state import SearchState
-from darec.search.stopping import write_thresholds
+from darec.search.stopping import REFERENCE_DIR, write_thresholds
 from darec.search.trial import Objective, TrialJob, TrialResult, run_safely
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def search_phase(cfg: SearchConfig, space: SearchSpace, state: SearchState, obje
         nonlocal started, need_reference
         if need_reference:  # first, so that it trains beside the first trials it judges
             need_reference = False
-            return TrialJob(REFERENCE_INDEX, "reference", space.uniform(cfg.rerun.baseline), cfg.seed, out / "reference",
+            return TrialJob(REFERENCE_INDEX, "reference", space.uniform(cfg.rerun.baseline), cfg.seed, out / REFERENCE_DIR,
                             slot)
         if queue:
             index, params = queue.pop(0)

@@ -36,6 +36,7 @@ from darec.atomic import atomic_write_text
 from darec.errors import ConfigError
 
 PRUNED = "pruned"  # the stop reason's first word for a trial stopped by this rule
+REFERENCE_DIR = "reference"  # the reference run's folder under the search's out_dir (beside stopping.json)
 
 
 @dataclass
@@ -155,7 +156,7 @@ def live_thresholds(stop_file: str | Path, own_report: str | Path, metric: str) 
     curves = trial_curves(folder / "trials", metric, exclude=Path(own_report))
     if curves:
         judge.table = thresholds(curves, judge.rule)
-    running = report_curve(folder / "reference" / "result.json", metric) if judge.rule.reference is not None else None
+    running = report_curve(folder / REFERENCE_DIR / "result.json", metric) if judge.rule.reference is not None else None
     if running and len(running) > len(judge.reference):
         judge.reference = running
     return judge
