@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-dir", default="data/ml-100k")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=4, help="training epochs of every variant (fixed budget)")
-    p.add_argument("--sasrec-len", type=int, default=50, help="history length of the injected SASRec")
+    p.add_argument("--sasrec-len", type=int, default=100,
+                   help="history length of the injected SASRec (default: the one darec_ml100k.py's tuning chose)")
     p.add_argument("--sasrec-patience", type=int, default=None,
                    help="early-stopping patience of the injected SASRec runs (default: the shipped config's)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))

@@ -9,6 +9,8 @@ Both settings run side by side in one process, on the same data, threads and CF 
 - ``after``: ``configs/darec_ml100k.yaml`` as shipped (``backbone.autocast: auto``: bfloat16 on a CPU or GPU that runs
   it natively, float32 elsewhere; the JSON records what each run used);
 - ``after_float32``: the same in float32 (``backbone.autocast: none``), to show what bfloat16 adds on this machine;
+- ``after_autocast_attention``: the same with attention in bfloat16 too (``backbone.cpu_attention: autocast``, the
+  path before attention was kept in float32 on a CPU), to show what that choice adds;
 - ``after_item_level``: the same with the paper's item-level adaptation (adapters at the item level in every layer,
   64 fresh items per step with straight-through gradients, the cache rebuilt every 10 steps, the masked-context loss):
   what that costs on top, and how far cached rows drift between refreshes;
@@ -80,8 +82,9 @@ def settings(data_dir: str, cf_dir: str | None, cache_dir: str,
     item_level = dict(model, item_adapter_layers=None, max_fresh_items=64, refresh_every=10,
                       losses=dict(model.get("losses") or {}, masked_context=True))
     float32 = dict(model, backbone=dict(model.get("backbone") or {}, autocast="none"))
+    bf16_attention = dict(model, backbone=dict(model.get("backbone") or {}, cpu_attention="autocast"))
     out = {"before": (before, dict(data, **BEFORE_DATA)), "after": (model, data), "after_float32": (float32, data),
-           "after_item_level": (item_level, data)}
+           "after_autocast_attention": (bf16_attention, data), "after_item_level": (item_level, data)}
     if adapters is not None:
         out["after_adapters"] = (dict(model, adapters=adapters), data)
     return out
@@ -277,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-dir", default="data/ml-100k")
     p.add_argument("--cf-dir", default=None, help="directory with sasrec.safetensors and lightgcn.safetensors")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip", nargs="*", default=[], choices=["before", "after", "after_float32", "after_item_level", "after_adapters", "neighbours"], help="parts to skip")
+    p.add_argument("--skip", nargs="*", default=[], choices=["before", "after", "after_float32", "after_autocast_attention", "after_item_level",
+                                                                       "after_adapters", "neighbours"], help="parts to skip")
     p.add_argument("--adapters", type=comma_list, default=None,
                    help="also time after_adapters: the shipped settings with these per-layer adapters (comma-separated, "
                         "e.g. the search's winner skip,skip,serial:64,skip,serial:16,none)")
@@ -318,6 +322,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["speedup"] = runs["before"]["epoch_s"] / runs["after"]["epoch_s"]
         if "after_float32" in runs:
             result["speedup_float32"] = runs["before"]["epoch_s"] / runs["after_float32"]["epoch_s"]
+        if "after_autocast_attention" in runs:
+            result["speedup_autocast_attention"] = runs["before"]["epoch_s"] / runs["after_autocast_attention"]["epoch_s"]
         if "after_adapters" in runs:
             result["speedup_adapters"] = runs["before"]["epoch_s"] / runs["after_adapters"]["epoch_s"]
         result["target"] = "after epoch <= 1/6 of before, side by side"
@@ -356,6 +362,8 @@ def _print(result: dict[str, Any]) -> None:
         print(f"speed-up: {result['speedup']:.2f}x (target >= 6x)")
     if "speedup_float32" in result:
         print(f"speed-up with the backbone in float32: {result['speedup_float32']:.2f}x")
+    if "speedup_autocast_attention" in result:
+        print(f"speed-up with attention in bfloat16 too (cpu_attention: autocast): {result['speedup_autocast_attention']:.2f}x")
     if "speedup_adapters" in result:
         print(f"speed-up with the adapters {','.join(result['settings']['after_adapters']['model']['adapters'])}: "
               f"{result['speedup_adapters']:.2f}x")

@@ -31,6 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import git_commit  # noqa: E402
+
 CONFIGS = {"sasrec": "sasrec_ml100k.yaml", "lightgcn": "lightgcn_ml100k.yaml", "darec": "darec_ml100k.yaml"}
 ACCELERATORS = ("cpu", "gpu")
 
@@ -123,6 +125,49 @@ def is_done(work: Path, name: str) -> bool:
     return (run_dir(work, name) / "meta.json").is_file()
 
 
+def resolved_config(spec: RunSpec) -> dict[str, Any]:
+    """What ``spec`` trains, in full: its shipped config with the overrides merged in, as JSON values. Machine paths
+    are left out (the data and cache folders; the injected exports are named by the runs they come from), so the
+    same spec resolves alike in any work folder. ``meta.json`` records it, and a finished run is reused only while
+    its spec still resolves to it (a run's name holds only its overrides, and the shipped config can change)."""
+    cfg = shipped_config(spec.kind)
+    model = _merge(cfg["model"]["init_args"], spec.model)
+    model.pop("cache_dir", None)
+    if spec.kind == "darec" and isinstance(model.get("injection"), dict):
+        model["injection"] = dict(model["injection"], sasrec=spec.cf_from, lightgcn=spec.lightgcn_from)
+    data = {k: v for k, v in _merge(cfg["data"]["init_args"], spec.data).items() if k != "data_dir"}
+    stop = early_stopping_args(cfg)
+    trainer = {"max_epochs": spec.trainer.get("max_epochs", cfg["trainer"].get("max_epochs", 100)),
+               "patience": spec.trainer.get("patience", stop["patience"]), "monitor": stop["monitor"],
+               "max_minutes": spec.trainer.get("max_minutes", 30),
+               "gradient_clip_val": cfg["trainer"].get("gradient_clip_val")}
+    resolved = {"model_class": cfg["model"]["class_path"], "model": model, "data": data, "trainer": trainer,
+                "shuffle_text": spec.shuffle_text}
+    return json.loads(json.dumps(resolved))
+
+
+def check_reusable(work: Path, spec: RunSpec) -> None:
+    """Refuse to reuse a finished run that was trained with another configuration than ``spec`` now resolves to
+    (:func:`resolved_config`), naming what differs. Runs from before configurations were recorded are reused as they
+    are, with a printed note."""
+    meta = json.loads((run_dir(work, spec.name) / "meta.json").read_text())
+    if "config" not in meta:
+        print(f"note: reusing {spec.name}, trained before runs recorded their configuration", flush=True)
+        return
+    now = resolved_config(spec)
+    if meta["config"] != now:
+        differ = sorted(_differences(meta["config"], now))
+        raise RuntimeError(
+            f"run {spec.name} in {work} was trained with another configuration than its spec now gives "
+            f"(differs at: {', '.join(differ)}); delete {run_dir(work, spec.name)} to retrain it, or use another --work-dir")
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(a.keys() | b.keys()) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 @torch.no_grad()
 def score_matrices(model: Any, dm: Any) -> dict[str, dict[str, np.ndarray]]:
     """``{split: {scores [U, N+1] (column 0 = padding, -inf), targets [U], histories (ragged)}}`` for val and test,
@@ -185,6 +230,7 @@ def train(spec: RunSpec, work: Path, data_dir: str, accelerator: str = "cpu") ->
 
     out = run_dir(work, spec.name)
     if is_done(work, spec.name):
+        check_reusable(work, spec)
         return json.loads((out / "meta.json").read_text())
     device = accelerator_device(accelerator)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +293,7 @@ def train(spec: RunSpec, work: Path, data_dir: str, accelerator: str = "cpu") ->
     # what ended training, read from the callbacks: early stopping's patience, the epoch cap, or else the time cap
     stopped_by = ("early stopping" if stopper.stopped_epoch > 0
                   else "max_epochs" if trainer.current_epoch >= max_epochs else "time cap")
-    meta: dict[str, Any] = {"spec": asdict(spec), "fit_s": fit_s, "epochs_run": trainer.current_epoch,
+    meta: dict[str, Any] = {"spec": asdict(spec), "config": resolved_config(spec), "git": git_commit(), "fit_s": fit_s, "epochs_run": trainer.current_epoch,
                             "best_val_ndcg@10": float(ckpt.best_model_score), "curve": curve, "stopped_by": stopped_by,
                             "stopped_by_time": stopped_by == "time cap", "torch_threads": torch.get_num_threads(),
                             "accelerator": accelerator,
@@ -312,6 +358,9 @@ def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, thre
     if jobs * threads > cores:
         print(f"warning: {jobs} jobs x {threads} threads exceed this machine's {cores} cores; runs will be slower",
               flush=True)
+    for spec in specs:
+        if is_done(work, spec.name):
+            check_reusable(work, spec)
     pending = [s for s in specs if not is_done(work, s.name)]
     running: list[tuple[RunSpec, subprocess.Popen]] = []
     work.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,3 +37,26 @@ def test_converged_darec_runs_are_named_by_sasrecs_length_and_both_patiences_and
     assert runs.converged_darec_name(2, 100, 25, 3, None, ["skip", "serial:64", "none"]) == (
         "darec_p3_adskip-serial64-none_sasL100p25_s2")
     assert runs.darec_name("ablation_full_e4", 1, 50, 25) == "ablation_full_e4_sasL50p25_s1"
+
+
+def test_a_finished_run_is_reused_only_while_its_spec_resolves_to_the_configuration_it_was_trained_with(tmp_path, capsys):
+    runs = _runs()
+    spec = runs.RunSpec("darec_p3_sasL100p25_s0", "darec", 0, trainer={"patience": 3}, cf_from="sasrec_L100_p25_s0",
+                        lightgcn_from="lightgcn_s0")
+    resolved = runs.resolved_config(spec)
+    assert resolved["model"]["injection"]["sasrec"] == "sasrec_L100_p25_s0" and "cache_dir" not in resolved["model"]
+    assert resolved["trainer"]["patience"] == 3 and "data_dir" not in resolved["data"]
+    done = tmp_path / spec.name
+    done.mkdir()
+    (done / "meta.json").write_text(json.dumps({"config": resolved}))
+    runs.check_reusable(tmp_path, spec)  # the same configuration: reused
+    # the shipped default changed (or the spec did) since the run was trained: refused, naming what differs
+    changed = runs.RunSpec(spec.name, "darec", 0, model={"lr": 0.01, "adapters": "serial"}, trainer={"patience": 3},
+                           cf_from=spec.cf_from, lightgcn_from=spec.lightgcn_from)
+    with pytest.raises(RuntimeError, match=r"differs at: model\.adapters, model\.lr\); delete"):
+        runs.check_reusable(tmp_path, changed)
+    with pytest.raises(RuntimeError, match="another configuration"):
+        runs.run_all([changed], tmp_path, "unused-data-dir")
+    (done / "meta.json").write_text(json.dumps({"fit_s": 1.0}))  # recorded before configurations were
+    runs.check_reusable(tmp_path, changed)
+    assert "trained before runs recorded their configuration" in capsys.readouterr().out

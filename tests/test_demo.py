@@ -59,3 +59,14 @@ def test_the_note_under_the_table_points_at_a_converged_comparison_that_exists()
     assert CONVERGED_BENCHMARK in CONVERGED_NOTE and len(record["seeds"]) >= 3
     low, high = record["comparisons"]["darec - sasrec"]["bootstrap_95ci"]
     assert "tie" in CONVERGED_NOTE and low < 0 < high  # the note's word matches the committed comparison
+
+
+def test_the_demos_darec_uses_the_shipped_configs_adapters_and_learning_rate():
+    import yaml
+
+    from darec.cli.demo import DAREC_ADAPTERS, DAREC_LR
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "darec_ml100k.yaml").read_text())
+    model = shipped["model"]["init_args"]
+    assert list(DAREC_ADAPTERS) == model["adapters"] and DAREC_LR == model["lr"]
+    assert model["backbone"]["autocast"] == "auto" and model["injection"]["residual"] is True

@@ -29,6 +29,11 @@ DEMO_MINUTES = 10
 DEMO_CONDITIONS = "2 unloaded CPU cores with AVX512-BF16"
 DEMO_TIME = f"about {DEMO_MINUTES} minutes on {DEMO_CONDITIONS}"
 
+DAREC_ADAPTERS = ("skip", "skip", "skip", "skip", "serial:16", "none")
+"""DARec's adapter per MiniLM layer in the demo: ``configs/darec_ml100k.yaml``'s (the adapter search's winner)."""
+DAREC_LR = 0.000477
+"""DARec's learning rate in the demo: ``configs/darec_ml100k.yaml``'s."""
+
 SHOWN = ("hr@5", "hr@10", "hr@20", "ndcg@10", "ndcg@20", "mrr@10")
 BUDGETS = ("sasrec_epochs", "lightgcn_epochs", "darec_epochs", "darec_batches")
 
@@ -219,9 +224,9 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
     log.info("DARec: loading the MiniLM backbone and encoding the catalogue once, then training up to %s",
              _epochs(darec_epochs))
     ddm = SequenceDataModule(str(data_dir), batch_size=64, eval_batch_size=256, max_len=50, stride=50, num_negatives=0)
-    model = DARec(  # DARec's defaults are configs/darec_ml100k.yaml's
+    model = DARec(  # DARec's other defaults are configs/darec_ml100k.yaml's
         num_items=ddm.num_items, num_users=ddm.num_users, data_fingerprint=ddm.fingerprint,
-        backbone=BackboneConfig(name="minilm", autocast="auto"), adapters="serial", max_len=50,
+        backbone=BackboneConfig(name="minilm", autocast="auto"), adapters=list(DAREC_ADAPTERS), lr=DAREC_LR, max_len=50,
         injection=InjectionConfig(mode="input", sasrec=str(sas_path), lightgcn=str(lg_path), residual=True),
         cache_dir=str(root / "cache"),
     )

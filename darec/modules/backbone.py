@@ -35,6 +35,9 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTOCAST: dict[str, torch.dtype | None] = {"none": None, "bfloat16": torch.bfloat16}
 AUTOCAST_CHOICES = (*AUTOCAST, "auto")
+CPU_ATTENTION_CHOICES = ("float32", "autocast")
+CPU_FLOAT32_SDPA = "darec_sdpa_cpu_float32"
+"""The attention implementation name :class:`Backbone` registers with transformers for ``cpu_attention: float32``."""
 TINY_NAMES = ("tiny-bert", "tiny-gpt2", "tiny-llama")
 # Randomly initialised, full-size shapes for speed checks where no pretrained weights can be fetched.
 RANDOM_SHAPES: dict[str, dict[str, Any]] = {
@@ -94,6 +97,11 @@ class BackboneConfig:
             natively (:func:`runs_bfloat16_natively`) and float32 elsewhere, once per device type, and logs the
             choice. ``benchmarks/bf16_cpu.py`` measures it per part; with ``"bfloat16"`` on a CPU without native
             bfloat16 the first pass warns, since there it is far slower than float32.
+        cpu_attention: with ``attn_implementation: sdpa``, how attention runs on a CPU when a pass autocasts to
+            bfloat16. ``"float32"`` (default): query, key and value are cast up and the product runs in float32 (torch's
+            CPU flash-attention backward in bfloat16 is several times slower than in float32, and no more exact);
+            ``"autocast"``: in bfloat16, as before (``benchmarks/darec_epoch.py`` measures both). GPUs and float32
+            passes are unaffected.
     """
 
     name: str = "minilm"
@@ -105,9 +113,11 @@ class BackboneConfig:
     seed: int = 0
     special_init: str = "mean"
     autocast: str = "none"
+    cpu_attention: str = "float32"
 
     def __post_init__(self) -> None:
         _check_attn(self.attn_implementation)
+        _check_cpu_attention(self.cpu_attention)
         if self.dtype not in DTYPES:
             raise ConfigError(f"backbone.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.special_init not in ("mean", "normal"):
@@ -135,6 +145,37 @@ def _check_attn(attn: str) -> None:
 def _check_autocast(autocast: str) -> None:
     if autocast not in AUTOCAST_CHOICES:
         raise ConfigError(f"backbone.autocast must be one of {list(AUTOCAST_CHOICES)}, got {autocast!r}")
+
+
+def _check_cpu_attention(choice: str) -> None:
+    if choice not in CPU_ATTENTION_CHOICES:
+        raise ConfigError(f"backbone.cpu_attention must be one of {list(CPU_ATTENTION_CHOICES)}, got {choice!r}")
+
+
+def sdpa_float32_on_cpu(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """transformers' SDPA attention, run in float32 when a CPU pass hands it lower-precision tensors.
+
+    The output is cast back to the query's dtype, so the layers around it see what they would have. Elsewhere (a
+    GPU, float32 tensors) it is transformers' SDPA unchanged.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.device.type != "cpu" or query.dtype == torch.float32:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    mask = attention_mask.float() if attention_mask is not None and attention_mask.is_floating_point() else attention_mask
+    with torch.autocast("cpu", enabled=False):
+        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), mask, **kwargs)
+    return out.to(query.dtype), weights
+
+
+def _use_float32_cpu_attention(model: nn.Module) -> None:
+    """Switch an ``sdpa`` model to :func:`sdpa_float32_on_cpu` (registered with transformers under
+    :data:`CPU_FLOAT32_SDPA`, a name no other library uses)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(CPU_FLOAT32_SDPA, sdpa_float32_on_cpu)
+    model.set_attn_implementation(CPU_FLOAT32_SDPA)
 
 
 def _hub_offline() -> bool:
@@ -215,10 +256,14 @@ class Backbone(nn.Module):
         seed: int = 0,
         special_init: str = "mean",
         autocast: str = "none",
+        cpu_attention: str = "float32",
     ) -> None:
         super().__init__()
         spec = family_spec(model.config.model_type)
         _check_attn(model.config._attn_implementation)
+        _check_cpu_attention(cpu_attention)
+        if cpu_attention == "float32" and model.config._attn_implementation == "sdpa":
+            _use_float32_cpu_attention(model)
         disable_dropout(model)
         model.train()  # dropout-free, so the mode changes nothing; it follows the parent's like every other module
         self.model = model
@@ -431,6 +476,7 @@ def load_backbone_from_config(
     device: str | torch.device | None = None,
     special_init: str = "mean",
     autocast: str = "none",
+    cpu_attention: str = "float32",
 ) -> Backbone:
     """Build a randomly initialised backbone from an in-memory HF config (deterministic given ``seed``).
 
@@ -446,7 +492,8 @@ def load_backbone_from_config(
         torch.manual_seed(seed)
         with torch.device(device if device is not None else "cpu"):
             model = AutoModel.from_config(hf_config, attn_implementation=attn_implementation, dtype=torch_dtype)
-    return Backbone(model, tokenizer=tokenizer, name=name, seed=seed, special_init=special_init, autocast=autocast)
+    return Backbone(model, tokenizer=tokenizer, name=name, seed=seed, special_init=special_init, autocast=autocast,
+                    cpu_attention=cpu_attention)
 
 
 def load_backbone(cfg: BackboneConfig | None = None, **overrides: Any) -> Backbone:
@@ -461,14 +508,14 @@ def load_backbone(cfg: BackboneConfig | None = None, **overrides: Any) -> Backbo
 
         return load_backbone_from_config(
             Qwen2Config(**RANDOM_SHAPES[name]), _load_tokenizer(minilm_path()), cfg.attn_implementation, cfg.dtype,
-            name, cfg.seed, special_init=cfg.special_init, autocast=cfg.autocast,
+            name, cfg.seed, special_init=cfg.special_init, autocast=cfg.autocast, cpu_attention=cfg.cpu_attention,
         )
     if name in TINY_NAMES:
         tokenizer = _load_tokenizer(minilm_path())
         hf_config = tiny_hf_config(name, len(tokenizer), cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_heads)
         return load_backbone_from_config(
             hf_config, tokenizer, cfg.attn_implementation, cfg.dtype, name, cfg.seed, special_init=cfg.special_init,
-            autocast=cfg.autocast,
+            autocast=cfg.autocast, cpu_attention=cfg.cpu_attention,
         )
     if name == "minilm":
         path = minilm_path()
@@ -492,6 +539,7 @@ def load_backbone(cfg: BackboneConfig | None = None, **overrides: Any) -> Backbo
     family_spec(hf_config.model_type)
     model = AutoModel.from_pretrained(path, attn_implementation=cfg.attn_implementation, dtype=DTYPES[cfg.dtype])
     return Backbone(
-        model, _load_tokenizer(path), name=name, seed=cfg.seed, special_init=cfg.special_init, autocast=cfg.autocast
+        model, _load_tokenizer(path), name=name, seed=cfg.seed, special_init=cfg.special_init, autocast=cfg.autocast,
+        cpu_attention=cfg.cpu_attention,
     )
 

@@ -24,7 +24,7 @@ from darec.modules.frozen_prefix import first_adapted_layer
 from darec.modules.hard_negatives import cached_hard_negatives
 from darec.modules.injection import CollaborativeInjection, InjectionConfig
 from darec.modules.item_encoder import ItemEncoder
-from darec.modules.losses import alignment_loss, hard_negative_loss, next_item_loss
+from darec.modules.losses import alignment_loss, full_scores, hard_negative_loss, next_item_loss
 
 log = logging.getLogger(__name__)
 
@@ -521,14 +521,16 @@ class DARec(RecModule):
         h, t = out[keep], tgt[keep]
         lo = self.losses
         terms: dict[str, torch.Tensor] = {}
+        scores = full_scores(h, table) if lo.sampled_softmax <= 0 and (lo.next_item or lo.hard_negative) else None
         if lo.next_item:
-            terms["next_item"] = next_item_loss(h, table, t, lo.sampled_softmax)
+            terms["next_item"] = next_item_loss(h, table, t, lo.sampled_softmax, scores=scores)
         if lo.masked_context and lo.lambda_mc > 0:
             ok = ~self.dup_text[fresh_ids]
             sem_ok = self.standardise(fresh[ok])
             terms["masked_context"] = lo.lambda_mc * alignment_loss(self.w_a(sem_ok), self.id_table, fresh_ids[ok])
         if lo.hard_negative and lo.lambda_hard > 0:
-            terms["hard_negative"] = lo.lambda_hard * hard_negative_loss(h, table, t, self.hard_negs[t], lo.temperature)
+            terms["hard_negative"] = lo.lambda_hard * hard_negative_loss(h, table, t, self.hard_negs[t], lo.temperature,
+                                                                    scores=scores)
         aux = [a for c in self.backbone.adapters if (a := c.aux_loss()) is not None]
         if aux and lo.lambda_balance > 0:  # of the last backbone pass: the sequence level
             terms["balance"] = lo.lambda_balance * torch.stack(aux).mean()

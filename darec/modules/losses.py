@@ -6,23 +6,32 @@ import torch
 import torch.nn.functional as F
 
 
+def full_scores(hidden: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
+    """Scores [N, C] of ``hidden`` [N, d] against every item of ``item_table`` [C+1, d] (row 0, padding, left out):
+    column ``j - 1`` is item ``j``. Computed once per step, they serve both :func:`next_item_loss` and
+    :func:`hard_negative_loss`."""
+    return hidden @ item_table[1:].T
+
+
 def next_item_loss(
     hidden: torch.Tensor,
     item_table: torch.Tensor,
     targets: torch.Tensor,
     num_sampled: int = 0,
     generator: torch.Generator | None = None,
+    scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of ``targets`` [N] given ``hidden`` [N, d] against ``item_table`` [C+1, d].
 
     Row 0 of the table (padding) is never a class. ``num_sampled > 0`` switches to a sampled
     softmax: the target against ``num_sampled`` uniform negatives shared by the batch, with
-    accidental hits on the target removed.
+    accidental hits on the target removed. ``scores``: :func:`full_scores` of the same arguments, when the caller
+    already has them (full softmax only).
     """
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0
     if num_sampled <= 0:
-        logits = hidden @ item_table[1:].T
+        logits = full_scores(hidden, item_table) if scores is None else scores
         return F.cross_entropy(logits.float(), targets - 1)
     c = item_table.shape[0] - 1
     neg = torch.randint(1, c + 1, (num_sampled,), generator=generator, device=hidden.device)
@@ -47,17 +56,26 @@ def hard_negative_loss(
     targets: torch.Tensor,
     negatives: torch.Tensor,
     temperature: float = 1.0,
+    scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE of the target against its hard negatives ``negatives`` [N, k] (0 = none).
 
-    Rows with no hard negative are skipped.
+    Rows with no hard negative are skipped. ``scores``: :func:`full_scores` of ``hidden`` and ``item_table``, when
+    the caller already has them; the logits are then read from them instead of gathering ``k + 1`` table rows per
+    target (the same values, and a much cheaper backward on a CPU).
     """
     valid = negatives > 0
     keep = valid.any(1)
     if not bool(keep.any()):
         return hidden.sum() * 0.0
-    h, t, n, v = hidden[keep], targets[keep], negatives[keep], valid[keep]
-    pos = (h * item_table[t]).sum(-1, keepdim=True)
-    neg = torch.einsum("nd,nkd->nk", h, item_table[n]).masked_fill(~v, float("-inf"))
+    t, n, v = targets[keep], negatives[keep], valid[keep]
+    if scores is not None:
+        s = scores[keep]
+        pos = s.gather(1, (t - 1).unsqueeze(1))
+        neg = s.gather(1, (n - 1).clamp(min=0)).masked_fill(~v, float("-inf"))
+    else:
+        h = hidden[keep]
+        pos = (h * item_table[t]).sum(-1, keepdim=True)
+        neg = torch.einsum("nd,nkd->nk", h, item_table[n]).masked_fill(~v, float("-inf"))
     logits = torch.cat([pos, neg], 1).float() / temperature
     return F.cross_entropy(logits, torch.zeros_like(t))

@@ -45,8 +45,10 @@ def encode_packed_and_alone(bb, sentences, pack_len=64):
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("name", NAMES)
 def test_packed_equals_per_item(name, attn):
+    from darec.modules.backbone import CPU_FLOAT32_SDPA
+
     bb = _backbone(name, attn)
-    assert bb.model.config._attn_implementation == attn
+    assert bb.model.config._attn_implementation == (CPU_FLOAT32_SDPA if attn == "sdpa" else attn)
     toks, packed, alone, hp, ha = encode_packed_and_alone(bb, MOVIES)
     assert packed.num_rows < alone.num_rows
     pr, pc = packed.align_index.T
@@ -191,6 +193,38 @@ def test_auto_autocast_follows_native_bfloat16_and_logs_its_choice(monkeypatch, 
         torch.testing.assert_close(out, full, atol=0.1, rtol=0.05)
     else:
         assert torch.equal(out, full)
+
+
+def test_cpu_attention_float32_runs_bfloat16_passes_attention_in_float32_and_autocast_keeps_the_old_path():
+    """``cpu_attention: float32`` (default) swaps in an SDPA that casts bfloat16 query/key/value up on a CPU: its output
+    equals float32 SDPA cast back to bfloat16, and a bfloat16-autocast pass moves closer to the float32 pass than
+    with ``cpu_attention: autocast`` (attention in bfloat16, the old path)."""
+    import torch.nn.functional as F
+
+    from darec.modules.backbone import CPU_FLOAT32_SDPA, sdpa_float32_on_cpu
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 6, 8, generator=g).to(torch.bfloat16) for _ in range(3))
+    mask = torch.zeros(2, 1, 6, 6).masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), float("-inf"))
+    out, _ = sdpa_float32_on_cpu(torch.nn.Module(), q, k, v, mask, is_causal=False)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).transpose(1, 2)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref.to(torch.bfloat16))
+
+    x = torch.randn(3, 7, 32, generator=g)
+    outs = {}
+    for choice in ("float32", "autocast"):
+        bb = load_backbone(BackboneConfig(name="tiny-bert", autocast="bfloat16", cpu_attention=choice))
+        assert bb.model.config._attn_implementation == (CPU_FLOAT32_SDPA if choice == "float32" else "sdpa")
+        outs[choice] = bb(x)
+        with bb.full_precision():
+            outs["full"] = bb(x)
+    assert not torch.equal(outs["float32"], outs["autocast"])
+    err = {c: (outs[c] - outs["full"]).abs().mean() for c in ("float32", "autocast")}
+    assert err["float32"] < err["autocast"]
+    eager = load_backbone(BackboneConfig(name="tiny-bert", attn_implementation="eager", cpu_attention="float32"))
+    assert eager.model.config._attn_implementation == "eager"  # only sdpa is swapped
+    with pytest.raises(ConfigError, match="backbone.cpu_attention must be one of"):
+        BackboneConfig(name="tiny-bert", cpu_attention="bf16")
 
 
 def test_unknown_autocast_is_refused():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from darec.modules.losses import alignment_loss, hard_negative_loss, next_item_loss
+from darec.modules.losses import alignment_loss, full_scores, hard_negative_loss, next_item_loss
 
 
 def test_next_item_full_softmax_ignores_padding_row():
@@ -45,6 +45,27 @@ def test_hard_negative_skips_rows_without_negatives():
     r2 = F.cross_entropy(torch.stack([h[2] @ table[3], h[2] @ table[6]])[None], torch.tensor([0]))
     assert torch.allclose(got, (r0 + r2) / 2)
     assert hard_negative_loss(h, table, t, torch.zeros(3, 2, dtype=torch.long)) == 0
+
+
+def test_losses_read_from_precomputed_full_scores_equal_the_direct_ones_in_value_and_gradient():
+    """Training computes the full scores once and hands them to both losses: the same values and gradients as each
+    loss gathering its own table rows."""
+    g = torch.Generator().manual_seed(4)
+    h0, table0 = torch.randn(7, 5, generator=g), torch.randn(12, 5, generator=g)
+    t = torch.tensor([1, 4, 11, 2, 7, 3, 9])
+    negs = torch.tensor([[2, 3, 5], [0, 0, 0], [1, 0, 4], [11, 10, 9], [7, 0, 0], [0, 0, 0], [8, 6, 0]])
+    negs[4, 0] = 6  # a negative in every column position, padding (0) in others
+    runs = []
+    for shared in (False, True):
+        h, table = h0.clone().requires_grad_(), table0.clone().requires_grad_()
+        scores = full_scores(h, table) if shared else None
+        assert scores is None or scores.shape == (7, 11)
+        loss = next_item_loss(h, table, t, scores=scores) + 0.3 * hard_negative_loss(h, table, t, negs, 0.5, scores=scores)
+        loss.backward()
+        runs.append((loss.detach(), h.grad, table.grad))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert runs[0][2][0].abs().sum() == 0  # the padding row never gets a gradient
 
 
 def test_alignment_loss_reference():
