@@ -55,8 +55,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
 from runs import (RunSpec, converged_darec_name, darec_name, has_lm_only, is_done, load, ndcg10, run_all,  # noqa: E402
-                  sasrec_name, sasrec_spec, shipped_darec_patience, shipped_sasrec_patience)
+                  sasrec_name, sasrec_spec, shipped_config, shipped_darec_patience, shipped_sasrec_patience)
 
+SHIPPED_LR = float(shipped_config("darec")["model"]["init_args"]["lr"])
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
     "context_masking_off": {"model": {"context_masking": False, "history_tokens": 128}},
@@ -69,7 +70,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16": {"model": {"backbone": {"autocast": "bfloat16"}}},
     "no_user_vector": {"model": {"injection": {"user_vector": False}}},
     "text_path": {"model": {"text_path": 10}},
-    "schedule": {"model": {"lr": 0.002, "lr_adapters": 0.001, "warmup_steps": 40}},
+    "schedule": {"model": {"lr": 2 * SHIPPED_LR, "lr_adapters": SHIPPED_LR, "warmup_steps": 40}},
     "cosine": {"model": {"scoring": "cosine"}},
 }
 
