@@ -19,12 +19,13 @@ with 11, most seeds stop on a plateau and then miss 0.01-0.03 test NDCG@10). Run
 at another patience are never reused by mistake. ``--darec-patience`` does the same for DARec's own early stopping
 (default: the shipped config's; a DARec run's name is ``darec_p<its patience>_sasL<SASRec's length>p<SASRec's patience>_s<seed>``), and
 ``--darec-lr`` for its learning rate (named ``darec_p3_lr0.00036_...``) and ``--darec-adapters`` for its per-layer
-adapters (named ``darec_p3_adskip-skip-serial64-...``); either is compared with DARec at the shipped settings. Per-user
+adapters (named ``darec_p3_adskip-skip-serial64-...``) and ``--darec-max-len`` for its history length (model and
+windows, named ``darec_p3_L100_...``); any of them is compared with DARec at the shipped settings. Per-user
 test NDCG@10 is averaged over seeds and every comparison is paired over users with a bootstrap 95% CI. Also
 reported: test NDCG@10 by history-length and target-popularity bucket.
 
     python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-lens 50 100 200] [--sasrec-patience P]
-                                      [--darec-patience P] [--darec-lr LR] [--darec-adapters A,B,...] [--tune-only]
+                                      [--darec-patience P] [--darec-lr LR] [--darec-adapters A,B,...] [--darec-max-len N] [--tune-only]
                                       [--accelerator cpu|gpu]
 
 With ``--accelerator gpu`` every run trains and is scored on the first CUDA device (``--jobs`` runs share it).
@@ -58,17 +59,18 @@ TEXT_W = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 TUNING_FIELDS = ("best_val_ndcg@10", "test_ndcg@10", "epochs_run", "fit_s", "stopped_by", "stopped_by_time", "torch_threads")
 
 
-Setting = tuple[int, float | None, list[str] | None]  # DARec's (patience, lr, adapters); None = the shipped config's
+Setting = tuple[int, float | None, list[str] | None, int | None]  # DARec's (patience, lr, adapters, max_len); None = shipped
 
 
 def specs(seeds: list[int], sasrec_len: int, sasrec_patience: int, darec: Setting) -> list[RunSpec]:
-    patience, lr, adapters = darec
-    model = {k: v for k, v in (("lr", lr), ("adapters", adapters)) if v is not None}
+    patience, lr, adapters, max_len = darec
+    model = {k: v for k, v in (("lr", lr), ("adapters", adapters), ("max_len", max_len)) if v is not None}
+    data = {} if max_len is None else {"max_len": max_len, "stride": max_len}
     out = []
     for s in seeds:
         out += [sasrec_spec(sasrec_len, s, sasrec_patience), sasrec_spec(sasrec_len, s + 100, sasrec_patience),
                 RunSpec(f"lightgcn_s{s}", "lightgcn", s),
-                RunSpec(converged_darec_name(s, sasrec_len, sasrec_patience, *darec), "darec", s, model,
+                RunSpec(converged_darec_name(s, sasrec_len, sasrec_patience, *darec), "darec", s, model, data,
                         trainer={"patience": patience},
                         cf_from=sasrec_name(sasrec_len, s, sasrec_patience), lightgcn_from=f"lightgcn_s{s}")]
     return out
@@ -133,6 +135,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--darec-adapters", type=comma_list, default=None,
                    help="DARec's per-layer adapters, comma-separated (e.g. skip,skip,serial:64,skip,serial:16,none; "
                         "default: the shipped config's); named and compared like --darec-lr")
+    p.add_argument("--darec-max-len", type=int, default=None,
+                   help="DARec's history length (model and window length, stride the same; default: the shipped config's, "
+                        "50); named _L<N> and compared like --darec-lr")
     p.add_argument("--compare-darec-patience", type=int, default=None,
                    help="also compare DARec against its runs at this patience (already trained), on validation and test")
     p.add_argument("--tune-only", action="store_true",
@@ -164,9 +169,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"wrote {a.out}")
         return result
     dpat = a.darec_patience if a.darec_patience is not None else shipped_darec_patience()
-    lr, adapters = a.darec_lr, a.darec_adapters
-    setting: Setting = (dpat, lr, adapters)
-    shipped: Setting = (dpat, None, None)
+    lr, adapters, max_len = a.darec_lr, a.darec_adapters, a.darec_max_len
+    setting: Setting = (dpat, lr, adapters, max_len)
+    shipped: Setting = (dpat, None, None, None)
     run_all(specs(a.seeds, sas_len, pat, setting), work, a.data_dir, a.jobs, a.threads, a.accelerator)
     if setting != shipped:  # DARec at the shipped settings, which the comparison below reads
         run_all(specs(a.seeds, sas_len, pat, shipped), work, a.data_dir, a.jobs, a.threads, a.accelerator)
@@ -221,15 +226,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if a.compare_darec_patience is not None:
         comparisons[f"darec - darec at patience {a.compare_darec_patience}"] = darec_comparison(
-            work, a.seeds, sas_len, pat, setting, (a.compare_darec_patience, lr, adapters))
+            work, a.seeds, sas_len, pat, setting, (a.compare_darec_patience, lr, adapters, max_len))
     if setting != shipped:
-        changed = " and ".join(k for k, v in (("lr", lr), ("adapters", adapters)) if v is not None)
+        changed = " and ".join(k for k, v in (("lr", lr), ("adapters", adapters), ("max_len", max_len)) if v is not None)
         comparisons[f"darec - darec at the shipped {changed}"] = darec_comparison(work, a.seeds, sas_len, pat, setting, shipped)
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
               "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),
               "accelerator": a.accelerator, "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len, "sasrec_patience": pat,
               "sasrec_len_tuning_runs": tuning_runs, "darec_config": "configs/darec_ml100k.yaml", "darec_patience": dpat, "darec_lr": lr,
-              "darec_adapters": adapters,
+              "darec_adapters": adapters, "darec_max_len": max_len,
               "models": models, "comparisons": comparisons, "breakdowns_test_ndcg@10": breakdown, "targets": targets}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     _print(result)
@@ -239,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def darec_comparison(work: Path, seeds: list[int], sasrec_len: int, sasrec_patience: int,
                      setting: Setting, other: Setting) -> dict[str, Any]:
-    """DARec at ``setting`` minus DARec at ``other`` (each ``(patience, lr, adapters)``; same seeds and injected runs),
+    """DARec at ``setting`` minus DARec at ``other`` (each ``(patience, lr, adapters, max_len)``; same seeds and injected runs),
     paired over users: on validation (what a setting is chosen by), then on test, for the
     fused score and the language model alone."""
     out: dict[str, Any] = {}

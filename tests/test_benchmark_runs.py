@@ -60,3 +60,9 @@ def test_a_finished_run_is_reused_only_while_its_spec_resolves_to_the_configurat
     (done / "meta.json").write_text(json.dumps({"fit_s": 1.0}))  # recorded before configurations were
     runs.check_reusable(tmp_path, changed)
     assert "trained before runs recorded their configuration" in capsys.readouterr().out
+
+
+def test_converged_darec_names_carry_the_history_length_when_it_is_not_the_shipped_one():
+    runs = _runs()
+    assert runs.converged_darec_name(0, 100, 25, 3, None, None, 100) == "darec_p3_L100_sasL100p25_s0"
+    assert runs.converged_darec_name(0, 100, 25, 3) == "darec_p3_sasL100p25_s0"
