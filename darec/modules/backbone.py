@@ -98,8 +98,8 @@ class BackboneConfig:
             choice. ``benchmarks/bf16_cpu.py`` measures it per part; with ``"bfloat16"`` on a CPU without native
             bfloat16 the first pass warns, since there it is far slower than float32.
         cpu_attention: with ``attn_implementation: sdpa``, how attention runs on a CPU when a pass autocasts to
-            bfloat16. ``"float32"`` (default): query, key and value are cast up and the product runs in float32 (torch's
-            CPU flash-attention backward in bfloat16 is several times slower than in float32, and no more exact);
+            bfloat16. ``"float32"`` (default): query, key and value are cast up and attention runs in float32, which is
+            also more exact (torch's CPU flash-attention backward is several times slower in bfloat16 than in float32);
             ``"autocast"``: in bfloat16, as before (``benchmarks/darec_epoch.py`` measures both). GPUs and float32
             passes are unaffected.
     """
