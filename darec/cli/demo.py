@@ -23,7 +23,7 @@ from darec.output import is_terminal
 
 log = logging.getLogger(__name__)
 
-DEMO_MINUTES = 10
+DEMO_MINUTES = 4
 """Wall time of ``darec demo`` with the default budgets, in minutes, measured under :data:`DEMO_CONDITIONS`.
 ``darec --help``, ``darec demo --help``, the demo's banner and the README all quote this figure."""
 DEMO_CONDITIONS = "2 unloaded CPU cores with AVX512-BF16"
