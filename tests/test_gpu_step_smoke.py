@@ -18,7 +18,9 @@ def test_gpu_step_tiny_cpu(tmp_path):
     for key in ("device", "torch", "transformers", "command", "git_commit", "tokens_per_s", "step_time_s",
                 "peak_memory_bytes", "achieved_flops_6N", "achieved_flops_4N", "mfu_6N", "mfu_4N", "flops_formula"):
         assert key in saved, key
-    assert saved["attn_implementation"] == "sdpa"
+    from darec.modules.backbone import CPU_FLOAT32_SDPA
+
+    assert saved["attn_implementation"] == CPU_FLOAT32_SDPA  # sdpa, in float32 under bfloat16 autocast on a CPU
     assert saved["tokens_per_step"] == saved["item_tokens"] + saved["sequence_positions"]
     assert saved["tokens_per_s"] > 0 and saved["mfu_6N"] is None
     assert len(saved["losses"]) == 2 and all(x == x for x in saved["losses"])

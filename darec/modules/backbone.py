@@ -169,12 +169,18 @@ def sdpa_float32_on_cpu(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     return out.to(query.dtype), weights
 
 
-def _use_float32_cpu_attention(model: nn.Module) -> None:
-    """Switch an ``sdpa`` model to :func:`sdpa_float32_on_cpu` (registered with transformers under
-    :data:`CPU_FLOAT32_SDPA`, a name no other library uses)."""
+def _register_float32_cpu_attention() -> None:
+    """Register :func:`sdpa_float32_on_cpu` with transformers under :data:`CPU_FLOAT32_SDPA`, a name no other library
+    uses (idempotent). Every process that runs such a model needs it: the one that built it, and any that unpickled it
+    (DDP's spawned workers), through :meth:`Backbone.__setstate__`."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(CPU_FLOAT32_SDPA, sdpa_float32_on_cpu)
+
+
+def _use_float32_cpu_attention(model: nn.Module) -> None:
+    """Switch an ``sdpa`` model to :func:`sdpa_float32_on_cpu`."""
+    _register_float32_cpu_attention()
     model.set_attn_implementation(CPU_FLOAT32_SDPA)
 
 
@@ -285,6 +291,11 @@ class Backbone(nn.Module):
             p.requires_grad_(False)
         self.special_embeddings = nn.Parameter(self._init_special(seed, special_init))
         self._sha256: str | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if self.model.config._attn_implementation == CPU_FLOAT32_SDPA:
+            _register_float32_cpu_attention()
 
     def _init_special(self, seed: int, how: str) -> torch.Tensor:
         weight = self.word_embeddings.weight.detach().float()
