@@ -174,8 +174,10 @@ def _register_float32_cpu_attention() -> None:
     uses (idempotent). Every process that runs such a model needs it: the one that built it, and any that unpickled it
     (DDP's spawned workers), through :meth:`Backbone.__setstate__`."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(CPU_FLOAT32_SDPA, sdpa_float32_on_cpu)
+    AttentionMaskInterface.register(CPU_FLOAT32_SDPA, sdpa_mask)  # masks are built exactly as for sdpa
 
 
 def _use_float32_cpu_attention(model: nn.Module) -> None:

@@ -221,6 +221,19 @@ def test_cpu_attention_float32_runs_bfloat16_passes_attention_in_float32_and_aut
     assert not torch.equal(outs["float32"], outs["autocast"])
     err = {c: (outs[c] - outs["full"]).abs().mean() for c in ("float32", "autocast")}
     assert err["float32"] < err["autocast"]
+    # a 2D padding mask handed to the HF model directly is built exactly as for sdpa (not dropped as for an unknown name)
+    ids, pad = torch.randint(5, 100, (2, 6), generator=g), torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    for name in ("tiny-bert", "tiny-gpt2"):
+        bb = load_backbone(BackboneConfig(name=name)).eval()
+        with torch.no_grad():
+            ours = bb.model(input_ids=ids, attention_mask=pad).last_hidden_state
+            bb.model.set_attn_implementation("sdpa")
+            plain = bb.model(input_ids=ids, attention_mask=pad).last_hidden_state
+            unmasked = bb.model(input_ids=ids).last_hidden_state
+        keep = pad.bool()
+        assert torch.equal(ours[keep], plain[keep])
+        if name == "tiny-bert":  # bidirectional: the padding mask changes the kept tokens' states
+            assert not torch.allclose(ours[0, :4], unmasked[0, :4])
     eager = load_backbone(BackboneConfig(name="tiny-bert", attn_implementation="eager", cpu_attention="float32"))
     assert eager.model.config._attn_implementation == "eager"  # only sdpa is swapped
     with pytest.raises(ConfigError, match="backbone.cpu_attention must be one of"):
