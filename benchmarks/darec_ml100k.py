@@ -20,12 +20,15 @@ at another patience are never reused by mistake. ``--darec-patience`` does the s
 (default: the shipped config's; a DARec run's name is ``darec_p<its patience>_sasL<SASRec's length>p<SASRec's patience>_s<seed>``), and
 ``--darec-lr`` for its learning rate (named ``darec_p3_lr0.00036_...``) and ``--darec-adapters`` for its per-layer
 adapters (named ``darec_p3_adskip-skip-serial64-...``) and ``--darec-max-len`` for its history length (model and
-windows, named ``darec_p3_L100_...``); any of them is compared with DARec at the shipped settings. Per-user
+windows, named ``darec_p3_L100_...``), and ``--darec-set KEY=VALUE ...`` for any other key under ``model.init_args``
+(dotted, YAML values, e.g. ``dropout=0.3``; named ``darec_p3_set-dropout0.3_...``); any of them is compared with DARec
+at the shipped settings. Per-user
 test NDCG@10 is averaged over seeds and every comparison is paired over users with a bootstrap 95% CI. Also
 reported: test NDCG@10 by history-length and target-popularity bucket.
 
     python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-lens 50 100 200] [--sasrec-patience P]
-                                      [--darec-patience P] [--darec-lr LR] [--darec-adapters A,B,...] [--darec-max-len N] [--tune-only]
+                                      [--darec-patience P] [--darec-lr LR] [--darec-adapters A,B,...] [--darec-max-len N]
+                                      [--darec-set KEY=VALUE ...] [--tune-only]
                                       [--accelerator cpu|gpu]
 
 With ``--accelerator gpu`` every run trains and is scored on the first CUDA device (``--jobs`` runs share it).
@@ -45,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,12 +63,37 @@ TEXT_W = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 TUNING_FIELDS = ("best_val_ndcg@10", "test_ndcg@10", "epochs_run", "fit_s", "stopped_by", "stopped_by_time", "torch_threads")
 
 
-Setting = tuple[int, float | None, list[str] | None, int | None]  # DARec's (patience, lr, adapters, max_len); None = shipped
+Extra = tuple[tuple[str, Any], ...]  # (dotted key under model.init_args, value) pairs, sorted
+Setting = tuple[int, float | None, list[str] | None, int | None, Extra]  # DARec's (patience, lr, adapters, max_len,
+# other keys); None / () = the shipped config's
+
+
+def parse_set(items: list[str]) -> Extra:
+    """``KEY=VALUE`` pairs of ``--darec-set`` (dotted keys under ``model.init_args``, YAML values), sorted by key."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--darec-set takes KEY=VALUE (e.g. dropout=0.3, losses.lambda_hard=0), got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return tuple(sorted(out.items()))
+
+
+def nested(extra: Extra) -> dict[str, Any]:
+    """``(("losses.lambda_hard", 0),)`` -> ``{"losses": {"lambda_hard": 0}}``."""
+    out: dict[str, Any] = {}
+    for key, value in extra:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 
 
 def specs(seeds: list[int], sasrec_len: int, sasrec_patience: int, darec: Setting) -> list[RunSpec]:
-    patience, lr, adapters, max_len = darec
-    model = {k: v for k, v in (("lr", lr), ("adapters", adapters), ("max_len", max_len)) if v is not None}
+    patience, lr, adapters, max_len, extra = darec
+    model = {**nested(extra), **{k: v for k, v in (("lr", lr), ("adapters", adapters), ("max_len", max_len)) if v is not None}}
     data = {} if max_len is None else {"max_len": max_len, "stride": max_len}
     out = []
     for s in seeds:
@@ -138,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--darec-max-len", type=int, default=None,
                    help="DARec's history length (model and window length, stride the same; default: the shipped config's, "
                         "50); named _L<N> and compared like --darec-lr")
+    p.add_argument("--darec-set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="other DARec settings: dotted keys under model.init_args with YAML values (e.g. dropout=0.3 "
+                        "losses.lambda_hard=0); named _set-<key><value> and compared like --darec-lr")
     p.add_argument("--compare-darec-patience", type=int, default=None,
                    help="also compare DARec against its runs at this patience (already trained), on validation and test")
     p.add_argument("--tune-only", action="store_true",
@@ -169,9 +201,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"wrote {a.out}")
         return result
     dpat = a.darec_patience if a.darec_patience is not None else shipped_darec_patience()
-    lr, adapters, max_len = a.darec_lr, a.darec_adapters, a.darec_max_len
-    setting: Setting = (dpat, lr, adapters, max_len)
-    shipped: Setting = (dpat, None, None, None)
+    lr, adapters, max_len, extra = a.darec_lr, a.darec_adapters, a.darec_max_len, parse_set(a.darec_set)
+    setting: Setting = (dpat, lr, adapters, max_len, extra)
+    shipped: Setting = (dpat, None, None, None, ())
     run_all(specs(a.seeds, sas_len, pat, setting), work, a.data_dir, a.jobs, a.threads, a.accelerator)
     if setting != shipped:  # DARec at the shipped settings, which the comparison below reads
         run_all(specs(a.seeds, sas_len, pat, shipped), work, a.data_dir, a.jobs, a.threads, a.accelerator)
@@ -226,15 +258,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if a.compare_darec_patience is not None:
         comparisons[f"darec - darec at patience {a.compare_darec_patience}"] = darec_comparison(
-            work, a.seeds, sas_len, pat, setting, (a.compare_darec_patience, lr, adapters, max_len))
+            work, a.seeds, sas_len, pat, setting, (a.compare_darec_patience, lr, adapters, max_len, extra))
     if setting != shipped:
-        changed = " and ".join(k for k, v in (("lr", lr), ("adapters", adapters), ("max_len", max_len)) if v is not None)
+        changed = " and ".join([k for k, v in (("lr", lr), ("adapters", adapters), ("max_len", max_len)) if v is not None]
+                               + [k for k, _ in extra])
         comparisons[f"darec - darec at the shipped {changed}"] = darec_comparison(work, a.seeds, sas_len, pat, setting, shipped)
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
               "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),
               "accelerator": a.accelerator, "seeds": a.seeds, "sasrec_len_tuning_val_ndcg@10": tuned, "sasrec_len": sas_len, "sasrec_patience": pat,
               "sasrec_len_tuning_runs": tuning_runs, "darec_config": "configs/darec_ml100k.yaml", "darec_patience": dpat, "darec_lr": lr,
-              "darec_adapters": adapters, "darec_max_len": max_len,
+              "darec_adapters": adapters, "darec_max_len": max_len, "darec_set": dict(extra),
               "models": models, "comparisons": comparisons, "breakdowns_test_ndcg@10": breakdown, "targets": targets}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     _print(result)
@@ -244,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def darec_comparison(work: Path, seeds: list[int], sasrec_len: int, sasrec_patience: int,
                      setting: Setting, other: Setting) -> dict[str, Any]:
-    """DARec at ``setting`` minus DARec at ``other`` (each ``(patience, lr, adapters, max_len)``; same seeds and injected runs),
+    """DARec at ``setting`` minus DARec at ``other`` (each a :data:`Setting`; same seeds and injected runs),
     paired over users: on validation (what a setting is chosen by), then on test, for the
     fused score and the language model alone."""
     out: dict[str, Any] = {}

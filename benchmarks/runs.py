@@ -103,14 +103,18 @@ def darec_name(variant: str, seed: int, sasrec_len: int, sasrec_patience: int) -
 
 
 def converged_darec_name(seed: int, sasrec_len: int, sasrec_patience: int, darec_patience: int,
-                         lr: float | None = None, adapters: list[str] | None = None, max_len: int | None = None) -> str:
+                         lr: float | None = None, adapters: list[str] | None = None, max_len: int | None = None,
+                         extra: tuple[tuple[str, Any], ...] = ()) -> str:
     """The name of a default DARec run trained to convergence, with its own early-stopping patience and, when they
-    are not the shipped config's, its learning rate, per-layer adapters and history length."""
+    are not the shipped config's, its learning rate, per-layer adapters, history length and other settings (``extra``:
+    sorted (dotted key, value) pairs)."""
     variant = f"darec_p{darec_patience}" + (f"_lr{lr:g}" if lr is not None else "")
     if adapters is not None:
         variant += "_ad" + "-".join(a.replace(":", "") for a in adapters)
     if max_len is not None:
         variant += f"_L{max_len}"
+    if extra:
+        variant += "_set-" + "-".join(f"{key.rsplit('.', 1)[-1]}{value}" for key, value in extra).replace(":", "")
     return darec_name(variant, seed, sasrec_len, sasrec_patience)
 
 

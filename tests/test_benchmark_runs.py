@@ -66,3 +66,5 @@ def test_converged_darec_names_carry_the_history_length_when_it_is_not_the_shipp
     runs = _runs()
     assert runs.converged_darec_name(0, 100, 25, 3, None, None, 100) == "darec_p3_L100_sasL100p25_s0"
     assert runs.converged_darec_name(0, 100, 25, 3) == "darec_p3_sasL100p25_s0"
+    assert runs.converged_darec_name(0, 100, 25, 3, None, None, None, (("dropout", 0.3), ("losses.lambda_hard", 0))) == (
+        "darec_p3_set-dropout0.3-lambda_hard0_sasL100p25_s0")
