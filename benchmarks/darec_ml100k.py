@@ -91,9 +91,15 @@ def nested(extra: Extra) -> dict[str, Any]:
     return out
 
 
+def overrides(darec: Setting) -> Extra:
+    """The model keys ``darec`` sets away from the shipped config, dotted, in :data:`Setting` order."""
+    _, lr, adapters, max_len, extra = darec
+    return tuple((k, v) for k, v in (("lr", lr), ("adapters", adapters), ("max_len", max_len)) if v is not None) + extra
+
+
 def specs(seeds: list[int], sasrec_len: int, sasrec_patience: int, darec: Setting) -> list[RunSpec]:
-    patience, lr, adapters, max_len, extra = darec
-    model = {**nested(extra), **{k: v for k, v in (("lr", lr), ("adapters", adapters), ("max_len", max_len)) if v is not None}}
+    patience, max_len = darec[0], darec[3]
+    model = nested(overrides(darec))
     data = {} if max_len is None else {"max_len": max_len, "stride": max_len}
     out = []
     for s in seeds:
@@ -258,10 +264,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if a.compare_darec_patience is not None:
         comparisons[f"darec - darec at patience {a.compare_darec_patience}"] = darec_comparison(
-            work, a.seeds, sas_len, pat, setting, (a.compare_darec_patience, lr, adapters, max_len, extra))
+            work, a.seeds, sas_len, pat, setting, (a.compare_darec_patience, *setting[1:]))
     if setting != shipped:
-        changed = " and ".join([k for k, v in (("lr", lr), ("adapters", adapters), ("max_len", max_len)) if v is not None]
-                               + [k for k, _ in extra])
+        changed = " and ".join(k for k, _ in overrides(setting))
         comparisons[f"darec - darec at the shipped {changed}"] = darec_comparison(work, a.seeds, sas_len, pat, setting, shipped)
     result = {"benchmark": "DARec vs SASRec on ml-100k (full ranking, leave-one-out, history masked)",
               "machine": machine(), "command": command("benchmarks/darec_ml100k.py", argv), "git": git_commit((a.out,)),

@@ -131,24 +131,34 @@ def is_done(work: Path, name: str) -> bool:
     return (run_dir(work, name) / "meta.json").is_file()
 
 
-def resolved_config(spec: RunSpec) -> dict[str, Any]:
-    """What ``spec`` trains, in full: its shipped config with the overrides merged in, as JSON values. Machine paths
-    are left out (the data and cache folders; the injected exports are named by the runs they come from), so the
-    same spec resolves alike in any work folder. ``meta.json`` records it, and a finished run is reused only while
-    its spec still resolves to it (a run's name holds only its overrides, and the shipped config can change)."""
+def _settings(spec: RunSpec) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``spec``'s model and data ``init_args`` (its shipped config with the overrides merged in) and its trainer
+    settings, before any machine path is added: what :func:`train` runs and :func:`resolved_config` records."""
     cfg = shipped_config(spec.kind)
     model = _merge(cfg["model"]["init_args"], spec.model)
-    model.pop("cache_dir", None)
-    if spec.kind == "darec" and isinstance(model.get("injection"), dict):
-        model["injection"] = dict(model["injection"], sasrec=spec.cf_from, lightgcn=spec.lightgcn_from)
-    data = {k: v for k, v in _merge(cfg["data"]["init_args"], spec.data).items() if k != "data_dir"}
+    data = _merge(cfg["data"]["init_args"], spec.data)
+    if spec.kind == "darec":
+        data["max_len"] = model.get("max_len", data.get("max_len"))
     stop = early_stopping_args(cfg)
     trainer = {"max_epochs": spec.trainer.get("max_epochs", cfg["trainer"].get("max_epochs", 100)),
                "patience": spec.trainer.get("patience", stop["patience"]), "monitor": stop["monitor"],
                "max_minutes": spec.trainer.get("max_minutes", 30),
                "gradient_clip_val": cfg["trainer"].get("gradient_clip_val")}
-    resolved = {"model_class": cfg["model"]["class_path"], "model": model, "data": data, "trainer": trainer,
-                "shuffle_text": spec.shuffle_text}
+    return model, data, trainer
+
+
+def resolved_config(spec: RunSpec) -> dict[str, Any]:
+    """What ``spec`` trains, in full (:func:`_settings`), as JSON values. Machine paths are left out (the data and
+    cache folders; the injected exports are named by the runs they come from), so the same spec resolves alike in any
+    work folder. ``meta.json`` records it, and a finished run is reused only while its spec still resolves to it (a
+    run's name holds only its overrides, and the shipped config can change)."""
+    model, data, trainer = _settings(spec)
+    model.pop("cache_dir", None)
+    if spec.kind == "darec" and isinstance(model.get("injection"), dict):
+        model["injection"] = dict(model["injection"], sasrec=spec.cf_from, lightgcn=spec.lightgcn_from)
+    data.pop("data_dir", None)
+    resolved = {"model_class": shipped_config(spec.kind)["model"]["class_path"], "model": model, "data": data,
+                "trainer": trainer, "shuffle_text": spec.shuffle_text}
     return json.loads(json.dumps(resolved))
 
 
@@ -241,8 +251,8 @@ def train(spec: RunSpec, work: Path, data_dir: str, accelerator: str = "cpu") ->
     device = accelerator_device(accelerator)
     out.mkdir(parents=True, exist_ok=True)
     cfg = shipped_config(spec.kind)
-    model_kw = _merge(cfg["model"]["init_args"], spec.model)
-    data_kw = _merge(cfg["data"]["init_args"], dict(spec.data, data_dir=data_dir))
+    model_kw, data_kw, settings = _settings(spec)
+    data_kw["data_dir"] = data_dir
     if spec.kind == "darec":
         model_kw["cache_dir"] = str(work / "cache")
         inj = dict(model_kw.get("injection") or {})
@@ -250,13 +260,7 @@ def train(spec: RunSpec, work: Path, data_dir: str, accelerator: str = "cpu") ->
             inj["sasrec"] = str(run_dir(work, spec.cf_from) / "cf" / "sasrec.safetensors") if spec.cf_from else None
             inj["lightgcn"] = str(run_dir(work, spec.lightgcn_from) / "cf" / "lightgcn.safetensors") if spec.lightgcn_from else None
         model_kw["injection"] = inj
-        data_kw["max_len"] = model_kw.get("max_len", data_kw.get("max_len"))
-    trainer_cfg = cfg["trainer"]
-    stop = early_stopping_args(cfg)
-    patience, stop_on = stop["patience"], stop["monitor"]
-    max_epochs = spec.trainer.get("max_epochs", trainer_cfg.get("max_epochs", 100))
-    patience = spec.trainer.get("patience", patience)
-    max_minutes = spec.trainer.get("max_minutes", 30)
+    max_epochs, patience, stop_on, max_minutes = (settings[k] for k in ("max_epochs", "patience", "monitor", "max_minutes"))
     L.seed_everything(spec.seed)
     dm = _import(cfg["data"]["class_path"])(**data_kw)
     cls = _import(cfg["model"]["class_path"])
@@ -285,7 +289,7 @@ def train(spec: RunSpec, work: Path, data_dir: str, accelerator: str = "cpu") ->
     trainer = L.Trainer(
         max_epochs=max_epochs, max_time={"minutes": max_minutes}, logger=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, accelerator=accelerator, devices=1,
-        gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
+        gradient_clip_val=settings["gradient_clip_val"],
         callbacks=[ckpt, stopper := EarlyStopping(monitor=stop_on, mode="max", patience=patience), Curve()],
     )
     t0 = time.perf_counter()
