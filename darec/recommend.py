@@ -88,7 +88,7 @@ class _TextItems:
 
     def user(self, ids: list[int]) -> torch.Tensor:
         assert self._sem is not None, "table() first"
-        return self.model.user_vectors(torch.tensor([ids[-self.model.max_len :]]), self._sem)[0]
+        return self.model.user_vectors(torch.tensor([ids]), self._sem)[0]
 
     def add(self, items: Sequence[dict[str, Any]], text: TextOptions | None) -> list[int]:
         known = set(self.raw_ids[1:])

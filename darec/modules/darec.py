@@ -565,8 +565,7 @@ class DARec(RecModule):
             self._eval_table = self.item_table(self.sem_cache.float())
 
     def prepare_eval_batch(self, batch: EvalBatch) -> EvalBatch:
-        seq = batch["history"][:, -self.max_len :]
-        base, sas = self._scoring_parts(seq, self.sem_cache.float(), last_only=True, users=batch.get("user"))
+        base, sas = self._history_parts(batch["history"], self.sem_cache.float(), batch.get("user"))
         out = {**batch, "user_vec": self._with_residual(base, sas)[:, 0]}
         if sas is not None:
             out["user_base"], out["user_sasrec"] = base[:, 0], sas[:, 0]
@@ -608,9 +607,18 @@ class DARec(RecModule):
         self._log_metric(self.val_by_weight[best], "val")
         self.log("val/residual_weight", RESIDUAL_GRID[best])
 
-    def user_vectors(self, seq: torch.Tensor, sem: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
-        """The scoring state [B, d'] after each history ``seq`` [B, L] (left-padded) of ``users`` [B] (ids, optional)."""
-        return self.scoring_states(seq, sem, last_only=True, users=users)[:, 0]
+    def user_vectors(self, history: torch.Tensor, sem: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """The scoring state [B, d'] after each whole ``history`` [B, L'] (left-padded) of ``users`` [B] (ids, optional)."""
+        return self._with_residual(*self._history_parts(history, sem, users))[:, 0]
+
+    def _history_parts(self, history: torch.Tensor, sem: torch.Tensor,
+                       users: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`_scoring_parts` of the last position after each whole ``history`` [B, L']: the language model reads
+        its last ``max_len`` items, SASRec's residual state what ``injection.residual_history`` says."""
+        base, sas = self._scoring_parts(history[:, -self.max_len :], sem, last_only=True, users=users)
+        if sas is not None:
+            sas = self.injection.residual_last_states(history, sas)
+        return base, sas
 
     def _with_residual(self, states: torch.Tensor, sas: torch.Tensor | None) -> torch.Tensor:
         """``[W_o h ; alpha u_t]`` with ``injection.residual`` (matching ``[e_j ; c_j]``), else ``W_o h``;

@@ -28,6 +28,7 @@ from darec.modules.sasrec import USER_STATES, SasrecUserEncoder
 
 
 RESIDUAL_WEIGHTS = ("learned", "validation")
+RESIDUAL_HISTORIES = ("own", "window")
 
 
 @dataclass
@@ -53,6 +54,13 @@ class InjectionConfig:
     ``sasrec_folds_eval: full`` only training reads the fold encoders, and evaluation the full SASRec's states (the
     usual stacking recipe: the second stage learns from out-of-fold outputs and predicts from the model fitted on all
     the data).
+
+    ``residual_history`` sets what SASRec's residual state reads when a whole history is scored (evaluation,
+    ``darec recommend``): ``own`` its own last ``max_len`` items (that of the export), so the residual is exactly the
+    score SASRec ranks with, also when SASRec was trained on longer histories than DARec's window; ``window`` the
+    language model's window of ``max_len`` items (the old behaviour). Training windows are scored at every position
+    and always read the window. On ml-100k with a SASRec of 100 items and DARec's window of 50, ``own`` gives a
+    higher validation NDCG@10 (``benchmarks/darec_ml100k.json``).
     """
 
     mode: Literal["none", "input", "attention"] = "none"  # none | input | attention (input + per-layer prefixes)
@@ -65,6 +73,7 @@ class InjectionConfig:
     residual_weight: str = "validation"  # learned: alpha trains with the LM, which learns a correction | validation: see below
     sasrec_folds: list[str] = field(default_factory=list)  # cross-fitted SASRec exports: see below
     sasrec_folds_eval: str = "folds"  # folds: evaluation reads the out-of-fold states too | full: the full SASRec's
+    residual_history: str = "own"  # own: the residual's state after a whole history reads SASRec's own last max_len items | window: DARec's window
 
 
 class CollaborativeInjection(nn.Module):
@@ -133,6 +142,8 @@ class CollaborativeInjection(nn.Module):
                 nn.init.normal_(lin.weight, std=0.1 / user_dim**0.5)
                 nn.init.zeros_(lin.bias)
             self.__dict__["_prefix_layers"] = wrap_layers(layers)
+        if cfg.residual_history not in RESIDUAL_HISTORIES:
+            raise ConfigError(f"injection.residual_history must be one of {RESIDUAL_HISTORIES}, got {cfg.residual_history!r}")
         if cfg.residual_weight not in RESIDUAL_WEIGHTS:
             raise ConfigError(f"injection.residual_weight must be one of {RESIDUAL_WEIGHTS}, got {cfg.residual_weight!r}")
         if cfg.residual:
@@ -254,6 +265,14 @@ class CollaborativeInjection(nn.Module):
         if not self._reads_folds:  # the input states are already the full encoder's
             return self.sasrec_part(user)
         return self.sasrec_encoder.causal_user_states(self._known(seq)).to(user.dtype)
+
+    def residual_last_states(self, history: torch.Tensor, window_states: torch.Tensor) -> torch.Tensor:
+        """SASRec's state [B, 1, d_sas] for the residual score after each whole ``history`` [B, L'] (left-padded):
+        with ``residual_history: own`` the full encoder's after its own last ``max_len`` items, as SASRec ranks;
+        else ``window_states`` [B, 1, d_sas], the last of :meth:`residual_states` over DARec's window."""
+        if self.cfg.residual_history == "window":
+            return window_states
+        return self.sasrec_encoder.last_state(self._known(history))[:, None].to(window_states.dtype)
 
     def residual_users(self, sas: torch.Tensor) -> torch.Tensor:
         """``alpha * u_t`` [B, L, d_sas] from :meth:`residual_states` ``sas``, appended to the scoring state when

@@ -138,6 +138,35 @@ def test_residual_adds_sasrecs_own_score(small_synth_dir, cf_exports, tmp_path):
     assert not m.injection.cf_table.requires_grad, "SASRec's item vectors stay frozen"
 
 
+@pytest.mark.parametrize("history_mode", ["own", "window"])
+def test_residual_reads_sasrecs_own_history_length(small_synth_dir, cf_exports, tmp_path, history_mode):
+    """SASRec (12 items) residual of a DARec with a 4-item window: after a 10-item history, ``own`` scores with
+    SASRec's state after all 10 items, as SASRec itself ranks; ``window`` with its state after the last 4. The
+    language-model part reads the last 4 either way."""
+    d = PreparedData(small_synth_dir)
+    m = DARec(num_items=d.num_items, num_users=d.num_users, data_fingerprint=d.fingerprint,
+              backbone=BackboneConfig(name="tiny-bert"), max_len=4, cache_dir=str(tmp_path),
+              injection={"mode": "input", "residual": True, "residual_weight": "learned",
+                         "residual_history": history_mode, **cf_exports})
+    m.attach_data(d.sentences, d.text_hash, d.fingerprint, d.train_sequences())
+    m.eval()
+    m.refresh_cache()
+    m.injection.residual_scale.data.fill_(0.5)
+    history = torch.tensor([[0, 0, 3, 7, 9, 11, 2, 5, 8, 13, 4, 6]])
+    with torch.no_grad():
+        scores = m.user_vectors(history, m.sem_cache) @ m.item_table(m.sem_cache).T
+        lm, _ = m._scoring_parts(history[:, -4:], m.sem_cache, last_only=True)
+        lm_scores = lm[:, 0] @ m.item_table(m.sem_cache)[:, : lm.shape[-1]].T
+    read = history if history_mode == "own" else history[:, -4:]
+    sasrec = _sasrec_scores(small_synth_dir, cf_exports["sasrec"], read)
+    torch.testing.assert_close(scores, lm_scores + 0.5 * sasrec, atol=1e-5, rtol=1e-4)
+    other = _sasrec_scores(small_synth_dir, cf_exports["sasrec"], history[:, -4:] if history_mode == "own" else history)
+    assert not torch.allclose(sasrec, other, atol=1e-3), "the two readings differ on this history"
+    with pytest.raises(ConfigError, match="residual_history"):
+        DARec(num_items=d.num_items, backbone=BackboneConfig(name="tiny-bert"),
+              injection={"mode": "input", "residual": True, "residual_history": "all", **cf_exports})
+
+
 def test_without_user_vector_the_residual_keeps_sasrecs_score_but_the_input_never_reads_its_state(
         small_synth_dir, cf_exports, tmp_path):
     m = _model(small_synth_dir, {**cf_exports, "user_vector": False}, tmp_path, mode="residual")
