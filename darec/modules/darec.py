@@ -19,6 +19,7 @@ from darec.evaluation.metrics import RankHistogram
 from darec.evaluation.ranking import chunked_target_ranks
 from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable, parse_assignment
 from darec.modules.backbone import BackboneConfig, load_backbone
+from darec.modules.ema import WeightEma
 from darec.modules.base import EvalBatch, EvalConfig, RecModule
 from darec.modules.frozen_prefix import first_adapted_layer
 from darec.modules.hard_negatives import cached_hard_negatives
@@ -138,6 +139,9 @@ class DARec(RecModule):
         lr_adapters: learning rate of the adapters and special tokens (None: ``lr``); the projections and tables
             train at ``lr``.
         warmup_steps: linear learning-rate warm-up over this many optimizer steps (0: none).
+        ema: > 0 keeps an exponential moving average of the trainable weights with this decay per optimizer step
+            (:class:`darec.modules.ema.WeightEma`); the model is evaluated, selected, tested and recommends with
+            the averaged weights (in eval mode) and trains its own (in train mode); 0: off.
         cache_dir: where tokenisations and hard negatives are cached (outside the prepared data).
     """
 
@@ -173,6 +177,7 @@ class DARec(RecModule):
         weight_decay: float = 0.01,
         lr_adapters: float | None = None,
         warmup_steps: int = 0,
+        ema: float = 0.0,
         cache_dir: str = ".darec_cache",
     ):
         super().__init__(num_items, num_users, data_fingerprint, evaluation)
@@ -242,6 +247,7 @@ class DARec(RecModule):
         self._mined = False
         self._cache_built = False
         self.steps_since_refresh = 0
+        self.ema = WeightEma(self, ema) if ema > 0 else None
 
     @torch.no_grad()
     def _init_projections(self) -> None:
@@ -255,6 +261,15 @@ class DARec(RecModule):
             nn.init.normal_(lin.weight, std=1.0 / h)
         for lin in (self.w_s, *heads):
             nn.init.zeros_(lin.bias)
+
+    def train(self, mode: bool = True) -> "DARec":
+        """Train or eval mode; with ``ema`` eval mode also puts the averaged weights in place, and train mode the
+        trained ones."""
+        super().train(mode)
+        ema = getattr(self, "ema", None)  # None while __init__ runs
+        if ema is not None:
+            ema.restore() if mode else ema.use()
+        return self
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -504,6 +519,19 @@ class DARec(RecModule):
         return csum / ccount.clamp(min=1)
 
     # ----------------------------------------------------------------- training
+    def on_train_start(self) -> None:
+        if self.ema is not None and int(self.ema.updates) == 0:
+            self.ema.reset()  # a fresh fit averages from the weights it starts with (after input calibration)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        if self.ema is not None:
+            self.ema.restore()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update()
+
     def on_train_epoch_start(self) -> None:
         resumed_mid_epoch = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed > 0
         if not self._cache_built or (self.steps_since_refresh > 0 and not resumed_mid_epoch):
@@ -607,6 +635,12 @@ class DARec(RecModule):
         self._log_metric(self.val_by_weight[best], "val")
         self.log("val/residual_weight", RESIDUAL_GRID[best])
 
+    def on_validation_end(self) -> None:
+        """Back to the trained weights once the checkpoint callbacks (which run first) have saved; Lightning then
+        restores the modules' training flags directly, without :meth:`train`."""
+        if self.ema is not None:
+            self.ema.restore()
+
     def user_vectors(self, history: torch.Tensor, sem: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """The scoring state [B, d'] after each whole ``history`` [B, L'] (left-padded) of ``users`` [B] (ids, optional)."""
         return self._with_residual(*self._history_parts(history, sem, users))[:, 0]
@@ -647,9 +681,13 @@ class DARec(RecModule):
             for k, v in checkpoint["state_dict"].items()
             if not k.startswith("backbone.") or v.data_ptr() in trainable
         }
+        if self.ema is not None:  # saved in eval mode (after validation): keep the trained values, not their average
+            checkpoint["state_dict"].update(self.ema.trained_state())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        if self.ema is not None:
+            self.ema.discard()  # the checkpoint's trained values and averages replace what the parameters hold
         cache = checkpoint.get("darec_item_cache")
         if cache is not None:  # resume with the item rows training saw, refreshed on the same schedule
             for name in ("sem_cache", "sem_mean", "sem_std"):
@@ -673,7 +711,8 @@ class DARec(RecModule):
 def _eval_mode(module: nn.Module) -> Iterator[None]:
     """Every submodule in eval mode for the block; each one's own mode is restored afterwards."""
     modes = [(m, m.training) for m in module.modules()]
-    module.eval()
+    for m, _ in modes:  # the flags only: DARec.train(False) would also swap in averaged weights
+        m.training = False
     try:
         yield
     finally:
