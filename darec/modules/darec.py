@@ -549,14 +549,15 @@ class DARec(RecModule):
         h, t = out[keep], tgt[keep]
         lo = self.losses
         terms: dict[str, torch.Tensor] = {}
-        scores = full_scores(h, table) if lo.sampled_softmax <= 0 and (lo.next_item or lo.hard_negative) else None
+        hard = lo.hard_negative and lo.lambda_hard > 0
+        scores = full_scores(h, table) if lo.sampled_softmax <= 0 and (lo.next_item or hard) else None
         if lo.next_item:
             terms["next_item"] = next_item_loss(h, table, t, lo.sampled_softmax, scores=scores)
         if lo.masked_context and lo.lambda_mc > 0:
             ok = ~self.dup_text[fresh_ids]
             sem_ok = self.standardise(fresh[ok])
             terms["masked_context"] = lo.lambda_mc * alignment_loss(self.w_a(sem_ok), self.id_table, fresh_ids[ok])
-        if lo.hard_negative and lo.lambda_hard > 0:
+        if hard:
             terms["hard_negative"] = lo.lambda_hard * hard_negative_loss(h, table, t, self.hard_negs[t], lo.temperature,
                                                                     scores=scores)
         aux = [a for c in self.backbone.adapters if (a := c.aux_loss()) is not None]
