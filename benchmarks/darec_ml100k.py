@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import comma_list, command, git_commit, machine, paired_comparison, print_targets  # noqa: E402
+from darec.search.trial import set_dotted  # noqa: E402
 from runs import (ACCELERATORS, Run, RunSpec, accelerator_device, converged_darec_name, load, ndcg10,  # noqa: E402
                   run_all, sasrec_name, sasrec_spec, shipped_darec_patience, shipped_sasrec_patience)
 
@@ -83,11 +84,7 @@ def nested(extra: Extra) -> dict[str, Any]:
     """``(("losses.lambda_hard", 0),)`` -> ``{"losses": {"lambda_hard": 0}}``."""
     out: dict[str, Any] = {}
     for key, value in extra:
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_dotted(out, key, value)
     return out
 
 

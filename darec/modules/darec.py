@@ -19,8 +19,8 @@ from darec.evaluation.metrics import RankHistogram
 from darec.evaluation.ranking import chunked_target_ranks
 from darec.modules.adapters import apply_adapters, count_trainable, mark_only_adapters_trainable, parse_assignment
 from darec.modules.backbone import BackboneConfig, load_backbone
-from darec.modules.ema import WeightEma
 from darec.modules.base import EvalBatch, EvalConfig, RecModule
+from darec.modules.ema import WeightEma
 from darec.modules.frozen_prefix import first_adapted_layer
 from darec.modules.hard_negatives import cached_hard_negatives
 from darec.modules.injection import CollaborativeInjection, InjectionConfig

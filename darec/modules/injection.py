@@ -60,7 +60,7 @@ class InjectionConfig:
     score SASRec ranks with, also when SASRec was trained on longer histories than DARec's window; ``window`` the
     language model's window of ``max_len`` items (the old behaviour). Training windows are scored at every position
     and always read the window. On ml-100k with a SASRec of 100 items and DARec's window of 50, ``own`` gives a
-    higher validation NDCG@10 (``benchmarks/darec_ml100k.json``).
+    higher validation NDCG@10 (``benchmarks/darec_ml100k_window.json``).
     """
 
     mode: Literal["none", "input", "attention"] = "none"  # none | input | attention (input + per-layer prefixes)
