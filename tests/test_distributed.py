@@ -83,3 +83,39 @@ def test_two_processes_equal_one_exactly_darec(odd_dir, tmp_path):
     one = _test(model, dm, 1)
     two = _test(model, SequenceDataModule(str(odd_dir), eval_batch_size=16, max_len=10, num_negatives=0), 2)
     assert one == pytest.approx(two, abs=1e-7) and one["test/ndcg@10"] > 0
+
+
+class _SameOnEveryRank(L.Callback):
+    """At the end of fit, on every rank: the trained weights and their averages must equal rank 0's."""
+
+    def on_train_end(self, trainer, pl_module):
+        import torch
+
+        ema = pl_module.ema
+        assert int(ema.updates) > 0 and not ema.in_use
+        for name in ema.names:
+            for value in (pl_module.get_parameter(name).detach(), ema.shadow(name)):
+                gathered = trainer.strategy.all_gather(value)
+                assert torch.equal(gathered[0], gathered[1]), name
+
+
+def test_darec_trains_under_two_processes_with_weight_averaging(odd_dir, tmp_path):
+    """DARec's default configuration trains under DDP (it stopped at the first step while parameters it never trains
+    were trainable), and so does ``ema``: both ranks average the same weights, validation reads the averages on every
+    rank, and the model DDP hands back validates in one process exactly as its last DDP validation did."""
+    from darec.modules.backbone import BackboneConfig
+    from darec.modules.darec import DARec
+
+    L.seed_everything(0)
+    dm = SequenceDataModule(str(odd_dir), batch_size=16, eval_batch_size=16, max_len=10, num_negatives=0)
+    model = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
+                  backbone=BackboneConfig(name="tiny-bert"), max_len=10, cache_dir=str(tmp_path), lr=3e-3, ema=0.8)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        num_sanity_val_steps=0, callbacks=[_SameOnEveryRank()], default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=dm)
+    ddp_val = float(trainer.callback_metrics["val/ndcg@10"])
+    assert int(model.ema.updates) > 0 and not model.ema.in_use  # rank 0's trained weights and averages came back
+    one = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    again = one.validate(model, datamodule=dm, verbose=False)[0]["val/ndcg@10"]
+    assert again == pytest.approx(ddp_val, abs=1e-7) and ddp_val > 0

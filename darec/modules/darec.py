@@ -247,6 +247,7 @@ class DARec(RecModule):
         self._mined = False
         self._cache_built = False
         self.steps_since_refresh = 0
+        self.never_trained = self._freeze_what_never_trains()
         self.ema = WeightEma(self, ema) if ema > 0 else None
 
     @torch.no_grad()
@@ -261,6 +262,28 @@ class DARec(RecModule):
             nn.init.normal_(lin.weight, std=1.0 / h)
         for lin in (self.w_s, *heads):
             nn.init.zeros_(lin.bias)
+
+    def _freeze_what_never_trains(self) -> list[str]:
+        """Freeze the parameters this configuration never reads with gradient, and return their names.
+
+        Every parameter left trainable then gets a gradient at every step, which DDP requires, and the optimiser, the
+        weight averages and the checkpoints hold only what trains. The alignment head ``w_a`` and the item-ID table
+        train only through the masked-context loss, which reads items encoded fresh (``max_fresh_items > 0``). The
+        special-token rows train only where ``[SEQ]`` is read (``predict_from: seq``) or where ``[ALIGN]`` shapes an
+        item vector computed with gradient (``item_vector`` other than ``mean``, with fresh items or with context
+        masking off): with ``mean`` no text token attends ``[ALIGN]`` and the mean leaves it out. Frozen special rows
+        keep their seeded initial values, which a model rebuilt from its configuration has too.
+        """
+        lo = self.losses
+        alignment = lo.masked_context and lo.lambda_mc > 0 and self.max_fresh_items > 0
+        item_grad = self.max_fresh_items > 0 or not self.context_masking
+        special = self.predict_from == "seq" or (item_grad and not self.encoder.hide_align)
+        unused = [] if alignment else ["w_a.weight", "id_table"]
+        if not special:
+            unused.append("backbone.special_embeddings")
+        for name in unused:
+            self.get_parameter(name).requires_grad_(False)
+        return unused
 
     def train(self, mode: bool = True) -> "DARec":
         """Train or eval mode; with ``ema`` eval mode also puts the averaged weights in place, and train mode the
@@ -481,10 +504,12 @@ class DARec(RecModule):
         base, sas = self._scoring_parts(seq, sem, last_only, users)
         return self._with_residual(base, sas)
 
-    def _scoring_parts(self, seq: torch.Tensor, sem: torch.Tensor, last_only: bool,
-                       users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _scoring_parts(self, seq: torch.Tensor, sem: torch.Tensor, last_only: bool, users: torch.Tensor | None = None,
+                       history: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``W_o h`` (+ text path) and, with ``injection.residual``, SASRec's own states for its score (aligned the
-        same way) of :meth:`scoring_states`; ``users`` [B]: the windows' user ids (see ``injection.sasrec_folds``)."""
+        same way) of :meth:`scoring_states`; ``users`` [B]: the windows' user ids (see ``injection.sasrec_folds``);
+        ``history`` [B, L']: the whole histories that the windows ``seq`` end, whose residual state
+        ``injection.residual_history`` sets (with ``last_only``)."""
         user = self.injection.user_states(seq, users)
         states = self.sequence_states(seq, sem, user)
         if last_only:
@@ -500,6 +525,8 @@ class DARec(RecModule):
             out = self._unit(out) * self.score_log_scale.clamp(max=math.log(100.0)).exp()
         if self.injection.residual_scale is None or user is None:
             return out, None
+        if history is not None:
+            return out, self.injection.residual_last_states(history, seq, user)
         sas = self.injection.residual_states(seq, user)
         return out, sas[:, -1:] if last_only else sas
 
@@ -650,10 +677,7 @@ class DARec(RecModule):
                        users: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`_scoring_parts` of the last position after each whole ``history`` [B, L']: the language model reads
         its last ``max_len`` items, SASRec's residual state what ``injection.residual_history`` says."""
-        base, sas = self._scoring_parts(history[:, -self.max_len :], sem, last_only=True, users=users)
-        if sas is not None:
-            sas = self.injection.residual_last_states(history, sas)
-        return base, sas
+        return self._scoring_parts(history[:, -self.max_len :], sem, last_only=True, users=users, history=history)
 
     def _with_residual(self, states: torch.Tensor, sas: torch.Tensor | None) -> torch.Tensor:
         """``[W_o h ; alpha u_t]`` with ``injection.residual`` (matching ``[e_j ; c_j]``), else ``W_o h``;
@@ -689,6 +713,9 @@ class DARec(RecModule):
         super().on_load_checkpoint(checkpoint)
         if self.ema is not None:
             self.ema.discard()  # the checkpoint's trained values and averages replace what the parameters hold
+            kept = {f"ema.{self.ema.key(name)}" for name in self.ema.names}
+            for key in [k for k in checkpoint["state_dict"] if k.startswith("ema.shadow__") and k not in kept]:
+                del checkpoint["state_dict"][key]  # averages of parameters frozen since as never trained (constant)
         cache = checkpoint.get("darec_item_cache")
         if cache is not None:  # resume with the item rows training saw, refreshed on the same schedule
             for name in ("sem_cache", "sem_mean", "sem_std"):

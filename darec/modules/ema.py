@@ -27,16 +27,21 @@ class WeightEma(nn.Module):
         self.__dict__["_owner"] = module  # not a submodule: its parameters stay the owner's
         self.names = [name for name, p in module.named_parameters() if p.requires_grad]
         for name in self.names:
-            self.register_buffer(self._key(name), module.get_parameter(name).detach().clone())
+            self.register_buffer(self.key(name), module.get_parameter(name).detach().clone())
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self._kept: list[torch.Tensor] | None = None
 
     @staticmethod
-    def _key(name: str) -> str:
+    def key(name: str) -> str:
+        """The buffer name of the average of the parameter ``name``."""
         return "shadow__" + name.replace(".", "__")
 
+    def shadow(self, name: str) -> torch.Tensor:
+        """The average of the parameter ``name``."""
+        return getattr(self, self.key(name))
+
     def _pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
-        return [(self._owner.get_parameter(name), getattr(self, self._key(name))) for name in self.names]
+        return [(self._owner.get_parameter(name), self.shadow(name)) for name in self.names]
 
     @property
     def in_use(self) -> bool:

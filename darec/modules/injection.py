@@ -266,13 +266,14 @@ class CollaborativeInjection(nn.Module):
             return self.sasrec_part(user)
         return self.sasrec_encoder.causal_user_states(self._known(seq)).to(user.dtype)
 
-    def residual_last_states(self, history: torch.Tensor, window_states: torch.Tensor) -> torch.Tensor:
+    def residual_last_states(self, history: torch.Tensor, window: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         """SASRec's state [B, 1, d_sas] for the residual score after each whole ``history`` [B, L'] (left-padded):
         with ``residual_history: own`` the full encoder's after its own last ``max_len`` items, as SASRec ranks;
-        else ``window_states`` [B, 1, d_sas], the last of :meth:`residual_states` over DARec's window."""
+        else the last of :meth:`residual_states` over DARec's ``window`` (the history's last items) and its ``user``
+        states from :meth:`user_states`. Only the state that is read is computed."""
         if self.cfg.residual_history == "window":
-            return window_states
-        return self.sasrec_encoder.last_state(self._known(history))[:, None].to(window_states.dtype)
+            return self.residual_states(window, user)[:, -1:]
+        return self.sasrec_encoder.last_state(self._known(history))[:, None].to(user.dtype)
 
     def residual_users(self, sas: torch.Tensor) -> torch.Tensor:
         """``alpha * u_t`` [B, L, d_sas] from :meth:`residual_states` ``sas``, appended to the scoring state when

@@ -29,7 +29,8 @@ def _model(data_dir, name="tiny-bert", tmp_path=None, **kw) -> tuple[DARec, Prep
 
 
 def test_only_adapters_projections_special_tokens_and_id_table_train(small_synth_dir, tmp_path):
-    m, _ = _model(small_synth_dir, tmp_path=tmp_path)
+    m, _ = _model(small_synth_dir, tmp_path=tmp_path, item_adapter_layers=None, max_fresh_items=8, item_vector="align",
+                  losses={"masked_context": True})
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert trainable, "nothing trains"
     allowed = ("backbone.adapters.", "backbone.special_embeddings", "w_s.", "w_o.", "w_p.", "w_a.", "id_table")
@@ -103,6 +104,39 @@ def test_training_step_losses_are_finite_and_step_changes_only_trainables(small_
     loss.backward()
     opt.step()
     assert torch.equal(vocab, m.backbone.word_embeddings.weight)
+
+
+def _trainable_without_gradient(m: DARec, batch: dict[str, torch.Tensor]) -> set[str]:
+    m.zero_grad(set_to_none=True)
+    m.training_step(batch, 0).backward()
+    return {n for n, p in m.named_parameters() if p.requires_grad and p.grad is None}
+
+
+@pytest.mark.parametrize("kw", [
+    {},  # the class defaults: frozen item level, no masked-context loss
+    {"predict_from": "seq"},
+    {"context_masking": False, "item_vector": "align"},
+    {"item_adapter_layers": None, "max_fresh_items": 8, "losses": {"masked_context": True}},
+    {"item_adapter_layers": None, "max_fresh_items": 8, "item_vector": "align", "losses": {"masked_context": True}},
+    {"adapters": ["skip", "serial:8"], "item_adapter_layers": 1, "max_fresh_items": 8, "losses": {"masked_context": True}},
+])
+def test_every_trainable_parameter_gets_a_gradient_and_the_frozen_ones_would_get_none(small_synth_dir, tmp_path, kw):
+    """DDP needs a gradient for every trainable parameter at every step. What DARec freezes as never trained would
+    get no gradient, or an exactly zero one, if it were left trainable: freezing it changes no update."""
+    m, _ = _model(small_synth_dir, tmp_path=tmp_path, **kw)
+    batch = next(iter(SequenceDataModule(str(small_synth_dir), batch_size=8, max_len=12, num_negatives=0).train_dataloader()))
+    m.refresh_cache()
+    m.log = lambda *a, **k: None
+    assert _trainable_without_gradient(m, batch) == set()
+    for name in m.never_trained:
+        m.get_parameter(name).requires_grad_(True)
+    m.zero_grad(set_to_none=True)
+    m.training_step(batch, 0).backward()
+    for name in m.never_trained:
+        grad = m.get_parameter(name).grad
+        assert grad is None or not grad.any(), name
+    if not kw:
+        assert set(m.never_trained) == {"w_a.weight", "id_table", "backbone.special_embeddings"}
 
 
 def test_checkpoint_keeps_only_trainable_backbone_state_and_checks_identity(small_synth_dir, tmp_path):
@@ -200,7 +234,8 @@ def test_setup_moves_the_model_to_the_strategy_device_before_its_item_level_work
 
 
 def test_weight_decay_only_on_weight_matrices(small_synth_dir, tmp_path):
-    m, _ = _model(small_synth_dir, tmp_path=tmp_path)
+    m, _ = _model(small_synth_dir, tmp_path=tmp_path, item_adapter_layers=None, max_fresh_items=8, item_vector="align",
+                  losses={"masked_context": True})
     opt = m.configure_optimizers()
     names = {id(p): n for n, p in m.named_parameters()}
     decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}

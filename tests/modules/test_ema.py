@@ -37,8 +37,8 @@ def test_shadows_follow_the_warmed_up_average_of_the_trainable_weights_only():
                 expected[n] = d * expected[n] + (1 - d) * p.detach()
     assert int(ema.updates) == 5
     for n in ema.names:
-        torch.testing.assert_close(getattr(ema, ema._key(n)), expected[n])
-    assert {k for k in ema.state_dict()} == {ema._key(n) for n in ema.names} | {"updates"}
+        torch.testing.assert_close(ema.shadow(n), expected[n])
+    assert {k for k in ema.state_dict()} == {ema.key(n) for n in ema.names} | {"updates"}
 
 
 def test_use_and_restore_swap_exactly_and_are_idempotent():
@@ -53,7 +53,7 @@ def test_use_and_restore_swap_exactly_and_are_idempotent():
     ema.use()
     assert ema.in_use
     for n in ema.names:
-        assert torch.equal(net.get_parameter(n), getattr(ema, ema._key(n)))
+        assert torch.equal(net.get_parameter(n), ema.shadow(n))
     assert torch.equal(net[1].bias, trained["1.bias"])  # untouched
     assert set(ema.trained_state("m.")) == {f"m.{n}" for n in ema.names}
     with pytest.raises(RuntimeError, match="restore"):
@@ -82,7 +82,7 @@ def test_darec_evaluates_and_reloads_with_the_averaged_weights_and_trains_its_ow
     trainer.fit(m, datamodule=dm)
     assert int(m.ema.updates) == 8 and not m.ema.in_use  # back to the trained weights after each validation
     trained = {n: m.get_parameter(n).detach().clone() for n in m.ema.names}
-    averaged = {n: getattr(m.ema, m.ema._key(n)).clone() for n in m.ema.names}
+    averaged = {n: m.ema.shadow(n).clone() for n in m.ema.names}
     assert any(not torch.allclose(trained[n], averaged[n]) for n in m.ema.names)
 
     ckpt = tmp_path / "m.ckpt"
