@@ -252,10 +252,16 @@ class RecModule(L.LightningModule):
             self._groups = {"length": GroupedRankHistogram(len_labels).to(self.device),
                             "popularity": GroupedRankHistogram(pop_labels).to(self.device)}
 
+    def log_reduced(self, name: str, value: Any, **kw: Any) -> None:
+        """Log an evaluation figure that every process already holds (computed from histograms reduced across DDP
+        ranks, or chosen from them). The maximum over equal values returns each one exactly, and declaring the sync
+        keeps Lightning from warning that an epoch-level figure was not reduced."""
+        self.log(name, value, sync_dist=True, reduce_fx="max", **kw)
+
     def _log_metric(self, metric: RankHistogram, prefix: str) -> dict[str, float]:
         values = {f"{prefix}/{k}": v for k, v in metric.compute().items()}
         for k, v in values.items():
-            self.log(k, v, prog_bar=k.endswith(("/ndcg@10", "/hr@10")) and "sampled" not in k)
+            self.log_reduced(k, v, prog_bar=k.endswith(("/ndcg@10", "/hr@10")) and "sampled" not in k)
         metric.reset()
         return {k: float(v) for k, v in values.items()}
 
@@ -269,7 +275,7 @@ class RecModule(L.LightningModule):
         for grouped in self._groups.values():
             for label, values in grouped.compute().items():
                 for k, v in values.items():
-                    self.log(f"test/{label}/{k}", v)
+                    self.log_reduced(f"test/{label}/{k}", v)
             grouped.reset()
 
     # ------------------------------------------------------------ recommending for new histories

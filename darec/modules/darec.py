@@ -651,17 +651,17 @@ class DARec(RecModule):
         it) and model selection watches ``val/ndcg@10``."""
         if not self._weight_on_validation:
             values = self._log_metric(self.val_metric, "val")
-            self.log("val/lm_ndcg@10", values["val/ndcg@10"])
+            self.log_reduced("val/lm_ndcg@10", values["val/ndcg@10"])
             return
         ndcg = [float(m.compute()["ndcg@10"]) for m in self.val_by_weight]
-        self.log("val/lm_ndcg@10", ndcg[RESIDUAL_GRID.index(0.0)])
+        self.log_reduced("val/lm_ndcg@10", ndcg[RESIDUAL_GRID.index(0.0)])
         best = max(range(len(ndcg)), key=lambda i: (ndcg[i], -i))
         self.injection.residual_scale.fill_(RESIDUAL_GRID[best])
         for i, m in enumerate(self.val_by_weight):
             if i != best:
                 m.reset()
         self._log_metric(self.val_by_weight[best], "val")
-        self.log("val/residual_weight", RESIDUAL_GRID[best])
+        self.log_reduced("val/residual_weight", RESIDUAL_GRID[best])
 
     def on_validation_end(self) -> None:
         """Back to the trained weights once the checkpoint callbacks (which run first) have saved; Lightning then
