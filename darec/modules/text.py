@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -126,8 +127,8 @@ def tokenize_sentences(
         ds.save_to_disk(tmp)
         try:
             os.replace(tmp, path)
-        except OSError:
-            pass
+        except OSError:  # another process (a DDP rank) renamed its equal copy into place first
+            shutil.rmtree(tmp, ignore_errors=True)
     return [list(ids) for ids in ds["input_ids"]]
 
 
