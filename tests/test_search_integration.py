@@ -93,15 +93,14 @@ def test_three_real_trials_rerun_refit(small_synth_dir, tmp_path, monkeypatch):
         cfg = yaml.safe_load((trial / "trial.yaml").read_text())
         assert cfg["test_after_fit"] is False and cfg["model"]["init_args"]["adapters"] == r["adapters"]
         assert not any(k.startswith("test/") for k in _metrics(trial / "metrics.csv"))  # the test split is never read
-    # trainable parameters as the model itself counts them
+    # trainable parameters as the model the trial configured counts them
     from darec.modules.adapters import count_trainable
-    from darec.modules.backbone import BackboneConfig
     from darec.modules.darec import DARec
 
     data = PreparedData(small_synth_dir)
     for r in search[:1]:
-        model = DARec(num_items=data.num_items, num_users=data.num_users, backbone=BackboneConfig(name="tiny-bert"),
-                      adapters=r["adapters"], max_len=20, cache_dir=str(tmp_path / "c"))
+        init = yaml.safe_load((Path(r["trial_dir"]) / "trial.yaml").read_text())["model"]["init_args"]
+        model = DARec(**{**init, "num_items": data.num_items, "num_users": data.num_users, "cache_dir": str(tmp_path / "c")})
         assert r["trainable_params"] == count_trainable(model)
     from ax import Client
 
