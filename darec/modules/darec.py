@@ -350,7 +350,8 @@ class DARec(RecModule):
             self.hard_negative_share_without = hn.share_targets_without
             self._mined = True
         self._ready = True
-        log.info("DARec: %s trainable parameters", f"{count_trainable(self):,}")
+        log.info("DARec: %s trainable parameters%s", f"{count_trainable(self):,}",
+                 f" (frozen, never trained by this configuration: {', '.join(self.never_trained)})" if self.never_trained else "")
 
     def _text_source_key(self) -> str:
         """What the frozen mean-pooled text vectors are computed from: backbone weights and skipped layers, texts and
