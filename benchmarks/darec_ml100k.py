@@ -21,7 +21,8 @@ at another patience are never reused by mistake. ``--darec-patience`` does the s
 ``--darec-lr`` for its learning rate (named ``darec_p3_lr0.00036_...``) and ``--darec-adapters`` for its per-layer
 adapters (named ``darec_p3_adskip-skip-serial64-...``) and ``--darec-max-len`` for its history length (model and
 windows, named ``darec_p3_L100_...``), and ``--darec-set KEY=VALUE ...`` for any other key under ``model.init_args``
-(dotted, YAML values, e.g. ``dropout=0.3``; named ``darec_p3_set-dropout0.3_...``); any of them is compared with DARec
+(dotted, YAML values, e.g. ``dropout=0.3``; named ``darec_p3_set-dropout0.3_...``), or under the data module's
+``init_args`` with a ``data.`` prefix (e.g. ``data.stride=25``, named ``darec_p3_set-stride25_...``); any of them is compared with DARec
 at the shipped settings. Per-user
 test NDCG@10 is averaged over seeds and every comparison is paired over users with a bootstrap 95% CI. Also
 reported: test NDCG@10 by history-length and target-popularity bucket.
@@ -70,7 +71,8 @@ Setting = tuple[int, float | None, list[str] | None, int | None, Extra]  # DARec
 
 
 def parse_set(items: list[str]) -> Extra:
-    """``KEY=VALUE`` pairs of ``--darec-set`` (dotted keys under ``model.init_args``, YAML values), sorted by key."""
+    """``KEY=VALUE`` pairs of ``--darec-set`` (dotted keys under ``model.init_args``, or under ``data.init_args``
+    with a ``data.`` prefix; YAML values), sorted by key."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -96,8 +98,10 @@ def overrides(darec: Setting) -> Extra:
 
 def specs(seeds: list[int], sasrec_len: int, sasrec_patience: int, darec: Setting) -> list[RunSpec]:
     patience, max_len = darec[0], darec[3]
-    model = nested(overrides(darec))
+    keys = overrides(darec)
+    model = nested(tuple((k, v) for k, v in keys if not k.startswith("data.")))
     data = {} if max_len is None else {"max_len": max_len, "stride": max_len}
+    data.update(nested(tuple((k.removeprefix("data."), v) for k, v in keys if k.startswith("data."))))
     out = []
     for s in seeds:
         out += [sasrec_spec(sasrec_len, s, sasrec_patience), sasrec_spec(sasrec_len, s + 100, sasrec_patience),
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "50); named _L<N> and compared like --darec-lr")
     p.add_argument("--darec-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="other DARec settings: dotted keys under model.init_args with YAML values (e.g. dropout=0.3 "
-                        "losses.lambda_hard=0); named _set-<key><value> and compared like --darec-lr")
+                        "losses.lambda_hard=0), or under the data module's init_args with a data. prefix (e.g. "
+                        "data.stride=25); named _set-<key><value> and compared like --darec-lr")
     p.add_argument("--compare-darec-patience", type=int, default=None,
                    help="also compare DARec against its runs at this patience (already trained), on validation and test")
     p.add_argument("--tune-only", action="store_true",

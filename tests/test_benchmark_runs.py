@@ -68,3 +68,21 @@ def test_converged_darec_names_carry_the_history_length_when_it_is_not_the_shipp
     assert runs.converged_darec_name(0, 100, 25, 3) == "darec_p3_sasL100p25_s0"
     assert runs.converged_darec_name(0, 100, 25, 3, None, None, None, (("dropout", 0.3), ("losses.lambda_hard", 0))) == (
         "darec_p3_set-dropout0.3-lambda_hard0_sasL100p25_s0")
+
+
+def test_darec_set_sends_data_keys_to_the_data_module_and_names_them():
+    runs = _runs()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_darec_ml100k", ROOT / "benchmarks" / "darec_ml100k.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    extra = bench.parse_set(["data.stride=25", "dropout=0.3"])
+    darec = [s for s in bench.specs([0], 100, 25, (3, None, None, None, extra)) if s.kind == "darec"][0]
+    assert darec.name == "darec_p3_set-stride25-dropout0.3_sasL100p25_s0"
+    assert darec.data == {"stride": 25} and darec.model == {"dropout": 0.3}
+    resolved = runs.resolved_config(darec)
+    assert resolved["data"]["stride"] == 25 and resolved["data"]["max_len"] == 50 and resolved["model"]["dropout"] == 0.3
+    assert "stride" not in resolved["model"]
