@@ -14,6 +14,7 @@ CUDA device (runs in parallel share it); the default is the CPU.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -354,6 +355,19 @@ def load(work: Path, name: str, lm_only: bool = False) -> Run:
                {s: np.load(d / f"{s}_scores{suffix}.npy") for s in ("val", "test")},
                {s: ev[f"{s}_targets"] for s in ("val", "test")},
                {s: [np.asarray(h, dtype=np.int64) for h in hist[s]] for s in ("val", "test")})
+
+
+def add_converged_sasrec_args(p: argparse.ArgumentParser, script: str) -> None:
+    """The options of a benchmark that reuses the converged SASRec (and DARec) runs of ``darec_ml100k.py``: data, seeds,
+    SASRec's history length and patience, parallel runs, the shared work folder, and ``--out`` (``script``'s JSON)."""
+    p.add_argument("--data-dir", default="data/ml-100k")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--sasrec-len", type=int, default=100, help="SASRec's history length (tuned by darec_ml100k.py: 100)")
+    p.add_argument("--sasrec-patience", type=int, default=25, help="SASRec's early-stopping patience")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
+    p.add_argument("--out", default=str(Path(script).with_suffix(".json")))
 
 
 def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, threads: int = 1,

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_comparison  # noqa: E402
-from runs import RunSpec, load, ndcg10, run_all, sasrec_spec  # noqa: E402
+from runs import RunSpec, add_converged_sasrec_args, load, ndcg10, run_all, sasrec_spec  # noqa: E402
 
 META = ("fit_s", "epochs_run", "stopped_by", "best_val_ndcg@10", "test_ndcg@10", "torch_threads")
 
@@ -41,27 +41,21 @@ def stride_spec(length: int, seed: int, patience: int, stride: int) -> RunSpec:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default="data/ml-100k")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_converged_sasrec_args(p, __file__)
     p.add_argument("--stride", type=int, default=50, help="the stride compared with the shipped config's")
-    p.add_argument("--sasrec-len", type=int, default=100, help="SASRec's history length (tuned by darec_ml100k.py: 100)")
-    p.add_argument("--sasrec-patience", type=int, default=25, help="SASRec's early-stopping patience")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
-    p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     a = p.parse_args(argv)
     work, length, pat = Path(a.work_dir), a.sasrec_len, a.sasrec_patience
     shipped = [sasrec_spec(length, s, pat) for s in a.seeds]
     other = [stride_spec(length, s, pat, a.stride) for s in a.seeds]
     run_all(shipped + other, work, a.data_dir, a.jobs, a.threads)
 
-    arms = {"shipped": [r.name for r in shipped], f"stride{a.stride}": [r.name for r in other]}
-    per_user = {arm: {split: np.mean([ndcg10(load(work, n).ranks(split)) for n in names], 0) for split in ("val", "test")}
-                for arm, names in arms.items()}
-    models = {arm: {"runs": names, **{f"{split}_ndcg@10_mean": float(per_user[arm][split].mean()) for split in ("val", "test")},
-                    "per_seed": [{k: load(work, n).meta.get(k) for k in META} for n in names]}
-              for arm, names in arms.items()}
+    arms = {"shipped": {r.name: load(work, r.name) for r in shipped},
+            f"stride{a.stride}": {r.name: load(work, r.name) for r in other}}
+    per_user = {arm: {split: np.mean([ndcg10(run.ranks(split)) for run in loaded.values()], 0) for split in ("val", "test")}
+                for arm, loaded in arms.items()}
+    models = {arm: {"runs": list(loaded), **{f"{split}_ndcg@10_mean": float(per_user[arm][split].mean()) for split in ("val", "test")},
+                    "per_seed": [{k: run.meta.get(k) for k in META} for run in loaded.values()]}
+              for arm, loaded in arms.items()}
     mine = f"stride{a.stride}"
     comparison = {split: paired_comparison(per_user[mine][split], per_user["shipped"][split]) for split in ("val", "test")}
     result = {"benchmark": "SASRec's training-window stride on ml-100k, validation against test (full ranking, leave-one-out)",

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, machine, paired_comparison, print_targets  # noqa: E402
-from runs import (RunSpec, converged_darec_name, darec_name, load, ndcg10, run_all, sasrec_name,  # noqa: E402
+from runs import (RunSpec, add_converged_sasrec_args, converged_darec_name, darec_name, load, ndcg10, run_all, sasrec_name,  # noqa: E402
                   sasrec_spec, shipped_darec_patience)
 
 META = ("fit_s", "epochs_run", "stopped_by", "best_val_ndcg@10", "val_ndcg@10", "test_ndcg@10", "torch_threads")
@@ -63,14 +63,7 @@ def specs(seeds: list[int], length: int, patience: int, darec_patience: int, wor
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default="data/ml-100k")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--sasrec-len", type=int, default=100, help="SASRec's history length (tuned by darec_ml100k.py: 100)")
-    p.add_argument("--sasrec-patience", type=int, default=25, help="SASRec's early-stopping patience")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
-    p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    add_converged_sasrec_args(p, __file__)
     a = p.parse_args(argv)
     work, length, pat = Path(a.work_dir), a.sasrec_len, a.sasrec_patience
     dpat = shipped_darec_patience()
