@@ -18,6 +18,7 @@ import argparse
 import importlib
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -58,6 +59,7 @@ class RunSpec:
     cf_from: str | None = None  # DARec: the SASRec run whose exports (and that seed's LightGCN run) it injects
     lightgcn_from: str | None = None
     shuffle_text: bool = False  # DARec: item sentences permuted across items (text then carries no meaning)
+    test_every_epoch: bool = False  # diagnostic: also score test after every validation pass (selection never reads it)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +161,8 @@ def resolved_config(spec: RunSpec) -> dict[str, Any]:
         model["injection"] = dict(model["injection"], sasrec=spec.cf_from, lightgcn=spec.lightgcn_from)
     data.pop("data_dir", None)
     resolved = {"model_class": shipped_config(spec.kind)["model"]["class_path"], "model": model, "data": data,
-                "trainer": trainer, "shuffle_text": spec.shuffle_text}
+                "trainer": trainer, "shuffle_text": spec.shuffle_text,
+                **({"test_every_epoch": True} if spec.test_every_epoch else {})}
     return json.loads(json.dumps(resolved))
 
 
@@ -237,6 +240,32 @@ def ndcg10(r: np.ndarray) -> np.ndarray:
     return np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)
 
 
+def per_epoch_scores(model: Any, dm: Any, prefix: Path) -> dict[str, float]:
+    """Diagnostic (:attr:`RunSpec.test_every_epoch`): per-user NDCG@10 of ``model`` as it stands on validation and
+    test, fused and (with a residual) its language model alone, saved as ``<prefix>_<split>[_lm].npy``; returns their
+    means. Training is left exactly as it was: the random states are restored (the evaluation loaders draw from
+    torch's), the model's train mode is restored by Lightning after ``on_validation_end``, and nothing here feeds
+    checkpointing, early stopping or the residual weight."""
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    try:
+        parts = {"": score_matrices(model, dm)}
+        lm = lm_only_score_matrices(model, dm)
+        if lm is not None:
+            parts["_lm"] = lm
+    finally:
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    means = {}
+    for suffix, mats in parts.items():
+        for split, m in mats.items():
+            per_user = ndcg10(ranks(m["scores"], m["targets"], m["history"])).astype(np.float32)
+            np.save(f"{prefix}_{split}{suffix}.npy", per_user)
+            means[f"diag_{split}{suffix}_ndcg@10"] = float(per_user.mean())
+    return means
+
+
 def train(spec: RunSpec, work: Path, data_dir: str, accelerator: str = "cpu") -> dict[str, Any]:
     """Train ``spec`` (unless done) on ``accelerator`` (``"cpu"`` or ``"gpu"``) and store its score matrices and
     ``meta.json``; returns the meta."""
@@ -283,6 +312,9 @@ def train(spec: RunSpec, work: Path, data_dir: str, accelerator: str = "cpu") ->
                           **({"val_lm_ndcg@10": float(m["val/lm_ndcg@10"])} if "val/lm_ndcg@10" in m else {}),
                           "epoch_s": time.perf_counter() - self.t})
             lm = f", language model alone {curve[-1]['val_lm_ndcg@10']:.4f}" if "val_lm_ndcg@10" in curve[-1] else ""
+            if spec.test_every_epoch:
+                curve[-1].update(per_epoch_scores(pl_module, trainer.datamodule, out / "curves" / f"epoch{trainer.current_epoch}"))
+                lm += f"; diagnostic test NDCG@10 {curve[-1]['diag_test_ndcg@10']:.4f}"
             print(f"{spec.name} epoch {trainer.current_epoch}: val NDCG@10 {curve[-1]['val_ndcg@10']:.4f}{lm} "
                   f"({curve[-1]['epoch_s']:.0f} s)", flush=True)
 
