@@ -89,10 +89,30 @@ def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> dict[str
     return {"mean": float(diff.mean()), "bootstrap_95ci": [float(lo), float(hi)], "users": int(len(diff))}
 
 
+def seed_user_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> list[float]:
+    """Bootstrap 95% CI of the mean of ``diff`` [seeds, users] (seed ``s`` of one model paired with seed ``s`` of the
+    other), resampling the seeds and the users, ``n`` times."""
+    rng = np.random.default_rng(seed)
+    s, u = diff.shape
+    means = [diff[rng.integers(0, s, s)][:, rng.integers(0, u, u)].mean() for _ in range(n)]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
 def paired_comparison(mine: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
-    """:func:`paired_bootstrap` of two models' per-user values, with the ratio of their means."""
-    out = paired_bootstrap(mine - theirs)
+    """Two models' per-user values compared: :func:`paired_bootstrap` over users of the difference of their means
+    over seeds, with the ratio of the means. ``mine`` and ``theirs`` are [users], or [seeds, users] with seed ``s``
+    of one paired with seed ``s`` of the other. With several seeds the result adds ``seed_user_95ci``
+    (:func:`seed_user_bootstrap`), which also counts how much one training run varies, the epoch that validation
+    selects included: resampling users alone leaves that out."""
+    mine, theirs = np.atleast_2d(mine), np.atleast_2d(theirs)
+    if mine.shape != theirs.shape:
+        raise ValueError(f"paired values need equal shapes, got {mine.shape} and {theirs.shape}")
+    out = paired_bootstrap(mine.mean(0) - theirs.mean(0))
     out["ratio"] = float(mine.mean() / theirs.mean())
+    if mine.shape[0] > 1:
+        out["seed_user_95ci"] = seed_user_bootstrap(mine - theirs)
+        out["seeds"] = int(mine.shape[0])
     return out
 
 

@@ -24,7 +24,9 @@ windows, named ``darec_p3_L100_...``), and ``--darec-set KEY=VALUE ...`` for any
 (dotted, YAML values, e.g. ``dropout=0.3``; named ``darec_p3_set-dropout0.3_...``), or under the data module's
 ``init_args`` with a ``data.`` prefix (e.g. ``data.stride=25``, named ``darec_p3_set-stride25_...``); any of them is compared with DARec
 at the shipped settings. Per-user
-test NDCG@10 is averaged over seeds and every comparison is paired over users with a bootstrap 95% CI. Also
+test NDCG@10 is averaged over seeds and every comparison is paired over users with a bootstrap 95% CI; with several
+seeds, also with a bootstrap that resamples the seeds as well as the users (``seed_user_95ci``), since one run's figure
+varies with the epoch that validation selects (``epoch_curves.py``), which resampling users leaves out. Also
 reported: test NDCG@10 by history-length and target-popularity bucket.
 
     python benchmarks/darec_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-lens 50 100 200] [--sasrec-patience P]
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     comparisons = {}
     for model, ref in (("darec", "sasrec"), ("darec", "sasrec_2seed_ensemble"), ("darec", "sasrec_plus_text"),
                        ("darec_lm_only", "sasrec"), ("sasrec_2seed_ensemble", "sasrec"), ("sasrec_plus_text", "sasrec")):
-        comparisons[f"{model} - {ref}"] = paired_comparison(mean_user[model], mean_user[ref])
+        comparisons[f"{model} - {ref}"] = paired_comparison(np.stack(per_user[model]), np.stack(per_user[ref]))
     first = load(work, sasrec_name(sas_len, a.seeds[0], pat))
     groups = buckets(a.data_dir, first.history["test"], first.targets["test"])
     breakdown = {}
@@ -292,7 +294,7 @@ def darec_comparison(work: Path, seeds: list[int], sasrec_len: int, sasrec_patie
         runs = [[load(work, converged_darec_name(s, sasrec_len, sasrec_patience, *which), lm_only) for s in seeds]
                 for which in (setting, other)]
         for split in ("val", "test"):
-            mine, theirs = (np.mean([ndcg10(r.ranks(split)) for r in rs], 0) for rs in runs)
+            mine, theirs = (np.stack([ndcg10(r.ranks(split)) for r in rs]) for rs in runs)
             key = split + ("_lm_only" if lm_only else "")
             out[key] = paired_comparison(mine, theirs)
     out.update(out.pop("test"))  # the test figures also fill the table's diff / CI / ratio columns
@@ -306,19 +308,23 @@ def _print_tuning(r: dict[str, Any]) -> None:
     print(f"chosen on validation: {r['sasrec_len']}")
 
 
+def _comparison_row(c: dict[str, Any]) -> str:
+    lo, hi = c["bootstrap_95ci"]
+    both = "   [{:+.4f}, {:+.4f}]".format(*c["seed_user_95ci"]) if "seed_user_95ci" in c else ""
+    return f"{c['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]{c['ratio']:>8.3f}{both}"
+
+
 def _print(r: dict[str, Any]) -> None:
     print(f"\n{'model':<24}{'test NDCG@10':>20}   per seed")
     for name, m in r["models"].items():
         print(f"{name:<24}{m['test_ndcg@10_mean']:>12.4f} ± {m['test_ndcg@10_std']:.4f}   "
               + ", ".join(f"{x:.4f}" for x in m["per_seed"]))
-    print(f"\n{'comparison':<46}{'diff':>9}{'95% CI':>22}{'ratio':>8}")
+    print(f"\n{'comparison':<46}{'diff':>9}{'95% CI, users':>22}{'ratio':>8}{'95% CI, seeds and users':>26}")
     for name, c in r["comparisons"].items():
-        lo, hi = c["bootstrap_95ci"]
-        print(f"{name:<46}{c['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]{c['ratio']:>8.3f}")
+        print(f"{name:<46}" + _comparison_row(c))
         for key in ("val", "val_lm_only", "test_lm_only"):
             if key in c:
-                lo, hi = c[key]["bootstrap_95ci"]
-                print(f"{'  ' + key:<46}{c[key]['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]{c[key]['ratio']:>8.3f}")
+                print(f"{'  ' + key:<46}" + _comparison_row(c[key]))
     for kind, rows in r["breakdowns_test_ndcg@10"].items():
         print(f"\n{kind:<16}{'users':>7}{'DARec':>9}{'SASRec':>9}")
         for label, v in rows.items():

@@ -11,8 +11,8 @@ scoring, so training is the same as without it (checked against the stored run o
 
 Each ``--variants`` entry is one setting: comma-separated ``KEY=VALUE`` pairs as ``darec_ml100k.py --darec-set``
 takes them (``data.`` for the data module), or ``default``. The first entry is the reference. Reported per pair:
-the per-epoch means over seeds, and a paired bootstrap over users of NDCG@10 averaged over the seeds and over the
-epochs that every run of both settings trained (no selection at all), on validation and on test.
+the per-epoch means over seeds, and paired bootstraps (over users, and over seeds and users) of NDCG@10 averaged
+over the epochs that every run of both settings trained (no selection at all), on validation and on test.
 
     python benchmarks/epoch_curves.py [--variants default data.stride=25] [--seeds 0 1 2] [--jobs 2] [--threads 1]
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     for key in runs[0]["per_user"]}
         models[v] = {"per_seed": per_seed, "mean_over_seeds_by_epoch": by_epoch}
     ref = a.variants[0]
-    averaged = {v: {key: np.mean([r["per_user"][key][:common].mean(0) for r in runs], 0) for key in runs[0]["per_user"]}
+    averaged = {v: {key: np.stack([r["per_user"][key][:common].mean(0) for r in runs]) for key in runs[0]["per_user"]}
                 for v, runs in loaded.items()}
     comparisons = {f"{v} - {ref}": {key: paired_comparison(averaged[v][key], averaged[ref][key]) for key in averaged[ref]}
                    for v in a.variants[1:]}
@@ -138,11 +138,12 @@ def _print(r: dict[str, Any], variants: list[str]) -> None:
                        f"({rep['epochs_stored']} then, {rep['epochs_now']} now)") if rep else ""
             print(f"  {s['run']}: {s['epochs']} epochs, selected {s['selected_epoch']}, test there {s['test_at_selected']:.4f}"
                   f"{rep_txt}")
-    print(f"\naveraged over epochs 0-{r['common_epochs'] - 1} and the seeds, paired over users (95% CI)")
+    print(f"\naveraged over epochs 0-{r['common_epochs'] - 1} and the seeds, paired (95% CIs)")
     for name, comp in r["averaged_over_common_epochs"].items():
         for key, c in comp.items():
             lo, hi = c["bootstrap_95ci"]
-            print(f"  {name}, {key:<10}{c['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]")
+            both = "   seeds and users [{:+.4f}, {:+.4f}]".format(*c["seed_user_95ci"]) if "seed_user_95ci" in c else ""
+            print(f"  {name}, {key:<10}{c['mean']:>+9.4f}   users [{lo:+.4f}, {hi:+.4f}]{both}")
 
 
 if __name__ == "__main__":
