@@ -215,8 +215,10 @@ def score_matrices(model: Any, dm: Any) -> dict[str, dict[str, np.ndarray]]:
 
 @torch.no_grad()
 def lm_only_score_matrices(model: Any, dm: Any) -> dict[str, dict[str, np.ndarray]] | None:
-    """A DARec's score matrices without SASRec's residual score (its language-model path), or None without a residual."""
-    scale = model.injection.residual_scale
+    """A DARec's score matrices without SASRec's residual score (its language-model path), or None without a residual
+    (or for a model without injection, such as SASRec)."""
+    injection = getattr(model, "injection", None)
+    scale = None if injection is None else injection.residual_scale
     if scale is None:
         return None
     weight = float(scale)

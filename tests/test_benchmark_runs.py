@@ -86,3 +86,67 @@ def test_darec_set_sends_data_keys_to_the_data_module_and_names_them():
     resolved = runs.resolved_config(darec)
     assert resolved["data"]["stride"] == 25 and resolved["data"]["max_len"] == 50 and resolved["model"]["dropout"] == 0.3
     assert "stride" not in resolved["model"]
+
+
+def test_scoring_test_after_every_epoch_leaves_training_exactly_as_it_was(small_synth_dir, tmp_path):
+    """``RunSpec.test_every_epoch`` is a diagnostic: the extra scoring after each validation pass draws from torch's
+    random state (the evaluation loaders do), so without restoring it the next epoch's dropout would differ."""
+    import lightning as L
+    import numpy as np
+    import torch
+
+    from darec.data.datamodules.sequence import SequenceDataModule
+    from darec.modules.sasrec import SASRec
+
+    runs = _runs()
+
+    def fit(diagnose: bool) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+        L.seed_everything(0)
+        dm = SequenceDataModule(str(small_synth_dir), batch_size=16, max_len=10, seed=0)
+        model = SASRec(dm.num_items, dm.num_users, dm.fingerprint, hidden_size=16, inner_size=32, max_len=10,
+                       hidden_dropout=0.3, attn_dropout=0.3)
+        seen: list[dict[str, float]] = []
+
+        class Diagnose(L.Callback):
+            def on_validation_end(self, trainer, pl_module):
+                logged = float(trainer.callback_metrics["val/ndcg@10"])
+                prefix = tmp_path / "curves" / f"epoch{trainer.current_epoch}"
+                seen.append({"logged_val": logged, **runs.per_epoch_scores(pl_module, trainer.datamodule, prefix)})
+
+        trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False, num_sanity_val_steps=0,
+                            callbacks=[Diagnose()] if diagnose else [])
+        trainer.fit(model, dm)
+        return {k: v.clone() for k, v in model.state_dict().items()}, seen
+
+    plain, _ = fit(False)
+    diagnosed, seen = fit(True)
+    assert plain.keys() == diagnosed.keys()
+    assert all(torch.equal(plain[k], diagnosed[k]) for k in plain)
+    assert len(seen) == 3
+    for epoch, s in enumerate(seen):
+        assert s["diag_val_ndcg@10"] == pytest.approx(s["logged_val"], abs=1e-6)
+        test = np.load(tmp_path / "curves" / f"epoch{epoch}_test.npy")
+        assert test.shape == (120,) and ((test >= 0) & (test <= 1)).all()
+        assert float(test.mean()) == pytest.approx(s["diag_test_ndcg@10"])
+    assert "diag_test_lm_ndcg@10" not in seen[0]  # SASRec has no residual, so no language-model-only scores
+
+
+def test_a_diagnostic_run_is_named_apart_and_leaves_older_runs_reusable():
+    runs = _runs()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_epoch_curves", ROOT / "benchmarks" / "epoch_curves.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    base, darec = bench.curve_specs("data.stride=25", [0, 1], 100, 25)
+    assert [s.name for s in darec] == ["curves_darec_p3_set-stride25_sasL100p25_s0", "curves_darec_p3_set-stride25_sasL100p25_s1"]
+    assert all(s.test_every_epoch and s.data == {"stride": 25} for s in darec)
+    assert {s.kind for s in base} == {"sasrec", "lightgcn"}
+    assert runs.resolved_config(darec[0])["test_every_epoch"] is True
+    plain = runs.RunSpec("darec_p3_sasL100p25_s0", "darec", 0, trainer={"patience": 3})
+    assert "test_every_epoch" not in runs.resolved_config(plain)  # runs trained before the option stay reusable
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench.variant_setting("stride25")
