@@ -25,6 +25,18 @@ def _runs():
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
+def _benchmark(name: str):
+    """The benchmark script ``benchmarks/<name>.py``, loaded as a module (its own imports find ``benchmarks/``)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
 def test_converged_darec_runs_are_named_by_sasrecs_length_and_both_patiences_and_default_to_the_shipped_configs() -> None:
     runs = _runs()
     shipped = yaml.safe_load((ROOT / "configs" / "darec_ml100k.yaml").read_text())
@@ -72,13 +84,7 @@ def test_converged_darec_names_carry_the_history_length_when_it_is_not_the_shipp
 
 def test_darec_set_sends_data_keys_to_the_data_module_and_names_them():
     runs = _runs()
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_darec_ml100k", ROOT / "benchmarks" / "darec_ml100k.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)  # type: ignore[union-attr]
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    bench = _benchmark("darec_ml100k")
     extra = bench.parse_set(["data.stride=25", "dropout=0.3"])
     darec = [s for s in bench.specs([0], 100, 25, (3, None, None, None, extra)) if s.kind == "darec"][0]
     assert darec.name == "darec_p3_set-stride25-dropout0.3_sasL100p25_s0"
@@ -134,13 +140,7 @@ def test_scoring_test_after_every_epoch_leaves_training_exactly_as_it_was(small_
 
 def test_a_diagnostic_run_is_named_apart_and_leaves_older_runs_reusable():
     runs = _runs()
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_epoch_curves", ROOT / "benchmarks" / "epoch_curves.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)  # type: ignore[union-attr]
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    bench = _benchmark("epoch_curves")
     base, darec = bench.curve_specs("data.stride=25", [0, 1], 100, 25)
     assert [s.name for s in darec] == ["curves_darec_p3_set-stride25_sasL100p25_s0", "curves_darec_p3_set-stride25_sasL100p25_s1"]
     assert all(s.test_every_epoch and s.data == {"stride": 25} for s in darec)
