@@ -28,7 +28,8 @@ gives test NDCG@10 (mean ± std over seeds) and the paired difference from ``ful
 averaged over seeds) with a bootstrap 95% CI, for the fused score and for the language-model path alone (the
 same checkpoint without SASRec's residual part, which can hide a change in that path). A second table gives the
 same comparisons on validation, which is what a lever is kept or dropped by; the test columns are read after that
-choice. SASRec/LightGCN runs are shared with ``benchmarks/darec_ml100k.py``
+choice. A third gives each comparison's CI from a bootstrap that resamples the seeds as well as the users
+(``seed_user_95ci`` in the JSON). SASRec/LightGCN runs are shared with ``benchmarks/darec_ml100k.py``
 through ``--work-dir`` (same names, with SASRec's early-stopping patience: ``--sasrec-patience``, default the shipped
 config's), so they are trained once. Finished runs are kept, so an interrupted benchmark resumes.
 
@@ -53,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, git_commit, machine, paired_bootstrap  # noqa: E402
+from common import command, git_commit, machine, paired_comparison  # noqa: E402
 from runs import (RunSpec, converged_darec_name, darec_name, has_lm_only, is_done, load, ndcg10, run_all,  # noqa: E402
                   sasrec_name, sasrec_spec, shipped_config, shipped_darec_patience, shipped_sasrec_patience)
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if v != "full" and "full" in per_user:
             for key, users in (("minus_full", per_user), ("lm_only_minus_full", lm_user),
                                ("val_minus_full", val_user), ("lm_only_val_minus_full", lm_val_user)):
-                row[key] = paired_bootstrap(np.mean(users[v], 0) - np.mean(users["full"], 0))
+                row[key] = paired_comparison(np.stack(users[v]), np.stack(users["full"]))
         rows[v] = row
     converged_names = [converged_darec_name(s, a.sasrec_len, pat, shipped_darec_patience()) for s in a.seeds]
     converged = [load(Path(a.converged_from), n).meta for n in converged_names if is_done(Path(a.converged_from), n)]
@@ -163,6 +164,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for v, r in rows.items():
         print(f"{v:<22}{r['val_ndcg@10_mean']:>12.4f}{vs(r.get('val_minus_full')):>34}"
               f"{r['lm_only_val_ndcg@10_mean']:>12.4f}{vs(r.get('lm_only_val_minus_full')):>34}")
+    keys = ("minus_full", "lm_only_minus_full", "val_minus_full", "lm_only_val_minus_full")
+    print(f"\n{'95% CIs vs full, seeds and users resampled':<44}" + "".join(f"{k:>26}" for k in keys))
+    for v, r in rows.items():
+        if "seed_user_95ci" in r.get("minus_full", {}):
+            print(f"{v:<44}" + "".join("{:>26}".format("[{:+.4f}, {:+.4f}]".format(*r[k]["seed_user_95ci"])) for k in keys))
     if budget_check:
         print(f"budget: full reaches {budget_check['ratio']:.2f}x the converged validation NDCG@10 (target >= 0.9); "
               f"its language-model path alone {budget_check['lm_only_ratio']:.2f}x")

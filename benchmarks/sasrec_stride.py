@@ -5,8 +5,9 @@ DARec at stride 25 against its shipped 50 gained on test twice (``darec_ml100k_s
 held-out items that way: SASRec (history length ``--sasrec-len``, patience ``--sasrec-patience``, early stopping on
 validation NDCG@10, ``benchmarks/runs.py``) at ``--stride`` against its shipped stride (25 = ``max_len/2`` for length
 50; for length 100 the shipped config sets 25 too), per seed, same split. Per-user NDCG@10 is averaged over the seeds
-and compared paired over users with a bootstrap 95% CI, on validation and on test. The runs at the shipped stride are
-those of ``benchmarks/darec_ml100k.py`` in the same ``--work-dir`` (reused by name).
+and compared paired over users with a bootstrap 95% CI (and one that resamples the seeds too), on validation and on
+test. The runs at the shipped stride are those of ``benchmarks/darec_ml100k.py`` in the same ``--work-dir`` (reused by
+name).
 
     python benchmarks/sasrec_stride.py [--seeds 0 1 2] [--stride 50] [--jobs 2] [--threads 1] [--sasrec-len 100]
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     arms = {"shipped": {r.name: load(work, r.name) for r in shipped},
             f"stride{a.stride}": {r.name: load(work, r.name) for r in other}}
-    per_user = {arm: {split: np.mean([ndcg10(run.ranks(split)) for run in loaded.values()], 0) for split in ("val", "test")}
+    per_user = {arm: {split: np.stack([ndcg10(run.ranks(split)) for run in loaded.values()]) for split in ("val", "test")}
                 for arm, loaded in arms.items()}
     models = {arm: {"runs": list(loaded), **{f"{split}_ndcg@10_mean": float(per_user[arm][split].mean()) for split in ("val", "test")},
                     "per_seed": [{k: run.meta.get(k) for k in META} for run in loaded.values()]}
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{arm:<12}{m['val_ndcg@10_mean']:>12.4f}{m['test_ndcg@10_mean']:>14.4f}   {seeds}")
     for split, c in comparison.items():
         lo, hi = c["bootstrap_95ci"]
-        print(f"{mine} - shipped, {split:<5}{c['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]  ratio {c['ratio']:.3f}")
+        both = "  seeds and users [{:+.4f}, {:+.4f}]".format(*c["seed_user_95ci"]) if "seed_user_95ci" in c else ""
+        print(f"{mine} - shipped, {split:<5}{c['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]  ratio {c['ratio']:.3f}{both}")
     print(f"wrote {a.out}")
     return result
 

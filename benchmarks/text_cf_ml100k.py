@@ -9,11 +9,11 @@ the runs of ``benchmarks/darec_ml100k.py`` in the same ``--work-dir`` are reused
 - DARec (default config) injecting the plain SASRec and LightGCN ``s``;
 - DARec injecting the text-aware SASRec (folded into an ordinary SASRec export) and the same LightGCN.
 
-Comparisons, paired bootstrap over users of the seed-mean per-user NDCG@10, on validation (what a default is
-chosen by) and on test (read once, for the report): text-aware SASRec against SASRec (the lever on the baseline
-alone); DARec with the text-aware source against SASRec (the issue's target, 1.10x with the CI above 0), against
-the text-aware SASRec it injects (the honest control: its residual score is that model's), and against DARec with
-the plain source; and DARec's language-model path alone with each source.
+Comparisons, paired bootstrap over users of the seed-mean per-user NDCG@10 (and one over seeds and users), on
+validation (what a default is chosen by) and on test (read once, for the report): text-aware SASRec against SASRec
+(the lever on the baseline alone); DARec with the text-aware source against SASRec (the issue's target, 1.10x with
+the CI above 0), against the text-aware SASRec it injects (the honest control: its residual score is that model's),
+and against DARec with the plain source; and DARec's language-model path alone with each source.
 
     python benchmarks/text_cf_ml100k.py [--seeds 0 1 2] [--jobs 2] [--threads 1] [--sasrec-len 100]
                                         [--sasrec-patience 25] [--work-dir benchmarks/_work/darec_ml100k]
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for split in users:
                     users[split].setdefault(key, []).append(ndcg10(run.ranks(split)))
             runs_meta.setdefault(model, []).append({k: loaded[model].meta.get(k) for k in META})
-    mean_user = {split: {k: np.mean(v, 0) for k, v in per.items()} for split, per in users.items()}
+    seed_user = {split: {k: np.stack(v) for k, v in per.items()} for split, per in users.items()}  # [seeds, users]
     models = {k: {f"{split}_ndcg@10_mean": float(np.mean([x.mean() for x in users[split][k]])) for split in users}
               | {"test_ndcg@10_per_seed": [float(x.mean()) for x in users["test"][k]], "runs": runs_meta.get(k)}
               for k in users["test"]}
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              ("darec_textcf_lm_only", "darec_lm_only")]
     comparisons = {}
     for model, ref in pairs:
-        comparisons[f"{model} - {ref}"] = {split: paired_comparison(mean_user[split][model], mean_user[split][ref])
+        comparisons[f"{model} - {ref}"] = {split: paired_comparison(seed_user[split][model], seed_user[split][ref])
                                            for split in ("val", "test")}
     t = comparisons["darec_textcf - sasrec"]["test"]
     ctrl = comparisons["darec_textcf - sasrec_text"]["test"]
