@@ -119,3 +119,25 @@ def test_darec_trains_under_two_processes_with_weight_averaging(odd_dir, tmp_pat
     one = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
     again = one.validate(model, datamodule=dm, verbose=False)[0]["val/ndcg@10"]
     assert again == pytest.approx(ddp_val, abs=1e-7) and ddp_val > 0
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "lightgcn"])
+def test_training_under_two_processes_logs_its_epoch_loss_without_a_sync_warning(odd_dir, kind, capfd):
+    """The epoch-level training losses are reduced across processes (a mean over every rank's batches), so Lightning
+    has nothing to warn about: before, each epoch ended with "It is recommended to use `self.log(..., sync_dist=True)`"."""
+    from darec.data.datamodules.interaction import InteractionDataModule
+    from darec.modules.lightgcn import LightGCN
+
+    L.seed_everything(0)
+    if kind == "sasrec":
+        dm = SequenceDataModule(str(odd_dir), batch_size=16, eval_batch_size=16, max_len=10, num_negatives=0)
+        model = SASRec(num_items=dm.num_items, num_users=dm.num_users, hidden_size=16, max_len=10)
+    else:
+        dm = InteractionDataModule(str(odd_dir), batch_size=64, eval_batch_size=16)
+        model = LightGCN(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint, embedding_size=16)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, limit_train_batches=2,
+                        limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    err = capfd.readouterr().err
+    assert trainer.state.finished and "sync_dist" not in err, err[-2000:]

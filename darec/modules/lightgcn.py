@@ -135,8 +135,9 @@ class LightGCN(RecModule):
         else:
             reg = sum(e.norm(2) for e in ego) / len(user)
         loss = bpr + self.reg_weight * reg
-        self.log("train/bpr", bpr, on_step=False, on_epoch=True, batch_size=len(user))
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(user))
+        # reduced across DDP processes (sync_dist), step and epoch values alike; a no-op in one process
+        self.log("train/bpr", bpr, on_step=False, on_epoch=True, batch_size=len(user), sync_dist=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(user), sync_dist=True)
         return loss
 
     @torch.no_grad()

@@ -294,7 +294,9 @@ class SASRec(RecModule):
             pos = (h * w[t]).sum(-1)
             neg = (h * w[batch["negative"][sel]]).sum(-1)
             loss = (F.softplus(-pos) + F.softplus(neg)).mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=int(t.numel()))
+        # reduced across DDP processes (sync_dist), step and epoch values alike; a no-op in one process
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=int(t.numel()),
+                 sync_dist=True)
         return loss
 
     def item_vectors(self) -> torch.Tensor:
