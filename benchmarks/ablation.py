@@ -59,6 +59,8 @@ from runs import (RunSpec, converged_darec_name, darec_name, has_lm_only, is_don
                   sasrec_name, sasrec_spec, shipped_config, shipped_darec_patience, shipped_sasrec_patience)
 
 SHIPPED_LR = float(shipped_config("darec")["model"]["init_args"]["lr"])
+# each variant against full: fused test, language model alone on test, then the same two on validation
+DIFFERENCES = ("minus_full", "lm_only_minus_full", "val_minus_full", "lm_only_val_minus_full")
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
     "context_masking_off": {"model": {"context_masking": False, "history_tokens": 128}},
@@ -130,8 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row["val_ndcg@10_mean"] = float(np.mean([x.mean() for x in val_user[v]]))
         row["lm_only_val_ndcg@10_mean"] = float(np.mean([x.mean() for x in lm_val_user[v]]))
         if v != "full" and "full" in per_user:
-            for key, users in (("minus_full", per_user), ("lm_only_minus_full", lm_user),
-                               ("val_minus_full", val_user), ("lm_only_val_minus_full", lm_val_user)):
+            for key, users in zip(DIFFERENCES, (per_user, lm_user, val_user, lm_val_user)):
                 row[key] = paired_comparison(np.stack(users[v]), np.stack(users["full"]))
         rows[v] = row
     converged_names = [converged_darec_name(s, a.sasrec_len, pat, shipped_darec_patience()) for s in a.seeds]
@@ -164,11 +165,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for v, r in rows.items():
         print(f"{v:<22}{r['val_ndcg@10_mean']:>12.4f}{vs(r.get('val_minus_full')):>34}"
               f"{r['lm_only_val_ndcg@10_mean']:>12.4f}{vs(r.get('lm_only_val_minus_full')):>34}")
-    keys = ("minus_full", "lm_only_minus_full", "val_minus_full", "lm_only_val_minus_full")
-    print(f"\n{'95% CIs vs full, seeds and users resampled':<44}" + "".join(f"{k:>26}" for k in keys))
+    print(f"\n{'95% CIs vs full, seeds and users resampled':<44}" + "".join(f"{k:>26}" for k in DIFFERENCES))
     for v, r in rows.items():
         if "seed_user_95ci" in r.get("minus_full", {}):
-            print(f"{v:<44}" + "".join("{:>26}".format("[{:+.4f}, {:+.4f}]".format(*r[k]["seed_user_95ci"])) for k in keys))
+            print(f"{v:<44}" + "".join("{:>26}".format("[{:+.4f}, {:+.4f}]".format(*r[k]["seed_user_95ci"]))
+                                       for k in DIFFERENCES))
     if budget_check:
         print(f"budget: full reaches {budget_check['ratio']:.2f}x the converged validation NDCG@10 (target >= 0.9); "
               f"its language-model path alone {budget_check['lm_only_ratio']:.2f}x")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def curve_specs(variant: str, seeds: list[int], sasrec_len: int, sasrec_patience
     """The runs one variant needs (SASRec, its ensemble partner, LightGCN, then DARec) and its DARec runs with
     per-epoch test scores, named ``curves_<the darec_ml100k.py name>``."""
     needed = specs(seeds, sasrec_len, sasrec_patience, variant_setting(variant))
-    darec = [RunSpec(**{**s.__dict__, "name": f"curves_{s.name}", "test_every_epoch": True}) for s in needed if s.kind == "darec"]
+    darec = [replace(s, name=f"curves_{s.name}", test_every_epoch=True) for s in needed if s.kind == "darec"]
     return [s for s in needed if s.kind != "darec"], darec
 
 

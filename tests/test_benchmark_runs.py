@@ -13,28 +13,22 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _runs():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_runs", ROOT / "benchmarks" / "runs.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_runs"] = module  # its dataclasses look their module up while being built
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
-
 def _benchmark(name: str):
-    """The benchmark script ``benchmarks/<name>.py``, loaded as a module (its own imports find ``benchmarks/``)."""
+    """The benchmark script ``benchmarks/<name>.py``, loaded as the module ``bench_<name>`` (its own imports find
+    ``benchmarks/``; registered, since dataclasses look their module up while being built)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[f"bench_{name}"] = module
         spec.loader.exec_module(module)  # type: ignore[union-attr]
         return module
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _runs():
+    return _benchmark("runs")
 
 
 def test_converged_darec_runs_are_named_by_sasrecs_length_and_both_patiences_and_default_to_the_shipped_configs() -> None:

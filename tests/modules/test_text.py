@@ -63,7 +63,6 @@ def test_tokenize_cache_on_disk(tmp_path):
     assert len(list(tmp_path.glob("tokens-*"))) == 2 and max(map(len, other)) <= 8
 
 
-
 def test_a_cache_another_process_put_in_place_first_leaves_no_temporary_copy(tmp_path, monkeypatch):
     """Two DDP ranks tokenise at once: the second finds the first's cache in place when it renames its own copy."""
     import darec.modules.text as text
@@ -75,6 +74,7 @@ def test_a_cache_another_process_put_in_place_first_leaves_no_temporary_copy(tmp
     monkeypatch.setattr(text.os.path, "isdir", lambda path: "tokens-" not in str(path) and isdir(path))
     assert tokenize_sentences(sents, tok, max_tokens=32, cache_dir=str(tmp_path), text_hash="abc") == want
     assert [p.name for p in tmp_path.iterdir()] == [next(tmp_path.glob("tokens-*")).name]
+
 
 def _check_layout(batch, token_lists, width):
     assert batch.input_ids.shape == batch.segment_ids.shape == batch.position_ids.shape
