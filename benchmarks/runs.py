@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import random
@@ -169,17 +170,50 @@ def resolved_config(spec: RunSpec) -> dict[str, Any]:
 def check_reusable(work: Path, spec: RunSpec) -> None:
     """Refuse to reuse a finished run that was trained with another configuration than ``spec`` now resolves to
     (:func:`resolved_config`), naming what differs. Runs from before configurations were recorded are reused as they
-    are, with a printed note."""
+    are, with a printed note; so are runs from before a model option existed, while it is at its class default."""
     meta = json.loads((run_dir(work, spec.name) / "meta.json").read_text())
     if "config" not in meta:
         print(f"note: reusing {spec.name}, trained before runs recorded their configuration", flush=True)
         return
     now = resolved_config(spec)
-    if meta["config"] != now:
-        differ = sorted(_differences(meta["config"], now))
+    if meta["config"] == now:
+        return
+    differ = sorted(_differences(meta["config"], now))
+    # a model option added since, at its class default: the run trained the behaviour that default keeps
+    added = [d for d in differ if d.startswith("model.") and _absent(meta["config"], d)
+             and _at(now, d) == _class_default(now["model_class"], d.split(".")[1:])]
+    if added:
+        print(f"note: reusing {spec.name}, trained before {', '.join(added)} existed (at their defaults)", flush=True)
+    differ = [d for d in differ if d not in added]
+    if differ:
         raise RuntimeError(
             f"run {spec.name} in {work} was trained with another configuration than its spec now gives "
             f"(differs at: {', '.join(differ)}); delete {run_dir(work, spec.name)} to retrain it, or use another --work-dir")
+
+
+def _at(config: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        config = config[key]
+    return config
+
+
+def _absent(config: dict[str, Any], dotted: str) -> bool:
+    try:
+        _at(config, dotted)
+    except (KeyError, TypeError):
+        return True
+    return False
+
+
+def _class_default(class_path: str, keys: list[str]) -> Any:
+    """The default of ``model.init_args`` key ``keys`` (dotted into a config dataclass) of the model class
+    ``class_path``, as a JSON value; a sentinel that equals nothing when the key has no default."""
+    module, _, name = class_path.rpartition(".")
+    value: Any = inspect.signature(getattr(importlib.import_module(module), name).__init__).parameters.get(keys[0])
+    value = inspect.Parameter.empty if value is None else value.default
+    for key in keys[1:]:
+        value = getattr(value, key, inspect.Parameter.empty)
+    return object() if value is inspect.Parameter.empty else json.loads(json.dumps(value))
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -38,6 +38,7 @@ class LossConfig:
     """Weights and switches of the three adaption losses and of the adapters' auxiliary loss."""
 
     next_item: bool = True  # full-softmax next-item cross-entropy
+    label_smoothing: float = 0.0  # share of next_item's target mass spread evenly over the items scored (0: none)
     sampled_softmax: int = 0  # > 0: sampled softmax with this many shared negatives instead
     masked_context: bool = False  # alignment of fresh item vectors with the item-ID table (needs item-level adapters)
     lambda_mc: float = 0.1  # weight of masked_context
@@ -134,8 +135,11 @@ class DARec(RecModule):
             both are scaled to unit length and their cosine is multiplied by a learned scale ``exp(tau)`` (starting
             at 10, at most 100), so no item wins by the length of its row alone. SASRec's residual score, when on,
             is added as before.
+        item_embeddings: add a learned vector ``v_j`` per item, zero at the start, to its row ``e_j`` of the scoring
+            table: capacity of its own for each item beside the linear map of its text and CF features (no weight
+            decay, like every table). False: ``e_j`` is the feature map alone.
         lr, weight_decay: AdamW settings for the trainable parameters. Weight decay applies to weight matrices
-            only: never to biases, scales, the special tokens or the item-ID table.
+            only: never to biases, scales, the special tokens, the item-ID table or ``item_embeddings``.
         lr_adapters: learning rate of the adapters and special tokens (None: ``lr``); the projections and tables
             train at ``lr``.
         warmup_steps: linear learning-rate warm-up over this many optimizer steps (0: none).
@@ -173,6 +177,7 @@ class DARec(RecModule):
         dropout: float = 0.1,
         text_path: int = 0,
         scoring: str = "dot",
+        item_embeddings: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         lr_adapters: float | None = None,
@@ -207,6 +212,8 @@ class DARec(RecModule):
         if scoring not in ("dot", "cosine"):
             raise ConfigError(f"scoring must be 'dot' or 'cosine', got {scoring!r}")
         self.score_log_scale = nn.Parameter(torch.tensor(math.log(10.0))) if scoring == "cosine" else None
+        if not 0.0 <= losses.label_smoothing < 1.0:
+            raise ConfigError(f"losses.label_smoothing must be in [0, 1), got {losses.label_smoothing!r}")
         self.drop = nn.Dropout(dropout)
         self.cache_dir = cache_dir
         self.backbone = load_backbone(backbone)
@@ -227,6 +234,8 @@ class DARec(RecModule):
         self.w_o = nn.Linear(h, d)
         self.w_p = nn.Linear(h + self.injection.item_dim, d)
         self.w_t = nn.Linear(h, d) if text_path > 0 else None
+        # zero at the start: e_j begins as the feature map alone, and the loss decides how far each item departs from it
+        self.item_embeddings = nn.Parameter(torch.zeros(num_items + 1, d)) if item_embeddings else None
         self._init_projections()
         if self.injection.item_dim and d >= self.injection.item_dim:
             with torch.no_grad():  # e_j starts out carrying c_j itself, so CF knowledge is usable at once
@@ -438,9 +447,9 @@ class DARec(RecModule):
         return (sem - self.sem_mean) / self.sem_std
 
     def item_table(self, sem: torch.Tensor) -> torch.Tensor:
-        """``e_j = W_p [s_j ; c_j]`` for rows of ``sem`` [N+1, H]; row 0 is zeroed.
+        """``e_j = W_p [s_j ; c_j]`` (``+ v_j`` with ``item_embeddings``) for rows of ``sem`` [N+1, H]; row 0 is zeroed.
 
-        Rows beyond the catalogue (cold items, items added later) get ``c_j = 0``. With ``injection.residual``
+        Rows beyond the catalogue (cold items, items added later) get ``c_j = 0`` and ``v_j = 0``. With ``injection.residual``
         each row also carries SASRec's item vector, which meets ``alpha u_t`` in the scoring state.
         """
         sem = self.standardise(sem)
@@ -450,7 +459,11 @@ class DARec(RecModule):
             if sem.shape[0] > cf.shape[0]:
                 cf = torch.cat([cf, cf.new_zeros(sem.shape[0] - cf.shape[0], cf.shape[1])], 0)
             feats = torch.cat([sem, cf], -1)
-        table = self._unit(self.w_p(feats))
+        table = self.w_p(feats)
+        if self.item_embeddings is not None:
+            free = self.item_embeddings[: table.shape[0]].to(table.dtype)
+            table = table + torch.cat([free, free.new_zeros(table.shape[0] - free.shape[0], free.shape[1])], 0)
+        table = self._unit(table)
         if self.injection.residual_scale is not None:
             table = torch.cat([table, self.injection.residual_items(table.shape[0]).to(table.dtype)], -1)
         return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
@@ -580,7 +593,8 @@ class DARec(RecModule):
         hard = lo.hard_negative and lo.lambda_hard > 0
         scores = full_scores(h, table) if lo.sampled_softmax <= 0 and (lo.next_item or hard) else None
         if lo.next_item:
-            terms["next_item"] = next_item_loss(h, table, t, lo.sampled_softmax, scores=scores)
+            terms["next_item"] = next_item_loss(h, table, t, lo.sampled_softmax, scores=scores,
+                                                label_smoothing=lo.label_smoothing)
         if lo.masked_context and lo.lambda_mc > 0:
             ok = ~self.dup_text[fresh_ids]
             sem_ok = self.standardise(fresh[ok])
@@ -601,7 +615,7 @@ class DARec(RecModule):
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, p in self.named_parameters():
             if p.requires_grad:
-                plain = p.dim() < 2 or name.endswith(("special_embeddings", "id_table"))
+                plain = p.dim() < 2 or name.endswith(("special_embeddings", "id_table", "item_embeddings"))
                 adapter = name.startswith(("backbone.adapters.", "backbone.special_embeddings"))
                 groups.setdefault((plain, adapter), []).append(p)
         opt = torch.optim.AdamW(

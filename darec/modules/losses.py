@@ -20,26 +20,34 @@ def next_item_loss(
     num_sampled: int = 0,
     generator: torch.Generator | None = None,
     scores: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Cross-entropy of ``targets`` [N] given ``hidden`` [N, d] against ``item_table`` [C+1, d].
 
     Row 0 of the table (padding) is never a class. ``num_sampled > 0`` switches to a sampled
     softmax: the target against ``num_sampled`` uniform negatives shared by the batch, with
     accidental hits on the target removed. ``scores``: :func:`full_scores` of the same arguments, when the caller
-    already has them (full softmax only).
+    already has them (full softmax only). ``label_smoothing``: that share of each target's probability mass is
+    spread evenly over the classes scored (every item, or the target and its sampled negatives).
     """
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0
     if num_sampled <= 0:
         logits = full_scores(hidden, item_table) if scores is None else scores
-        return F.cross_entropy(logits.float(), targets - 1)
+        return F.cross_entropy(logits.float(), targets - 1, label_smoothing=label_smoothing)
     c = item_table.shape[0] - 1
     neg = torch.randint(1, c + 1, (num_sampled,), generator=generator, device=hidden.device)
     pos_logit = (hidden * item_table[targets]).sum(-1, keepdim=True)
     neg_logit = hidden @ item_table[neg].T
     neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos_logit, neg_logit], 1).float()
-    return F.cross_entropy(logits, torch.zeros_like(targets))
+    logp = logits.log_softmax(1)
+    loss = -logp[:, 0]
+    if label_smoothing > 0:  # spread over the classes scored: an accidental hit (-inf) is not one
+        scored = torch.isfinite(logits)
+        spread = -logp.masked_fill(~scored, 0.0).sum(1) / scored.sum(1)
+        loss = (1 - label_smoothing) * loss + label_smoothing * spread
+    return loss.mean()
 
 
 def alignment_loss(semantic: torch.Tensor, id_table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,7 @@ def _trainable_without_gradient(m: DARec, batch: dict[str, torch.Tensor]) -> set
 @pytest.mark.parametrize("kw", [
     {},  # the class defaults: frozen item level, no masked-context loss
     {"predict_from": "seq"},
+    {"item_embeddings": True, "losses": {"label_smoothing": 0.1}},
     {"context_masking": False, "item_vector": "align"},
     {"item_adapter_layers": None, "max_fresh_items": 8, "losses": {"masked_context": True}},
     {"item_adapter_layers": None, "max_fresh_items": 8, "item_vector": "align", "losses": {"masked_context": True}},
@@ -316,6 +317,32 @@ def test_cosine_scoring_is_a_scaled_cosine_that_trains_its_scale(small_synth_dir
     assert m.score_log_scale.grad is not None and m.score_log_scale.grad.abs() > 0
     with pytest.raises(ConfigError, match="scoring"):
         _model(small_synth_dir, tmp_path=tmp_path, scoring="euclid")
+
+
+def test_item_embeddings_start_at_zero_train_without_decay_and_move_the_scores(small_synth_dir, tmp_path):
+    m, d = _model(small_synth_dir, tmp_path=tmp_path, item_embeddings=True, lr=0.01)
+    plain, _ = _model(small_synth_dir, tmp_path=tmp_path)
+    plain.load_state_dict(m.state_dict(), strict=False)
+    m.refresh_cache(), plain.refresh_cache()
+    with torch.no_grad():
+        torch.testing.assert_close(m.item_table(m.sem_cache), plain.item_table(plain.sem_cache))  # zero at the start
+    opt = m.configure_optimizers()
+    assert all(g["weight_decay"] == 0 for g in opt.param_groups if any(p is m.item_embeddings for p in g["params"]))
+    m.log = lambda *a, **k: None
+    batch = next(iter(SequenceDataModule(str(small_synth_dir), batch_size=8, max_len=12, num_negatives=0).train_dataloader()))
+    m.training_step(batch, 0).backward()
+    opt.step()
+    learned = m.item_embeddings.detach().clone()
+    assert learned[1:].abs().amax(1).gt(0).all()  # the full softmax reaches every item
+    wider = torch.cat([m.sem_cache, m.sem_cache[:3]])  # three rows beyond the catalogue
+    with torch.no_grad():
+        table = m.item_table(wider)
+        m.item_embeddings.zero_()
+        features = m.item_table(wider)
+    torch.testing.assert_close(table[1 : d.num_items + 1] - features[1 : d.num_items + 1], learned[1:])
+    assert not table[0].any() and torch.equal(table[d.num_items + 1 :], features[d.num_items + 1 :])
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        _model(small_synth_dir, tmp_path=tmp_path, losses={"label_smoothing": 1.0})
 
 
 def test_frozen_backbone_is_bit_identical_after_a_real_fit(small_synth_dir, tmp_path):

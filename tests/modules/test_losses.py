@@ -73,3 +73,24 @@ def test_alignment_loss_reference():
     s, ids = torch.randn(4, 5, generator=g), torch.randn(7, 5, generator=g)
     items = torch.tensor([1, 3, 6, 2])
     assert torch.allclose(alignment_loss(s, ids, items), F.cross_entropy(s @ ids[1:].T, items - 1))
+
+
+def test_label_smoothing_spreads_the_targets_mass_over_the_items_scored():
+    g = torch.Generator().manual_seed(4)
+    h, table = torch.randn(5, 4, generator=g), torch.randn(9, 4, generator=g)
+    t = torch.tensor([1, 8, 3, 3, 6])
+    logp = (h @ table[1:].T).log_softmax(1)
+    eps = 0.2
+    ref = ((1 - eps) * -logp[torch.arange(5), t - 1] + eps * -logp.mean(1)).mean()
+    torch.testing.assert_close(next_item_loss(h, table, t, label_smoothing=eps), ref)
+    # sampled: over the target and its negatives, an accidental hit on the target not among them
+    neg = torch.randint(1, 9, (6,), generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([int(neg[2]), 1, 2, 4, 5])
+    got = next_item_loss(h, table, t, num_sampled=6, generator=torch.Generator().manual_seed(5), label_smoothing=eps)
+    losses = []
+    for r in range(5):
+        logits = torch.tensor([float(h[r] @ table[t[r]])] + [float(h[r] @ table[n]) for n in neg.tolist() if n != int(t[r])])
+        lp = logits.log_softmax(0)
+        losses.append((1 - eps) * -lp[0] + eps * -lp.mean())
+    torch.testing.assert_close(got, torch.stack(losses).mean(), atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(got)
