@@ -62,12 +62,13 @@ def test_the_note_under_the_table_points_at_a_converged_comparison_that_exists()
     assert low < 0 < high  # the note's words match the committed comparison
 
 
-def test_the_demos_darec_uses_the_shipped_configs_adapters_and_learning_rate():
+def test_the_demos_darec_uses_the_shipped_configs_adapters_learning_rate_weight_average_and_label_smoothing():
     import yaml
 
-    from darec.cli.demo import DAREC_ADAPTERS, DAREC_LR
+    from darec.cli.demo import DAREC_ADAPTERS, DAREC_EMA, DAREC_LABEL_SMOOTHING, DAREC_LR
 
     shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "darec_ml100k.yaml").read_text())
     model = shipped["model"]["init_args"]
     assert list(DAREC_ADAPTERS) == model["adapters"] and DAREC_LR == model["lr"]
+    assert DAREC_EMA == model["ema"] and DAREC_LABEL_SMOOTHING == model["losses"]["label_smoothing"]
     assert model["backbone"]["autocast"] == "auto" and model["injection"]["residual"] is True

@@ -33,6 +33,10 @@ DAREC_ADAPTERS = ("skip", "skip", "skip", "skip", "serial:16", "none")
 """DARec's adapter per MiniLM layer in the demo: ``configs/darec_ml100k.yaml``'s (the adapter search's winner)."""
 DAREC_LR = 0.000477
 """DARec's learning rate in the demo: ``configs/darec_ml100k.yaml``'s."""
+DAREC_EMA = 0.99
+"""The decay of DARec's weight average in the demo: ``configs/darec_ml100k.yaml``'s."""
+DAREC_LABEL_SMOOTHING = 0.1
+"""The label smoothing of DARec's next-item loss in the demo: ``configs/darec_ml100k.yaml``'s."""
 
 SHOWN = ("hr@5", "hr@10", "hr@20", "ndcg@10", "ndcg@20", "mrr@10")
 BUDGETS = ("sasrec_epochs", "lightgcn_epochs", "darec_epochs", "darec_batches")
@@ -175,7 +179,7 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
     from darec.data.datamodules.sequence import SequenceDataModule
     from darec.modules.cf import export_module
     from darec.modules.backbone import BackboneConfig
-    from darec.modules.darec import DARec
+    from darec.modules.darec import DARec, LossConfig
     from darec.modules.injection import InjectionConfig
     from darec.modules.lightgcn import LightGCN
     from darec.modules.popularity import Popularity
@@ -228,6 +232,7 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
     model = DARec(  # DARec's other defaults are configs/darec_ml100k.yaml's
         num_items=ddm.num_items, num_users=ddm.num_users, data_fingerprint=ddm.fingerprint,
         backbone=BackboneConfig(name="minilm", autocast="auto"), adapters=list(DAREC_ADAPTERS), lr=DAREC_LR, max_len=50,
+        ema=DAREC_EMA, losses=LossConfig(label_smoothing=DAREC_LABEL_SMOOTHING),
         injection=InjectionConfig(mode="input", sasrec=str(sas_path), lightgcn=str(lg_path), residual=True),
         cache_dir=str(root / "cache"),
     )
