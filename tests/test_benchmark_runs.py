@@ -72,19 +72,28 @@ def test_a_run_from_before_a_model_option_existed_is_reused_only_while_the_optio
     runs = _runs()
     spec = runs.RunSpec("darec_p3_sasL100p25_s0", "darec", 0, cf_from="sasrec_L100_p25_s0", lightgcn_from="lightgcn_s0")
     old = runs.resolved_config(spec)
-    del old["model"]["item_embeddings"], old["model"]["losses"]["label_smoothing"]  # options added since
+    del old["model"]["item_embeddings"]  # an option added since, shipped at its class default (off)
     (tmp_path / spec.name).mkdir()
     (tmp_path / spec.name / "meta.json").write_text(json.dumps({"config": old}))
     runs.check_reusable(tmp_path, spec)
-    assert "trained before model.item_embeddings, model.losses.label_smoothing existed" in capsys.readouterr().out
-    on = runs.RunSpec(spec.name, "darec", 0, model={"item_embeddings": True, "losses": {"label_smoothing": 0.1}},
-                      cf_from=spec.cf_from, lightgcn_from=spec.lightgcn_from)
-    with pytest.raises(RuntimeError, match=r"differs at: model\.item_embeddings, model\.losses\.label_smoothing\)"):
+    assert "trained before model.item_embeddings existed" in capsys.readouterr().out
+    on = runs.RunSpec(spec.name, "darec", 0, model={"item_embeddings": True}, cf_from=spec.cf_from,
+                      lightgcn_from=spec.lightgcn_from)
+    with pytest.raises(RuntimeError, match=r"differs at: model\.item_embeddings\)"):
         runs.check_reusable(tmp_path, on)
+    # the shipped config turns label smoothing on (0.1, the class default 0): a run from before the option trained without it
+    assert old["model"]["losses"]["label_smoothing"] != 0
+    del old["model"]["losses"]["label_smoothing"]
+    (tmp_path / spec.name / "meta.json").write_text(json.dumps({"config": old}))
+    with pytest.raises(RuntimeError, match=r"differs at: model\.losses\.label_smoothing\)"):
+        runs.check_reusable(tmp_path, spec)
+    off = runs.RunSpec(spec.name, "darec", 0, model={"losses": {"label_smoothing": 0.0}}, cf_from=spec.cf_from,
+                       lightgcn_from=spec.lightgcn_from)
+    runs.check_reusable(tmp_path, off)  # at the class default: reused
     del old["model"]["lr"]  # an option the class has always had, missing: not explained by a later addition
     (tmp_path / spec.name / "meta.json").write_text(json.dumps({"config": old}))
     with pytest.raises(RuntimeError, match=r"differs at: model\.lr\)"):
-        runs.check_reusable(tmp_path, spec)
+        runs.check_reusable(tmp_path, off)
 
 
 def test_converged_darec_names_carry_the_history_length_when_it_is_not_the_shipped_one():
