@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, git_commit, machine, paired_comparison  # noqa: E402
+from common import command, git_commit, interval, machine, paired_comparison  # noqa: E402
 from runs import (RunSpec, converged_darec_name, darec_name, has_lm_only, is_done, load, ndcg10, run_all,  # noqa: E402
                   sasrec_name, sasrec_spec, shipped_config, shipped_darec_patience, shipped_sasrec_patience)
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "budget_vs_converged": budget_check, "results": rows}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     def vs(d: dict[str, Any] | None) -> str:
-        return f"{d['mean']:+.4f} [{d['bootstrap_95ci'][0]:+.4f}, {d['bootstrap_95ci'][1]:+.4f}]" if d else "-"
+        return f"{d['mean']:+.4f} {interval(d['bootstrap_95ci'])}" if d else "-"
 
     print(f"{'variant':<22}{'test NDCG@10':>20}{'vs full (95% CI)':>34}{'LM alone':>20}{'vs full (95% CI)':>34}{'fit s':>8}")
     for v, r in rows.items():
@@ -168,8 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\n{'95% CIs vs full, seeds and users resampled':<44}" + "".join(f"{k:>26}" for k in DIFFERENCES))
     for v, r in rows.items():
         if "seed_user_95ci" in r.get("minus_full", {}):
-            print(f"{v:<44}" + "".join("{:>26}".format("[{:+.4f}, {:+.4f}]".format(*r[k]["seed_user_95ci"]))
-                                       for k in DIFFERENCES))
+            print(f"{v:<44}" + "".join(f"{interval(r[k]['seed_user_95ci']):>26}" for k in DIFFERENCES))
     if budget_check:
         print(f"budget: full reaches {budget_check['ratio']:.2f}x the converged validation NDCG@10 (target >= 0.9); "
               f"its language-model path alone {budget_check['lm_only_ratio']:.2f}x")

@@ -116,6 +116,11 @@ def paired_comparison(mine: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def interval(ci: list[float]) -> str:
+    """A 95% CI (``bootstrap_95ci`` or ``seed_user_95ci`` of :func:`paired_comparison`) as the tables print it."""
+    return "[{:+.4f}, {:+.4f}]".format(*ci)
+
+
 def print_targets(targets: dict[str, dict[str, Any]]) -> None:
     """One line per target: met or MISSED, and its figures."""
     for name, t in targets.items():

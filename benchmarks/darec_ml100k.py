@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import comma_list, command, git_commit, machine, paired_comparison, print_targets  # noqa: E402
+from common import comma_list, command, git_commit, interval, machine, paired_comparison, print_targets  # noqa: E402
 from darec.search.trial import set_dotted  # noqa: E402
 from runs import (ACCELERATORS, Run, RunSpec, accelerator_device, converged_darec_name, load, ndcg10,  # noqa: E402
                   run_all, sasrec_name, sasrec_spec, shipped_darec_patience, shipped_sasrec_patience)
@@ -309,9 +309,8 @@ def _print_tuning(r: dict[str, Any]) -> None:
 
 
 def _comparison_row(c: dict[str, Any]) -> str:
-    lo, hi = c["bootstrap_95ci"]
-    both = "   [{:+.4f}, {:+.4f}]".format(*c["seed_user_95ci"]) if "seed_user_95ci" in c else ""
-    return f"{c['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]{c['ratio']:>8.3f}{both}"
+    both = f"   {interval(c['seed_user_95ci'])}" if "seed_user_95ci" in c else ""
+    return f"{c['mean']:>+9.4f}   {interval(c['bootstrap_95ci'])}{c['ratio']:>8.3f}{both}"
 
 
 def _print(r: dict[str, Any]) -> None:

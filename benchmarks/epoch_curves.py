@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, git_commit, machine, paired_comparison  # noqa: E402
+from common import command, git_commit, interval, machine, paired_comparison  # noqa: E402
 from darec_ml100k import parse_set, specs  # noqa: E402
 from runs import RunSpec, add_converged_sasrec_args, is_done, run_all, run_dir, shipped_darec_patience  # noqa: E402
 
@@ -142,9 +142,8 @@ def _print(r: dict[str, Any], variants: list[str]) -> None:
     print(f"\naveraged over epochs 0-{r['common_epochs'] - 1} and the seeds, paired (95% CIs)")
     for name, comp in r["averaged_over_common_epochs"].items():
         for key, c in comp.items():
-            lo, hi = c["bootstrap_95ci"]
-            both = "   seeds and users [{:+.4f}, {:+.4f}]".format(*c["seed_user_95ci"]) if "seed_user_95ci" in c else ""
-            print(f"  {name}, {key:<10}{c['mean']:>+9.4f}   users [{lo:+.4f}, {hi:+.4f}]{both}")
+            both = f"   seeds and users {interval(c['seed_user_95ci'])}" if "seed_user_95ci" in c else ""
+            print(f"  {name}, {key:<10}{c['mean']:>+9.4f}   users {interval(c['bootstrap_95ci'])}{both}")
 
 
 if __name__ == "__main__":

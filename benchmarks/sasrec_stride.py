@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, git_commit, machine, paired_comparison  # noqa: E402
+from common import command, git_commit, interval, machine, paired_comparison  # noqa: E402
 from runs import RunSpec, add_converged_sasrec_args, load, ndcg10, run_all, sasrec_spec  # noqa: E402
 
 META = ("fit_s", "epochs_run", "stopped_by", "best_val_ndcg@10", "test_ndcg@10", "torch_threads")
@@ -69,9 +69,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seeds = ", ".join(f"{r['best_val_ndcg@10']:.4f}/{r['test_ndcg@10']:.4f} ({r['epochs_run']})" for r in m["per_seed"])
         print(f"{arm:<12}{m['val_ndcg@10_mean']:>12.4f}{m['test_ndcg@10_mean']:>14.4f}   {seeds}")
     for split, c in comparison.items():
-        lo, hi = c["bootstrap_95ci"]
-        both = "  seeds and users [{:+.4f}, {:+.4f}]".format(*c["seed_user_95ci"]) if "seed_user_95ci" in c else ""
-        print(f"{mine} - shipped, {split:<5}{c['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]  ratio {c['ratio']:.3f}{both}")
+        both = f"  seeds and users {interval(c['seed_user_95ci'])}" if "seed_user_95ci" in c else ""
+        print(f"{mine} - shipped, {split:<5}{c['mean']:>+9.4f}   {interval(c['bootstrap_95ci'])}  ratio {c['ratio']:.3f}{both}")
     print(f"wrote {a.out}")
     return result
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, git_commit, machine, paired_comparison, print_targets  # noqa: E402
+from common import command, git_commit, interval, machine, paired_comparison, print_targets  # noqa: E402
 from runs import (RunSpec, add_converged_sasrec_args, converged_darec_name, darec_name, load, ndcg10, run_all, sasrec_name,  # noqa: E402
                   sasrec_spec, shipped_darec_patience)
 
@@ -118,8 +118,7 @@ def _print(r: dict[str, Any]) -> None:
     print(f"\n{'comparison':<40}{'split':>6}{'diff':>9}{'95% CI':>22}{'ratio':>8}")
     for name, row in r["comparisons"].items():
         for split, c in row.items():
-            lo, hi = c["bootstrap_95ci"]
-            print(f"{name:<40}{split:>6}{c['mean']:>+9.4f}   [{lo:+.4f}, {hi:+.4f}]{c['ratio']:>8.3f}")
+            print(f"{name:<40}{split:>6}{c['mean']:>+9.4f}   {interval(c['bootstrap_95ci'])}{c['ratio']:>8.3f}")
     print()
     print_targets(r["targets"])
 
