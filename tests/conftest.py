@@ -1,8 +1,11 @@
-"""Shared fixtures: small synthetic prepared datasets, written once per test session."""
+"""Shared fixtures: small synthetic prepared datasets, written once per test session; the benchmark scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,28 @@ import torch  # noqa: E402
 
 # Tests use tiny models: one thread is as fast, and avoids oversubscribing shared CI cores.
 torch.set_num_threads(1)
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load_benchmark(name: str):
+    """The benchmark script ``benchmarks/<name>.py``, loaded as the module ``bench_<name>`` (its own imports find
+    ``benchmarks/``; registered, since dataclasses look their module up while being built)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[f"bench_{name}"] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture
+def benchmark_script():
+    """Loads a benchmark script by name (``benchmark_script("runs")``: ``benchmarks/runs.py``)."""
+    return _load_benchmark
 
 
 @pytest.fixture(scope="session")

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def _common():
-    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-def test_git_commit_names_changed_files_and_ignores_the_benchmarks_own_outputs(tmp_path) -> None:
-    git_commit = _common().git_commit
+def test_git_commit_names_changed_files_and_ignores_the_benchmarks_own_outputs(benchmark_script, tmp_path) -> None:
+    git_commit = benchmark_script("common").git_commit
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     for name in ("code.py", "result.json"):
@@ -38,8 +27,8 @@ def test_git_commit_names_changed_files_and_ignores_the_benchmarks_own_outputs(t
     assert git_commit(root=tmp_path / "not-a-repo")["dirty"] is None
 
 
-def test_git_commit_outside_a_repository_records_the_commit_the_sender_names(tmp_path, monkeypatch) -> None:
-    git_commit = _common().git_commit
+def test_git_commit_outside_a_repository_records_the_commit_the_sender_names(benchmark_script, tmp_path, monkeypatch) -> None:
+    git_commit = benchmark_script("common").git_commit
     copy = tmp_path / "tree-sent-to-another-machine"
     copy.mkdir()
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))

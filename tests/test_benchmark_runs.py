@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,26 +11,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _benchmark(name: str):
-    """The benchmark script ``benchmarks/<name>.py``, loaded as the module ``bench_<name>`` (its own imports find
-    ``benchmarks/``; registered, since dataclasses look their module up while being built)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[f"bench_{name}"] = module
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
-
-def _runs():
-    return _benchmark("runs")
-
-
-def test_converged_darec_runs_are_named_by_sasrecs_length_and_both_patiences_and_default_to_the_shipped_configs() -> None:
-    runs = _runs()
+def test_converged_darec_runs_are_named_by_sasrecs_length_and_both_patiences_and_default_to_the_shipped_configs(benchmark_script) -> None:
+    runs = benchmark_script("runs")
     shipped = yaml.safe_load((ROOT / "configs" / "darec_ml100k.yaml").read_text())
     stop = next(c["init_args"] for c in shipped["trainer"]["callbacks"] if c["class_path"].endswith("EarlyStopping"))
     assert runs.shipped_darec_patience() == stop["patience"]
@@ -45,8 +25,8 @@ def test_converged_darec_runs_are_named_by_sasrecs_length_and_both_patiences_and
     assert runs.darec_name("ablation_full_e4", 1, 50, 25) == "ablation_full_e4_sasL50p25_s1"
 
 
-def test_a_finished_run_is_reused_only_while_its_spec_resolves_to_the_configuration_it_was_trained_with(tmp_path, capsys):
-    runs = _runs()
+def test_a_finished_run_is_reused_only_while_its_spec_resolves_to_the_configuration_it_was_trained_with(benchmark_script, tmp_path, capsys):
+    runs = benchmark_script("runs")
     spec = runs.RunSpec("darec_p3_sasL100p25_s0", "darec", 0, trainer={"patience": 3}, cf_from="sasrec_L100_p25_s0",
                         lightgcn_from="lightgcn_s0")
     resolved = runs.resolved_config(spec)
@@ -68,8 +48,8 @@ def test_a_finished_run_is_reused_only_while_its_spec_resolves_to_the_configurat
     assert "trained before runs recorded their configuration" in capsys.readouterr().out
 
 
-def test_a_run_from_before_a_model_option_existed_is_reused_only_while_the_option_is_at_its_default(tmp_path, capsys):
-    runs = _runs()
+def test_a_run_from_before_a_model_option_existed_is_reused_only_while_the_option_is_at_its_default(benchmark_script, tmp_path, capsys):
+    runs = benchmark_script("runs")
     spec = runs.RunSpec("darec_p3_sasL100p25_s0", "darec", 0, cf_from="sasrec_L100_p25_s0", lightgcn_from="lightgcn_s0")
     old = runs.resolved_config(spec)
     del old["model"]["item_embeddings"]  # an option added since, shipped at its class default (off)
@@ -96,17 +76,17 @@ def test_a_run_from_before_a_model_option_existed_is_reused_only_while_the_optio
         runs.check_reusable(tmp_path, off)
 
 
-def test_converged_darec_names_carry_the_history_length_when_it_is_not_the_shipped_one():
-    runs = _runs()
+def test_converged_darec_names_carry_the_history_length_when_it_is_not_the_shipped_one(benchmark_script):
+    runs = benchmark_script("runs")
     assert runs.converged_darec_name(0, 100, 25, 3, None, None, 100) == "darec_p3_L100_sasL100p25_s0"
     assert runs.converged_darec_name(0, 100, 25, 3) == "darec_p3_sasL100p25_s0"
     assert runs.converged_darec_name(0, 100, 25, 3, None, None, None, (("dropout", 0.3), ("losses.lambda_hard", 0))) == (
         "darec_p3_set-dropout0.3-lambda_hard0_sasL100p25_s0")
 
 
-def test_darec_set_sends_data_keys_to_the_data_module_and_names_them():
-    runs = _runs()
-    bench = _benchmark("darec_ml100k")
+def test_darec_set_sends_data_keys_to_the_data_module_and_names_them(benchmark_script):
+    runs = benchmark_script("runs")
+    bench = benchmark_script("darec_ml100k")
     extra = bench.parse_set(["data.stride=25", "dropout=0.3"])
     darec = [s for s in bench.specs([0], 100, 25, (3, None, None, None, extra)) if s.kind == "darec"][0]
     assert darec.name == "darec_p3_set-stride25-dropout0.3_sasL100p25_s0"
@@ -116,7 +96,7 @@ def test_darec_set_sends_data_keys_to_the_data_module_and_names_them():
     assert "stride" not in resolved["model"]
 
 
-def test_scoring_test_after_every_epoch_leaves_training_exactly_as_it_was(small_synth_dir, tmp_path):
+def test_scoring_test_after_every_epoch_leaves_training_exactly_as_it_was(benchmark_script, small_synth_dir, tmp_path):
     """``RunSpec.test_every_epoch`` is a diagnostic: the extra scoring after each validation pass draws from torch's
     random state (the evaluation loaders do), so without restoring it the next epoch's dropout would differ."""
     import lightning as L
@@ -126,7 +106,7 @@ def test_scoring_test_after_every_epoch_leaves_training_exactly_as_it_was(small_
     from darec.data.datamodules.sequence import SequenceDataModule
     from darec.modules.sasrec import SASRec
 
-    runs = _runs()
+    runs = benchmark_script("runs")
 
     def fit(diagnose: bool) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
         L.seed_everything(0)
@@ -160,9 +140,9 @@ def test_scoring_test_after_every_epoch_leaves_training_exactly_as_it_was(small_
     assert "diag_test_lm_ndcg@10" not in seen[0]  # SASRec has no residual, so no language-model-only scores
 
 
-def test_a_diagnostic_run_is_named_apart_and_leaves_older_runs_reusable():
-    runs = _runs()
-    bench = _benchmark("epoch_curves")
+def test_a_diagnostic_run_is_named_apart_and_leaves_older_runs_reusable(benchmark_script):
+    runs = benchmark_script("runs")
+    bench = benchmark_script("epoch_curves")
     base, darec = bench.curve_specs("data.stride=25", [0, 1], 100, 25)
     assert [s.name for s in darec] == ["curves_darec_p3_set-stride25_sasL100p25_s0", "curves_darec_p3_set-stride25_sasL100p25_s1"]
     assert all(s.test_every_epoch and s.data == {"stride": 25} for s in darec)

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _common():
-    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_common"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-def test_per_seed_values_give_the_same_user_interval_as_their_mean_and_add_one_over_seeds_too():
-    common = _common()
+def test_per_seed_values_give_the_same_user_interval_as_their_mean_and_add_one_over_seeds_too(benchmark_script):
+    common = benchmark_script("common")
     rng = np.random.default_rng(0)
     mine, theirs = rng.random((3, 500)), rng.random((3, 500))
     two = common.paired_comparison(mine, theirs)
@@ -31,8 +17,8 @@ def test_per_seed_values_give_the_same_user_interval_as_their_mean_and_add_one_o
     assert two["seeds"] == 3 and "seed_user_95ci" not in one
 
 
-def test_runs_that_disagree_widen_the_interval_that_resamples_seeds_and_not_the_one_over_users():
-    common = _common()
+def test_runs_that_disagree_widen_the_interval_that_resamples_seeds_and_not_the_one_over_users(benchmark_script):
+    common = benchmark_script("common")
     # every user gains exactly +0.01 on average over the seeds, but one seed's run gains 0.05 and the others lose 0.01
     diff = np.tile(np.array([[0.05], [-0.01], [-0.01]]), (1, 400))
     out = common.paired_comparison(diff, np.zeros_like(diff))
@@ -43,7 +29,7 @@ def test_runs_that_disagree_widen_the_interval_that_resamples_seeds_and_not_the_
     assert constant == pytest.approx([0.02, 0.02])
 
 
-def test_unpaired_shapes_are_refused():
-    common = _common()
+def test_unpaired_shapes_are_refused(benchmark_script):
+    common = benchmark_script("common")
     with pytest.raises(ValueError, match="equal shapes"):
         common.paired_comparison(np.zeros((3, 10)), np.zeros((2, 10)))
