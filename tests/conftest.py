@@ -33,7 +33,7 @@ def _load_benchmark(name: str):
         sys.path.remove(str(BENCHMARKS))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def benchmark_script():
     """Loads a benchmark script by name (``benchmark_script("runs")``: ``benchmarks/runs.py``)."""
     return _load_benchmark

@@ -325,14 +325,8 @@ def test_format_metrics_table() -> None:
     assert len({ln.index("0.1250") for ln in lines[3:]}) == 1
 
 
-def test_eval_scale_benchmark_smoke(tmp_path) -> None:
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_scale.py"
-    spec = importlib.util.spec_from_file_location("eval_scale", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+def test_eval_scale_benchmark_smoke(tmp_path, benchmark_script) -> None:
+    bench = benchmark_script("eval_scale")
     out = tmp_path / "eval_scale.json"
     result = bench.main(["--users", "300", "--items", "3000", "--user-batch", "128", "--chunk", "512", "--out", str(out)])
     assert set(result["seconds"]) == {"matmul", "ranks", "top-10"} and result["peak_rss_gb"]["end"] > 0

@@ -1,16 +1,10 @@
 """The GPU step benchmark runs end to end on CPU with the tiny config and writes its JSON."""
 
-import importlib.util
 import json
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_step.py"
 
 
-def test_gpu_step_tiny_cpu(tmp_path):
-    spec = importlib.util.spec_from_file_location("darec_bench_gpu_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_gpu_step_tiny_cpu(tmp_path, benchmark_script):
+    module = benchmark_script("gpu_step")
     out = tmp_path / "gpu_step.json"
     result = module.main(["--tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--out", str(out)])
     saved = json.loads(out.read_text())
@@ -29,10 +23,8 @@ def test_gpu_step_tiny_cpu(tmp_path):
     assert module.peak_flops("Tesla T4") is None
 
 
-def test_gpu_darec_module_step_tiny_cpu(tmp_path):
-    spec = importlib.util.spec_from_file_location("darec_bench_gpu_darec_step", SCRIPT.with_name("gpu_darec_step.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_gpu_darec_module_step_tiny_cpu(tmp_path, benchmark_script):
+    module = benchmark_script("gpu_darec_step")
     out = tmp_path / "gpu_darec_step.json"
     result = module.main(["--tiny", "--out", str(out)])
     saved = json.loads(out.read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,9 +17,6 @@ from darec.data.readers.registry import read_source
 from darec.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("amazon_synth", ROOT / "benchmarks" / "amazon_synth.py")
-amazon_synth = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(amazon_synth)  # type: ignore[union-attr]
 
 # (fingerprint, text hash) that the pandas in-memory pipeline (commit d93b1ec) wrote for this file.
 PINNED = {
@@ -43,8 +39,8 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="module")
-def amazon_files(tmp_path_factory) -> tuple[Path, Path]:
-    return amazon_synth.write_amazon2023(tmp_path_factory.mktemp("amz"), 3000, seed=1, users=300, items=120)
+def amazon_files(tmp_path_factory, benchmark_script) -> tuple[Path, Path]:
+    return benchmark_script("amazon_synth").write_amazon2023(tmp_path_factory.mktemp("amz"), 3000, seed=1, users=300, items=120)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -82,10 +78,8 @@ def test_bad_line_in_gzip_names_file_and_line_and_leaves_nothing(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl.gz"]
 
 
-def test_prepare_scale_benchmark_smoke(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("prepare_scale", ROOT / "benchmarks" / "prepare_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+def test_prepare_scale_benchmark_smoke(tmp_path: Path, benchmark_script) -> None:
+    bench = benchmark_script("prepare_scale")
     out = tmp_path / "prepare_scale.json"
     result = bench.main(["--rows", "20000", "--work", str(tmp_path / "work"), "--out", str(out)])
     (run,) = result["runs"]
