@@ -146,6 +146,8 @@ class DARec(RecModule):
         ema: > 0 keeps an exponential moving average of the trainable weights with this decay per optimizer step
             (:class:`darec.modules.ema.WeightEma`); the model is evaluated, selected, tested and recommends with
             the averaged weights (in eval mode) and trains its own (in train mode); 0: off.
+        ema_warmup: the average's warm-up, ``decay = min(ema, (1 + n) / (ema_warmup + n))`` after ``n`` steps; it
+            binds below ``ema`` for the first ``(ema * ema_warmup - 1) / (1 - ema)`` steps (891 at 0.99 and 10).
         cache_dir: where tokenisations and hard negatives are cached (outside the prepared data).
     """
 
@@ -183,6 +185,7 @@ class DARec(RecModule):
         lr_adapters: float | None = None,
         warmup_steps: int = 0,
         ema: float = 0.0,
+        ema_warmup: float = 10.0,
         cache_dir: str = ".darec_cache",
     ):
         super().__init__(num_items, num_users, data_fingerprint, evaluation)
@@ -257,7 +260,7 @@ class DARec(RecModule):
         self._cache_built = False
         self.steps_since_refresh = 0
         self.never_trained = self._freeze_what_never_trains()
-        self.ema = WeightEma(self, ema) if ema > 0 else None
+        self.ema = WeightEma(self, ema, ema_warmup) if ema > 0 else None
 
     @torch.no_grad()
     def _init_projections(self) -> None:

@@ -12,18 +12,24 @@ class WeightEma(nn.Module):
     """Averaged copies ("shadows") of a module's trainable parameters.
 
     After the ``n``-th optimizer step, :meth:`update` sets ``shadow = d * shadow + (1 - d) * param`` with
-    ``d = min(decay, (1 + n) / (10 + n))``: the short warm-up keeps the shadows from remembering the initialisation.
+    ``d = min(decay, (1 + n) / (warmup + n))``: the warm-up keeps the shadows from remembering the initialisation.
+    While it binds, step ``k``'s weights count in proportion to about ``(k + warmup) ** (warmup - 2)``: with the
+    default ``warmup = 10`` mostly the latest tenth of the steps so far; with ``warmup = 2`` every step so far
+    equally (the starting weights twice) until ``decay`` takes over.
     :meth:`use` puts the shadows into the parameters for evaluation and keeps the trained values aside;
     :meth:`restore` puts the trained values back. Both are idempotent. The shadows are persistent buffers, so a
     checkpoint carries the average of its own moment; :meth:`trained_state` gives the trained values to save while
     the shadows are in use.
     """
 
-    def __init__(self, module: nn.Module, decay: float):
+    def __init__(self, module: nn.Module, decay: float, warmup: float = 10.0):
         super().__init__()
         if not 0.0 < decay < 1.0:
             raise ConfigError(f"ema must lie strictly between 0 and 1 (0 turns it off), got {decay}")
+        if not warmup > 1.0:
+            raise ConfigError(f"ema_warmup must be above 1 (at 1 the average would never move), got {warmup}")
         self.decay = decay
+        self.warmup = warmup
         self.__dict__["_owner"] = module  # not a submodule: its parameters stay the owner's
         self.names = [name for name, p in module.named_parameters() if p.requires_grad]
         for name in self.names:
@@ -61,7 +67,7 @@ class WeightEma(nn.Module):
         if self.in_use:
             raise RuntimeError("WeightEma.update while the averaged weights are in use; restore() first")
         n = int(self.updates) + 1
-        d = min(self.decay, (1.0 + n) / (10.0 + n))
+        d = min(self.decay, (1.0 + n) / (self.warmup + n))
         for p, shadow in self._pairs():
             shadow.mul_(d).add_(p.detach().to(shadow.dtype), alpha=1.0 - d)
         self.updates.fill_(n)

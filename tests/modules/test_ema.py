@@ -41,6 +41,23 @@ def test_shadows_follow_the_warmed_up_average_of_the_trainable_weights_only():
     assert {k for k in ema.state_dict()} == {ema.key(n) for n in ema.names} | {"updates"}
 
 
+def test_a_warmup_of_two_averages_every_step_so_far_equally_the_start_counted_twice():
+    net = _net()
+    ema = WeightEma(net, 0.999, warmup=2)
+    seen = {n: [p.detach().clone(), p.detach().clone()] for n, p in net.named_parameters() if p.requires_grad}
+    for _ in range(7):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update()
+        for n in seen:
+            seen[n].append(net.get_parameter(n).detach().clone())
+    for n in ema.names:
+        torch.testing.assert_close(ema.shadow(n), torch.stack(seen[n]).mean(0))
+    default = WeightEma(_net(), 0.999)
+    assert default.warmup == 10.0
+
+
 def test_use_and_restore_swap_exactly_and_are_idempotent():
     net = _net()
     ema = WeightEma(net, 0.5)
@@ -65,10 +82,13 @@ def test_use_and_restore_swap_exactly_and_are_idempotent():
     assert ema.trained_state() == {}
 
 
-def test_decay_outside_the_open_interval_is_refused():
+def test_decay_outside_the_open_interval_and_a_warmup_of_one_or_less_are_refused():
     for bad in (0.0, 1.0, 1.5, -0.1):
         with pytest.raises(ConfigError, match="ema"):
             WeightEma(_net(), bad)
+    for bad in (1.0, 0.5, -3.0):
+        with pytest.raises(ConfigError, match="ema_warmup must be above 1"):
+            WeightEma(_net(), 0.9, warmup=bad)
 
 
 def test_darec_evaluates_and_reloads_with_the_averaged_weights_and_trains_its_own(small_synth_dir, tmp_path):
@@ -76,7 +96,8 @@ def test_darec_evaluates_and_reloads_with_the_averaged_weights_and_trains_its_ow
     kw = dict(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
               backbone=BackboneConfig(name="tiny-bert"), max_len=12, cache_dir=str(tmp_path), lr=3e-3)
     torch.manual_seed(0)
-    m = DARec(ema=0.8, **kw)
+    m = DARec(ema=0.8, ema_warmup=3.0, **kw)
+    assert m.ema.warmup == 3.0
     trainer = L.Trainer(max_epochs=2, limit_train_batches=4, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0)
     trainer.fit(m, datamodule=dm)
@@ -104,6 +125,7 @@ def test_darec_evaluates_and_reloads_with_the_averaged_weights_and_trains_its_ow
         assert torch.equal(m.get_parameter(n), trained[n]), n
 
     loaded = DARec.load_from_checkpoint(ckpt)
+    assert loaded.ema.warmup == 3.0
     again = L.Trainer(logger=False, enable_progress_bar=False).validate(loaded, datamodule=dm, verbose=False)[0]
     assert again["val/ndcg@10"] == pytest.approx(got["val/ndcg@10"], abs=1e-6)
     loaded.train()
