@@ -16,8 +16,6 @@ from darec.data.dataset import fingerprint_of, PreparedData
 from darec.data.readers.registry import read_source
 from darec.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[2]
-
 # (fingerprint, text hash) that the pandas in-memory pipeline (commit d93b1ec) wrote for this file.
 PINNED = {
     "default": ("923e8020fd0d5247914f6b27bce61c6d499e12d39706eba748a100f35ca048ef",
