@@ -10,7 +10,8 @@ residual weight see validation only, as in every other run, and the random state
 scoring, so training is the same as without it (checked against the stored run of the same setting where one exists).
 
 Each ``--variants`` entry is one setting: comma-separated ``KEY=VALUE`` pairs as ``darec_ml100k.py --darec-set``
-takes them (``data.`` for the data module), or ``default``. The first entry is the reference. Reported per pair:
+takes them (``data.`` for the data module; ``adapters=skip,serial:16,...`` as ``--darec-adapters`` takes it), or
+``default``. The first entry is the reference. Reported per pair:
 the per-epoch means over seeds, and paired bootstraps (over users, and over seeds and users) of NDCG@10 averaged
 over the epochs that every run of both settings trained (no selection at all), on validation and on test.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -42,17 +44,27 @@ SCORES = (("val", ""), ("val", "_lm"), ("test", ""), ("test", "_lm"))  # (split,
 
 
 def variant_setting(text: str) -> tuple[Any, ...]:
-    """``default`` or ``KEY=VALUE,KEY=VALUE`` -> the ``darec_ml100k.py`` setting (shipped patience, lr, adapters, length)."""
-    extra = () if text == "default" else parse_set(text.split(","))
-    return (shipped_darec_patience(), None, None, None, extra)
+    """``default`` or ``KEY=VALUE,KEY=VALUE`` -> the ``darec_ml100k.py`` setting (shipped patience, lr, adapters, length).
+
+    A comma starts a new pair only where ``KEY=`` follows it, so ``adapters=skip,skip,serial:16,none`` names a list;
+    ``adapters`` fills the setting's own field, as ``--darec-adapters`` does, so its runs are named like that script's."""
+    if text == "default":
+        return (shipped_darec_patience(), None, None, None, ())
+    pairs = dict(parse_set(re.split(r",(?=[A-Za-z_][\w.]*=)", text)))
+    adapters = pairs.pop("adapters", None)
+    if adapters is not None:
+        adapters = [str(a) for a in adapters] if isinstance(adapters, list) else str(adapters).split(",")
+    return (shipped_darec_patience(), None, adapters, None, tuple(sorted(pairs.items())))
 
 
 def curve_specs(variant: str, seeds: list[int], sasrec_len: int, sasrec_patience: int) -> tuple[list[RunSpec], list[RunSpec]]:
-    """The runs one variant needs (SASRec, its ensemble partner, LightGCN, then DARec) and its DARec runs with
-    per-epoch test scores, named ``curves_<the darec_ml100k.py name>``."""
+    """The runs one variant's DARec injects (SASRec and LightGCN of each seed; not the ensemble partner, which only
+    ``darec_ml100k.py``'s control reads) and its DARec runs with per-epoch test scores, named ``curves_<the
+    darec_ml100k.py name>``."""
     needed = specs(seeds, sasrec_len, sasrec_patience, variant_setting(variant))
     darec = [replace(s, name=f"curves_{s.name}", test_every_epoch=True) for s in needed if s.kind == "darec"]
-    return [s for s in needed if s.kind != "darec"], darec
+    injected = {name for s in darec for name in (s.cf_from, s.lightgcn_from)}
+    return [s for s in needed if s.name in injected], darec
 
 
 def load_curves(work: Path, name: str) -> dict[str, Any]:

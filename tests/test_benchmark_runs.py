@@ -146,9 +146,19 @@ def test_a_diagnostic_run_is_named_apart_and_leaves_older_runs_reusable(benchmar
     base, darec = bench.curve_specs("data.stride=25", [0, 1], 100, 25)
     assert [s.name for s in darec] == ["curves_darec_p3_set-stride25_sasL100p25_s0", "curves_darec_p3_set-stride25_sasL100p25_s1"]
     assert all(s.test_every_epoch and s.data == {"stride": 25} for s in darec)
-    assert {s.kind for s in base} == {"sasrec", "lightgcn"}
+    assert sorted(s.name for s in base) == ["lightgcn_s0", "lightgcn_s1", "sasrec_L100_p25_s0", "sasrec_L100_p25_s1"]
     assert runs.resolved_config(darec[0])["test_every_epoch"] is True
     plain = runs.RunSpec("darec_p3_sasL100p25_s0", "darec", 0, trainer={"patience": 3})
     assert "test_every_epoch" not in runs.resolved_config(plain)  # runs trained before the option stay reusable
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         bench.variant_setting("stride25")
+
+
+def test_a_variant_names_an_adapter_list_beside_other_keys(benchmark_script):
+    bench = benchmark_script("epoch_curves")
+    setting = bench.variant_setting("adapters=skip,skip,serial:16,none,dropout=0.2,item_adapter_layers=null")
+    assert setting[2] == ["skip", "skip", "serial:16", "none"]
+    assert setting[4] == (("dropout", 0.2), ("item_adapter_layers", None))
+    _, darec = bench.curve_specs("adapters=skip,serial:16", [0], 100, 25)
+    assert darec[0].name == "curves_darec_p3_adskip-serial16_sasL100p25_s0"
+    assert darec[0].model["adapters"] == ["skip", "serial:16"]
