@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "darec"
 
 # area -> areas it must never import (an area is the first component under darec/, or the top-level module name)

@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+from darec.data.dataset import PreparedData
 from darec.data.synth import SynthConfig, write_synthetic
 from darec.data.datamodules.sequence import SequenceDataModule
 from darec.errors import ConfigError
@@ -184,9 +185,7 @@ def test_data_max_len_longer_than_model_is_refused(synth_dir: str) -> None:
         trainer.fit(model, dm)
 
 
-def _text_sasrec(data_dir: str, **kw) -> tuple[SASRec, "PreparedData"]:
-    from darec.data.dataset import PreparedData
-
+def _text_sasrec(data_dir: str, **kw) -> tuple[SASRec, PreparedData]:
     d = PreparedData(data_dir)
     model = SASRec(d.num_items, d.num_users, d.fingerprint, hidden_size=16, inner_size=32, max_len=10,
                    text_backbone="tiny-bert", text_dim=kw.pop("text_dim", 32), **kw)
