@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import command, git_commit, interval, machine, paired_comparison  # noqa: E402
+from common import comma_list, command, git_commit, interval, machine, paired_comparison  # noqa: E402
 from darec_ml100k import parse_set, specs  # noqa: E402
 from runs import RunSpec, add_converged_sasrec_args, is_done, run_all, run_dir, shipped_darec_patience  # noqa: E402
 
@@ -53,7 +53,7 @@ def variant_setting(text: str) -> tuple[Any, ...]:
     pairs = dict(parse_set(re.split(r",(?=[A-Za-z_][\w.]*=)", text)))
     adapters = pairs.pop("adapters", None)
     if adapters is not None:
-        adapters = [str(a) for a in adapters] if isinstance(adapters, list) else str(adapters).split(",")
+        adapters = [str(a) for a in adapters] if isinstance(adapters, list) else comma_list(str(adapters))
     return (shipped_darec_patience(), None, adapters, None, tuple(sorted(pairs.items())))
 
 
