@@ -54,9 +54,9 @@ def fuse(lm: np.ndarray, sas: np.ndarray, weight: float) -> np.ndarray:
 def choose(run: Run, lm: dict[str, np.ndarray], sas: dict[str, np.ndarray], grid: tuple[float, ...]
            ) -> tuple[float, dict[str, np.ndarray]]:
     """The weight of ``grid`` with the best validation NDCG@10 (the first on ties), and per-user NDCG@10 with it."""
-    val = [float(ndcg10(run.ranks("val", fuse(lm["val"], sas["val"], w))).mean()) for w in grid]
-    w = grid[int(np.argmax(val))]
-    return w, {split: ndcg10(run.ranks(split, fuse(lm[split], sas[split], w))) for split in SPLITS}
+    val = [ndcg10(run.ranks("val", fuse(lm["val"], sas["val"], w))) for w in grid]
+    best = int(np.argmax([v.mean() for v in val]))
+    return grid[best], {"val": val[best], "test": ndcg10(run.ranks("test", fuse(lm["test"], sas["test"], grid[best])))}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
