@@ -25,7 +25,7 @@ from darec.modules.frozen_prefix import first_adapted_layer
 from darec.modules.hard_negatives import cached_hard_negatives
 from darec.modules.injection import CollaborativeInjection, InjectionConfig
 from darec.modules.item_encoder import ItemEncoder
-from darec.modules.losses import alignment_loss, full_scores, hard_negative_loss, next_item_loss
+from darec.modules.losses import alignment_loss, full_scores, hard_negative_loss, next_item_loss, seen_items
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class LossConfig:
     next_item: bool = True  # full-softmax next-item cross-entropy
     label_smoothing: float = 0.0  # share of next_item's target mass spread evenly over the items scored (0: none)
     sampled_softmax: int = 0  # > 0: sampled softmax with this many shared negatives instead
+    mask_seen: bool = False  # leave the window's items up to each position out of next_item's softmax (full softmax)
     masked_context: bool = False  # alignment of fresh item vectors with the item-ID table (needs item-level adapters)
     lambda_mc: float = 0.1  # weight of masked_context
     hard_negative: bool = True  # InfoNCE against mined hard negatives
@@ -217,6 +218,8 @@ class DARec(RecModule):
         self.score_log_scale = nn.Parameter(torch.tensor(math.log(10.0))) if scoring == "cosine" else None
         if not 0.0 <= losses.label_smoothing < 1.0:
             raise ConfigError(f"losses.label_smoothing must be in [0, 1), got {losses.label_smoothing!r}")
+        if losses.mask_seen and losses.sampled_softmax > 0:
+            raise ConfigError("losses.mask_seen works on the full softmax; set losses.sampled_softmax: 0")
         self.drop = nn.Dropout(dropout)
         self.cache_dir = cache_dir
         self.backbone = load_backbone(backbone)
@@ -596,8 +599,9 @@ class DARec(RecModule):
         hard = lo.hard_negative and lo.lambda_hard > 0
         scores = full_scores(h, table) if lo.sampled_softmax <= 0 and (lo.next_item or hard) else None
         if lo.next_item:
+            seen = seen_items(seq, tgt, table.shape[0] - 1)[keep] if lo.mask_seen else None
             terms["next_item"] = next_item_loss(h, table, t, lo.sampled_softmax, scores=scores,
-                                                label_smoothing=lo.label_smoothing)
+                                                label_smoothing=lo.label_smoothing, exclude=seen)
         if lo.masked_context and lo.lambda_mc > 0:
             ok = ~self.dup_text[fresh_ids]
             sem_ok = self.standardise(fresh[ok])

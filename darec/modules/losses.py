@@ -5,12 +5,38 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from darec.errors import ConfigError
+
 
 def full_scores(hidden: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
     """Scores [N, C] of ``hidden`` [N, d] against every item of ``item_table`` [C+1, d] (row 0, padding, left out):
     column ``j - 1`` is item ``j``. Computed once per step, they serve both :func:`next_item_loss` and
     :func:`hard_negative_loss`."""
     return hidden @ item_table[1:].T
+
+
+def seen_items(seq: torch.Tensor, targets: torch.Tensor, num_items: int) -> torch.Tensor:
+    """[B, L, C] bool: at position ``t`` of the windows ``seq`` [B, L] (0 = padding), the items ``seq[:, :t + 1]``
+    (column ``j - 1`` is item ``j``), except that position's target ``targets[:, t]``. They are the items a user is
+    known to have had when the window's position ``t`` predicts the next one; full-ranking evaluation masks a user's
+    whole history in the same way."""
+    b, length = seq.shape
+    hits = torch.zeros(b, length, num_items + 1, dtype=torch.int32, device=seq.device)
+    hits.scatter_(2, seq.unsqueeze(-1), 1)
+    seen = hits.cumsum(1)[..., 1:] > 0
+    return seen.scatter_(2, (targets - 1).clamp(min=0).unsqueeze(-1), False)
+
+
+def _smoothed_cross_entropy(logits: torch.Tensor, label: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy of ``label`` [N] over ``logits`` [N, K]; a class at ``-inf`` is not scored, and the smoothing
+    mass is spread over the finite classes only."""
+    logp = logits.log_softmax(1)
+    loss = -logp.gather(1, label.unsqueeze(1)).squeeze(1)
+    if label_smoothing > 0:
+        scored = torch.isfinite(logits)
+        spread = -logp.masked_fill(~scored, 0.0).sum(1) / scored.sum(1)
+        loss = (1 - label_smoothing) * loss + label_smoothing * spread
+    return loss.mean()
 
 
 def next_item_loss(
@@ -21,6 +47,7 @@ def next_item_loss(
     generator: torch.Generator | None = None,
     scores: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of ``targets`` [N] given ``hidden`` [N, d] against ``item_table`` [C+1, d].
 
@@ -28,26 +55,26 @@ def next_item_loss(
     softmax: the target against ``num_sampled`` uniform negatives shared by the batch, with
     accidental hits on the target removed. ``scores``: :func:`full_scores` of the same arguments, when the caller
     already has them (full softmax only). ``label_smoothing``: that share of each target's probability mass is
-    spread evenly over the classes scored (every item, or the target and its sampled negatives).
+    spread evenly over the classes scored (every item, or the target and its sampled negatives). ``exclude`` [N, C]
+    bool (full softmax only; :func:`seen_items`): items left out of each row's softmax, never its target.
     """
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0
     if num_sampled <= 0:
         logits = full_scores(hidden, item_table) if scores is None else scores
-        return F.cross_entropy(logits.float(), targets - 1, label_smoothing=label_smoothing)
+        if exclude is None:
+            return F.cross_entropy(logits.float(), targets - 1, label_smoothing=label_smoothing)
+        return _smoothed_cross_entropy(logits.float().masked_fill(exclude, float("-inf")), targets - 1,
+                                       label_smoothing)
+    if exclude is not None:
+        raise ConfigError("excluding seen items needs the full softmax (num_sampled=0)")
     c = item_table.shape[0] - 1
     neg = torch.randint(1, c + 1, (num_sampled,), generator=generator, device=hidden.device)
     pos_logit = (hidden * item_table[targets]).sum(-1, keepdim=True)
     neg_logit = hidden @ item_table[neg].T
     neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
-    logits = torch.cat([pos_logit, neg_logit], 1).float()
-    logp = logits.log_softmax(1)
-    loss = -logp[:, 0]
-    if label_smoothing > 0:  # spread over the classes scored: an accidental hit (-inf) is not one
-        scored = torch.isfinite(logits)
-        spread = -logp.masked_fill(~scored, 0.0).sum(1) / scored.sum(1)
-        loss = (1 - label_smoothing) * loss + label_smoothing * spread
-    return loss.mean()
+    logits = torch.cat([pos_logit, neg_logit], 1).float()  # an accidental hit (-inf) is not a class scored
+    return _smoothed_cross_entropy(logits, torch.zeros_like(targets), label_smoothing)
 
 
 def alignment_loss(semantic: torch.Tensor, id_table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -116,6 +116,7 @@ def _trainable_without_gradient(m: DARec, batch: dict[str, torch.Tensor]) -> set
     {},  # the class defaults: frozen item level, no masked-context loss
     {"predict_from": "seq"},
     {"item_embeddings": True, "losses": {"label_smoothing": 0.1}},
+    {"losses": {"mask_seen": True, "label_smoothing": 0.1}},
     {"context_masking": False, "item_vector": "align"},
     {"item_adapter_layers": None, "max_fresh_items": 8, "losses": {"masked_context": True}},
     {"item_adapter_layers": None, "max_fresh_items": 8, "item_vector": "align", "losses": {"masked_context": True}},
@@ -343,6 +344,8 @@ def test_item_embeddings_start_at_zero_train_without_decay_and_move_the_scores(s
     assert not table[0].any() and torch.equal(table[d.num_items + 1 :], features[d.num_items + 1 :])
     with pytest.raises(ConfigError, match="label_smoothing"):
         _model(small_synth_dir, tmp_path=tmp_path, losses={"label_smoothing": 1.0})
+    with pytest.raises(ConfigError, match="mask_seen"):
+        _model(small_synth_dir, tmp_path=tmp_path, losses={"mask_seen": True, "sampled_softmax": 5})
 
 
 def test_frozen_backbone_is_bit_identical_after_a_real_fit(small_synth_dir, tmp_path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from darec.modules.losses import alignment_loss, full_scores, hard_negative_loss, next_item_loss
+from darec.errors import ConfigError
+from darec.modules.losses import alignment_loss, full_scores, hard_negative_loss, next_item_loss, seen_items
 
 
 def test_next_item_full_softmax_ignores_padding_row():
@@ -94,3 +96,36 @@ def test_label_smoothing_spreads_the_targets_mass_over_the_items_scored():
         losses.append((1 - eps) * -lp[0] + eps * -lp.mean())
     torch.testing.assert_close(got, torch.stack(losses).mean(), atol=1e-5, rtol=1e-5)
     assert torch.isfinite(got)
+
+
+def test_seen_items_are_the_window_up_to_each_position_without_its_target():
+    seq = torch.tensor([[0, 3, 1, 3, 2], [4, 2, 5, 1, 2]])
+    tgt = torch.tensor([[3, 1, 3, 2, 5], [2, 5, 1, 2, 4]])
+    got = seen_items(seq, tgt, 5)
+    assert got.shape == (2, 5, 5)
+    for b in range(2):
+        for t in range(5):
+            want = {int(i) for i in seq[b, : t + 1] if i > 0} - {int(tgt[b, t])}
+            assert {j + 1 for j in got[b, t].nonzero().flatten().tolist()} == want
+
+
+def test_excluded_items_leave_the_softmax_and_the_smoothing():
+    torch.manual_seed(2)
+    h, table = torch.randn(4, 6), torch.randn(9, 6)
+    t = torch.tensor([1, 4, 8, 2])
+    exclude = torch.zeros(4, 8, dtype=torch.bool)
+    exclude[0, [2, 5]] = True
+    exclude[2, [0, 1, 3]] = True
+    eps = 0.1
+    got = next_item_loss(h, table, t, label_smoothing=eps, exclude=exclude)
+    ref = []
+    for i in range(4):  # the cross-entropy over the items kept, with their own smoothing
+        kept = (~exclude[i]).nonzero().flatten()
+        logits = (h[i] @ table[1:].T)[kept]
+        label = int((kept == t[i] - 1).nonzero())
+        ref.append(F.cross_entropy(logits[None], torch.tensor([label]), label_smoothing=eps))
+    torch.testing.assert_close(got, torch.stack(ref).mean())
+    torch.testing.assert_close(next_item_loss(h, table, t, exclude=torch.zeros(4, 8, dtype=torch.bool)),
+                               next_item_loss(h, table, t))
+    with pytest.raises(ConfigError, match="full softmax"):
+        next_item_loss(h, table, t, num_sampled=3, exclude=exclude)
