@@ -162,3 +162,18 @@ def test_a_variant_names_an_adapter_list_beside_other_keys(benchmark_script):
     _, darec = bench.curve_specs("adapters=skip,serial:16", [0], 100, 25)
     assert darec[0].name == "curves_darec_p3_adskip-serial16_sasL100p25_s0"
     assert darec[0].model["adapters"] == ["skip", "serial:16"]
+
+
+def test_a_sasrec_variant_sets_model_and_data_keys_and_is_named_by_them(benchmark_script):
+    bench = benchmark_script("sasrec_variant")
+    runs = benchmark_script("runs")
+    extra = bench.parse_set(["mask_seen=true", "data.stride=50"])
+    spec = bench.variant_spec(100, 2, 25, extra)
+    assert spec.name == "sasrec_L100_p25_set-stride50-mask_seenTrue_s2"
+    assert spec.model == {"max_len": 100, "mask_seen": True} and spec.data == {"max_len": 100, "stride": 50}
+    model, data, trainer = runs.resolved_config(spec)["model"], runs.resolved_config(spec)["data"], spec.trainer
+    assert model["mask_seen"] is True and data["stride"] == 50 and trainer == {"patience": 25}
+    shipped = runs.sasrec_spec(100, 2, 25)
+    assert shipped.name != spec.name and runs.resolved_config(shipped)["model"]["mask_seen"] is False
+    with pytest.raises(SystemExit, match="history length"):
+        bench.main(["--set", "max_len=50", "--seeds", "0"])

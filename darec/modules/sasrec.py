@@ -29,6 +29,7 @@ from torch import nn
 from darec.errors import ConfigError
 from darec.modules.base import EvalConfig, RecModule
 from darec.modules.cf import CFEmbeddings, CFExport, load_cf_embeddings
+from darec.modules.losses import next_item_loss, seen_items
 
 
 SASREC_PREFIX = "sasrec."
@@ -184,6 +185,8 @@ class SASRec(RecModule):
         layer_norm_eps: LayerNorm epsilon.
         initializer_range: std of the normal initialisation.
         loss: ``ce`` (full softmax over the catalogue) or ``bce`` (one sampled negative per position).
+        mask_seen: with ``ce``, leave the window's items up to each position out of that position's softmax (never its
+            target), as full-ranking evaluation leaves out a user's history (DARec's ``losses.mask_seen``).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         evaluation: the shared evaluation settings (:class:`~darec.modules.base.EvalConfig`).
@@ -208,6 +211,7 @@ class SASRec(RecModule):
         layer_norm_eps: float = 1e-12,
         initializer_range: float = 0.02,
         loss: Literal["ce", "bce"] = "ce",
+        mask_seen: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         evaluation: EvalConfig | None = None,
@@ -218,10 +222,13 @@ class SASRec(RecModule):
         super().__init__(num_items, num_users, data_fingerprint, evaluation)
         if loss not in ("ce", "bce"):
             raise ConfigError(f"loss must be 'ce' or 'bce', got {loss!r}")
+        if mask_seen and loss != "ce":
+            raise ConfigError("mask_seen works on the full softmax: set loss: ce")
         if text_backbone is not None and text_dim < 1:
             raise ConfigError(f"text_dim must be positive with text_backbone {text_backbone!r}, got {text_dim}")
         self.save_hyperparameters()
         self.loss_kind = loss
+        self.mask_seen = mask_seen
         self.lr = lr
         self.weight_decay = weight_decay
         self.config = SasrecConfig(
@@ -286,7 +293,10 @@ class SASRec(RecModule):
         h = self.encoder(batch["input"])[sel]
         t = target[sel]
         w = self.item_weight
-        if self.loss_kind == "ce":
+        if self.loss_kind == "ce" and self.mask_seen:
+            seen = seen_items(batch["input"], target, w.shape[0] - 1)[sel]
+            loss = next_item_loss(h, w, t, exclude=seen)
+        elif self.loss_kind == "ce":
             loss = F.cross_entropy(h @ w[1:].T, t - 1)
         else:
             if "negative" not in batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 
 from darec.data.dataset import PreparedData
 from darec.data.synth import SynthConfig, write_synthetic
@@ -83,6 +84,26 @@ def test_padding_never_contributes_to_the_loss(loss: str) -> None:
     torch.testing.assert_close(model.training_step(b2, 0), l1)
     l1.backward()
     assert model.encoder.item_embedding.weight.grad[0].abs().sum() == 0
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)` but the `self.trainer` reference is not registered")
+def test_mask_seen_takes_the_windows_earlier_items_out_of_the_softmax() -> None:
+    torch.manual_seed(0)
+    model = SASRec(num_items=30, num_users=4, hidden_size=16, inner_size=32, max_len=10, loss="ce", mask_seen=True,
+                   hidden_dropout=0.0, attn_dropout=0.0)
+    b = _batch()
+    sel = b["target"] > 0
+    h, t = model.encoder(b["input"])[sel], b["target"][sel]
+    logits = h @ model.item_weight[1:].T
+    rows = [(i, j) for i in range(4) for j in range(10) if b["target"][i, j] > 0]
+    ref = []
+    for r, (i, j) in enumerate(rows):  # the items kept: all but the window's items up to j, the target always kept
+        seen = {int(x) for x in b["input"][i, : j + 1] if x > 0} - {int(t[r])}
+        kept = [c for c in range(30) if c + 1 not in seen]
+        ref.append(F.cross_entropy(logits[r, kept][None], torch.tensor([kept.index(int(t[r]) - 1)])))
+    torch.testing.assert_close(model.training_step(b, 0), torch.stack(ref).mean())
+    with pytest.raises(ConfigError, match="mask_seen"):
+        SASRec(num_items=30, num_users=4, loss="bce", mask_seen=True)
 
 
 def test_bce_without_negatives_is_a_clear_error() -> None:
