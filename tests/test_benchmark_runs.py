@@ -171,8 +171,12 @@ def test_a_sasrec_variant_sets_model_and_data_keys_and_is_named_by_them(benchmar
     spec = bench.variant_spec(100, 2, 25, extra)
     assert spec.name == "sasrec_L100_p25_set-stride50-mask_seenTrue_s2"
     assert spec.model == {"max_len": 100, "mask_seen": True} and spec.data == {"max_len": 100, "stride": 50}
-    model, data, trainer = runs.resolved_config(spec)["model"], runs.resolved_config(spec)["data"], spec.trainer
-    assert model["mask_seen"] is True and data["stride"] == 50 and trainer == {"patience": 25}
+    model, data = runs.resolved_config(spec)["model"], runs.resolved_config(spec)["data"]
+    assert model["mask_seen"] is True and data["stride"] == 50
+    assert spec.trainer == {"patience": 25, "max_minutes": 30}
+    longer = bench.variant_spec(100, 2, 25, extra, 45)
+    assert longer.name == "sasrec_L100_p25_set-stride50-mask_seenTrue_m45_s2"
+    assert runs.resolved_config(longer)["trainer"]["max_minutes"] == 45
     shipped = runs.sasrec_spec(100, 2, 25)
     assert shipped.name != spec.name and runs.resolved_config(shipped)["model"]["mask_seen"] is False
     with pytest.raises(SystemExit, match="history length"):

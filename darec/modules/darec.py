@@ -599,7 +599,7 @@ class DARec(RecModule):
         hard = lo.hard_negative and lo.lambda_hard > 0
         scores = full_scores(h, table) if lo.sampled_softmax <= 0 and (lo.next_item or hard) else None
         if lo.next_item:
-            seen = seen_items(seq, tgt, table.shape[0] - 1)[keep] if lo.mask_seen else None
+            seen = seen_items(seq, tgt, keep, table.shape[0] - 1) if lo.mask_seen else None
             terms["next_item"] = next_item_loss(h, table, t, lo.sampled_softmax, scores=scores,
                                                 label_smoothing=lo.label_smoothing, exclude=seen)
         if lo.masked_context and lo.lambda_mc > 0:

@@ -15,16 +15,17 @@ def full_scores(hidden: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
     return hidden @ item_table[1:].T
 
 
-def seen_items(seq: torch.Tensor, targets: torch.Tensor, num_items: int) -> torch.Tensor:
-    """[B, L, C] bool: at position ``t`` of the windows ``seq`` [B, L] (0 = padding), the items ``seq[:, :t + 1]``
-    (column ``j - 1`` is item ``j``), except that position's target ``targets[:, t]``. They are the items a user is
-    known to have had when the window's position ``t`` predicts the next one; full-ranking evaluation masks a user's
-    whole history in the same way."""
-    b, length = seq.shape
-    hits = torch.zeros(b, length, num_items + 1, dtype=torch.int32, device=seq.device)
-    hits.scatter_(2, seq.unsqueeze(-1), 1)
-    seen = hits.cumsum(1)[..., 1:] > 0
-    return seen.scatter_(2, (targets - 1).clamp(min=0).unsqueeze(-1), False)
+def seen_items(seq: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, num_items: int) -> torch.Tensor:
+    """[N, C] bool, one row per position of ``keep`` [B, L] (row-major, as ``x[keep]`` orders them): at position ``t``
+    of the windows ``seq`` [B, L] (0 = padding), the items ``seq[:, :t + 1]`` (column ``j - 1`` is item ``j``), except
+    that position's target ``targets[:, t]``. They are the items a user is known to have had when position ``t``
+    predicts the next one; full-ranking evaluation masks a user's whole history in the same way."""
+    length = seq.shape[1]
+    upto = seq.unsqueeze(1).expand(-1, length, -1).tril()[keep]  # [N, L]: row (b, t) holds seq[b, :t + 1], then 0s
+    seen = torch.zeros(upto.shape[0], num_items + 1, dtype=torch.bool, device=seq.device)
+    seen.scatter_(1, upto, True)
+    seen = seen[:, 1:]
+    return seen.scatter_(1, (targets[keep] - 1).clamp(min=0).unsqueeze(1), False)
 
 
 def _smoothed_cross_entropy(logits: torch.Tensor, label: torch.Tensor, label_smoothing: float) -> torch.Tensor:

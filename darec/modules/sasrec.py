@@ -294,7 +294,7 @@ class SASRec(RecModule):
         t = target[sel]
         w = self.item_weight
         if self.loss_kind == "ce" and self.mask_seen:
-            seen = seen_items(batch["input"], target, w.shape[0] - 1)[sel]
+            seen = seen_items(batch["input"], target, sel, w.shape[0] - 1)
             loss = next_item_loss(h, w, t, exclude=seen)
         elif self.loss_kind == "ce":
             loss = F.cross_entropy(h @ w[1:].T, t - 1)

@@ -101,12 +101,14 @@ def test_label_smoothing_spreads_the_targets_mass_over_the_items_scored():
 def test_seen_items_are_the_window_up_to_each_position_without_its_target():
     seq = torch.tensor([[0, 3, 1, 3, 2], [4, 2, 5, 1, 2]])
     tgt = torch.tensor([[3, 1, 3, 2, 5], [2, 5, 1, 2, 4]])
-    got = seen_items(seq, tgt, 5)
-    assert got.shape == (2, 5, 5)
-    for b in range(2):
-        for t in range(5):
-            want = {int(i) for i in seq[b, : t + 1] if i > 0} - {int(tgt[b, t])}
-            assert {j + 1 for j in got[b, t].nonzero().flatten().tolist()} == want
+    keep = torch.ones_like(seq, dtype=torch.bool)
+    keep[0, 2] = False
+    got = seen_items(seq, tgt, keep, 5)
+    assert got.shape == (9, 5)
+    rows = [(b, t) for b in range(2) for t in range(5) if keep[b, t]]
+    for r, (b, t) in enumerate(rows):
+        want = {int(i) for i in seq[b, : t + 1] if i > 0} - {int(tgt[b, t])}
+        assert {j + 1 for j in got[r].nonzero().flatten().tolist()} == want
 
 
 def test_excluded_items_leave_the_softmax_and_the_smoothing():
