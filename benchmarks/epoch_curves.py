@@ -11,9 +11,11 @@ scoring, so training is the same as without it (checked against the stored run o
 
 Each ``--variants`` entry is one setting: comma-separated ``KEY=VALUE`` pairs as ``darec_ml100k.py --darec-set``
 takes them (``data.`` for the data module; ``adapters=skip,serial:16,...`` as ``--darec-adapters`` takes it), or
-``default``. The first entry is the reference. Reported per pair:
+``default``. The first entry is the reference (one entry alone is compared with nothing but its SASRec). Reported per pair:
 the per-epoch means over seeds, and paired bootstraps (over users, and over seeds and users) of NDCG@10 averaged
-over the epochs that every run of both settings trained (no selection at all), on validation and on test.
+over the epochs that every run of both settings trained (no selection at all), on validation and on test. Per
+setting, the checkpoints validation selects are also compared with the SASRec runs DARec injects (paired over users).
+``--sasrec-set KEY=VALUE ...`` makes DARec inject a SASRec variant (``sasrec_variant.py --set``) instead.
 
     python benchmarks/epoch_curves.py [--variants default data.stride=25] [--seeds 0 1 2] [--jobs 2] [--threads 1]
 
@@ -37,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import comma_list, command, git_commit, interval, machine, paired_comparison  # noqa: E402
-from darec_ml100k import parse_set, specs  # noqa: E402
-from runs import RunSpec, add_converged_sasrec_args, is_done, run_all, run_dir, shipped_darec_patience  # noqa: E402
+from darec_ml100k import Extra, parse_set, specs  # noqa: E402
+from runs import RunSpec, add_converged_sasrec_args, is_done, load, ndcg10, run_all, run_dir, shipped_darec_patience  # noqa: E402
+from sasrec_variant import MAX_MINUTES, variant_spec  # noqa: E402
 
 SCORES = (("val", ""), ("val", "_lm"), ("test", ""), ("test", "_lm"))  # (split, "" fused | "_lm" language model alone)
 
@@ -57,14 +60,30 @@ def variant_setting(text: str) -> tuple[Any, ...]:
     return (shipped_darec_patience(), None, adapters, None, tuple(sorted(pairs.items())))
 
 
-def curve_specs(variant: str, seeds: list[int], sasrec_len: int, sasrec_patience: int) -> tuple[list[RunSpec], list[RunSpec]]:
+def curve_specs(variant: str, seeds: list[int], sasrec_len: int, sasrec_patience: int, sasrec_extra: Extra = (),
+                sasrec_minutes: int = MAX_MINUTES) -> tuple[list[RunSpec], list[RunSpec]]:
     """The runs one variant's DARec injects (SASRec and LightGCN of each seed; not the ensemble partner, which only
     ``darec_ml100k.py``'s control reads) and its DARec runs with per-epoch test scores, named ``curves_<the
-    darec_ml100k.py name>``."""
+    darec_ml100k.py name>``. With ``sasrec_extra`` (``--sasrec-set``), DARec injects that SASRec variant
+    (``sasrec_variant.py``'s run) instead of the shipped one, and its runs' names say so."""
     needed = specs(seeds, sasrec_len, sasrec_patience, variant_setting(variant))
     darec = [replace(s, name=f"curves_{s.name}", test_every_epoch=True) for s in needed if s.kind == "darec"]
+    if sasrec_extra:
+        sources = {s.seed: variant_spec(sasrec_len, s.seed, sasrec_patience, sasrec_extra, sasrec_minutes) for s in darec}
+        shipped = f"_sasL{sasrec_len}p{sasrec_patience}_"
+        darec = [replace(s, name=s.name.replace(shipped, f"_{sources[s.seed].name.removesuffix(f'_s{s.seed}')}_"),
+                         cf_from=sources[s.seed].name) for s in darec]
+        needed = needed + list(sources.values())
     injected = {name for s in darec for name in (s.cf_from, s.lightgcn_from)}
     return [s for s in needed if s.name in injected], darec
+
+
+def against_sasrec(work: Path, darec: list[RunSpec]) -> dict[str, Any]:
+    """Each DARec run at the checkpoint validation selected against the SASRec run it injects: per-user NDCG@10
+    averaged over the seeds, paired over users (and over seeds and users), on validation and on test."""
+    pairs = [(load(work, s.name), load(work, s.cf_from)) for s in darec]
+    return {split: paired_comparison(np.stack([ndcg10(d.ranks(split)) for d, _ in pairs]),
+                                     np.stack([ndcg10(sas.ranks(split)) for _, sas in pairs])) for split in ("val", "test")}
 
 
 def load_curves(work: Path, name: str) -> dict[str, Any]:
@@ -94,14 +113,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_converged_sasrec_args(p, __file__)
     p.add_argument("--variants", nargs="+", default=["default", "data.stride=25"],
                    help="settings to trace: 'default' or comma-separated KEY=VALUE; the first is the reference")
+    p.add_argument("--sasrec-set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="DARec injects this SASRec variant (sasrec_variant.py --set) instead of the shipped SASRec")
+    p.add_argument("--sasrec-max-minutes", type=int, default=MAX_MINUTES,
+                   help="that variant's fit-time cap (sasrec_variant.py --max-minutes)")
     a = p.parse_args(argv)
-    if len(a.variants) < 2:
-        raise SystemExit("--variants needs a reference and at least one setting to compare with it")
+    sasrec_extra = parse_set(a.sasrec_set)
     work = Path(a.work_dir)
     base_runs: dict[str, RunSpec] = {}
     darec: dict[str, list[RunSpec]] = {}
     for v in a.variants:
-        base, runs = curve_specs(v, a.seeds, a.sasrec_len, a.sasrec_patience)
+        base, runs = curve_specs(v, a.seeds, a.sasrec_len, a.sasrec_patience, sasrec_extra, a.sasrec_max_minutes)
         base_runs.update({s.name: s for s in base})
         darec[v] = runs
     run_all(list(base_runs.values()) + [s for runs in darec.values() for s in runs], work, a.data_dir, a.jobs, a.threads)
@@ -121,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "reproduction": reproduction(work, s.name, r["meta"]), "curve": curve})
         by_epoch = {key: [float(np.mean([r["per_user"][key][e].mean() for r in runs])) for e in range(common)]
                     for key in runs[0]["per_user"]}
-        models[v] = {"per_seed": per_seed, "mean_over_seeds_by_epoch": by_epoch}
+        models[v] = {"per_seed": per_seed, "mean_over_seeds_by_epoch": by_epoch,
+                     "selected_vs_injected_sasrec": against_sasrec(work, darec[v])}
     ref = a.variants[0]
     averaged = {v: {key: np.stack([r["per_user"][key][:common].mean(0) for r in runs]) for key in runs[0]["per_user"]}
                 for v, runs in loaded.items()}
@@ -130,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"benchmark": "DARec on ml-100k: validation and test NDCG@10 after every epoch (test recorded, never read)",
               "machine": machine(), "command": command("benchmarks/epoch_curves.py", argv), "git": git_commit((a.out,)),
               "seeds": a.seeds, "sasrec_len": a.sasrec_len, "sasrec_patience": a.sasrec_patience,
+              "sasrec_set": dict(sasrec_extra), "sasrec_max_minutes": a.sasrec_max_minutes,
               "common_epochs": common, "models": models, "averaged_over_common_epochs": comparisons}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     _print(result, a.variants)
@@ -151,6 +175,12 @@ def _print(r: dict[str, Any], variants: list[str]) -> None:
                        f"({rep['epochs_stored']} then, {rep['epochs_now']} now)") if rep else ""
             print(f"  {s['run']}: {s['epochs']} epochs, selected {s['selected_epoch']}, test there {s['test_at_selected']:.4f}"
                   f"{rep_txt}")
+        for split, c in m["selected_vs_injected_sasrec"].items():
+            both = f"   seeds and users {interval(c['seed_user_95ci'])}" if "seed_user_95ci" in c else ""
+            print(f"  selected checkpoints - the injected SASRec, {split:<5}{c['mean']:>+9.4f}   users "
+                  f"{interval(c['bootstrap_95ci'])}{both}   ratio {c['ratio']:.3f}")
+    if not r["averaged_over_common_epochs"]:
+        return
     print(f"\naveraged over epochs 0-{r['common_epochs'] - 1} and the seeds, paired (95% CIs)")
     for name, comp in r["averaged_over_common_epochs"].items():
         for key, c in comp.items():

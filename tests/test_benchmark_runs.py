@@ -181,3 +181,16 @@ def test_a_sasrec_variant_sets_model_and_data_keys_and_is_named_by_them(benchmar
     assert shipped.name != spec.name and runs.resolved_config(shipped)["model"]["mask_seen"] is False
     with pytest.raises(SystemExit, match="history length"):
         bench.main(["--set", "max_len=50", "--seeds", "0"])
+
+
+def test_curves_can_inject_a_sasrec_variant_and_name_their_runs_after_it(benchmark_script):
+    bench = benchmark_script("epoch_curves")
+    extra = bench.parse_set(["mask_seen=true"])
+    base, darec = bench.curve_specs("losses.mask_seen=true", [2], 100, 25, extra, 45)
+    assert darec[0].name == "curves_darec_p3_set-mask_seenTrue_sasrec_L100_p25_set-mask_seenTrue_m45_s2"
+    assert darec[0].cf_from == "sasrec_L100_p25_set-mask_seenTrue_m45_s2"
+    assert {s.name for s in base} == {"sasrec_L100_p25_set-mask_seenTrue_m45_s2", "lightgcn_s2"}
+    sas = next(s for s in base if s.kind == "sasrec")
+    assert sas.model["mask_seen"] is True and sas.trainer["max_minutes"] == 45
+    _, plain = bench.curve_specs("losses.mask_seen=true", [2], 100, 25)
+    assert plain[0].name == "curves_darec_p3_set-mask_seenTrue_sasL100p25_s2"
