@@ -9,7 +9,7 @@ import pytest
 
 from darec.cli.main import HELP, main
 from darec.cli.demo import (banner, comparison_figure, default_budgets, CONVERGED_BENCHMARK, CONVERGED_NOTE, DEMO_CONDITIONS,
-                            DEMO_MINUTES, DEMO_TIME)
+                            DEMO_MINUTES, DEMO_TIME, MASK_BENCHMARK)
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -61,6 +61,10 @@ def test_the_note_under_the_table_points_at_a_converged_comparison_that_exists()
     low, _ = comparison["seed_user_95ci"]
     assert "is ahead" in CONVERGED_NOTE and "lies above 0" in CONVERGED_NOTE
     assert low > 0 and f"{comparison['ratio']:.2f}x" in CONVERGED_NOTE  # the note's words match the committed comparison
+    masked = json.loads((Path(__file__).resolve().parents[1] / MASK_BENCHMARK).read_text())
+    both = masked["models"]["losses.mask_seen=true"]["selected_vs_injected_sasrec"]["test"]
+    assert masked["sasrec_set"] == {"mask_seen": True} and MASK_BENCHMARK in CONVERGED_NOTE
+    assert f"{both['ratio']:.2f}x" in CONVERGED_NOTE and both["bootstrap_95ci"][0] < 0 < both["bootstrap_95ci"][1]
 
 
 def test_the_demos_darec_uses_the_shipped_configs_adapters_learning_rate_weight_average_and_label_smoothing():
