@@ -92,6 +92,12 @@ def nested(extra: Extra) -> dict[str, Any]:
     return out
 
 
+def model_and_data(extra: Extra) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``extra``'s keys under ``model.init_args`` and, without their ``data.`` prefix, under ``data.init_args``."""
+    return (nested(tuple((k, v) for k, v in extra if not k.startswith("data."))),
+            nested(tuple((k.removeprefix("data."), v) for k, v in extra if k.startswith("data."))))
+
+
 def overrides(darec: Setting) -> Extra:
     """The model keys ``darec`` sets away from the shipped config, dotted, in :data:`Setting` order."""
     _, lr, adapters, max_len, extra = darec
@@ -101,9 +107,9 @@ def overrides(darec: Setting) -> Extra:
 def specs(seeds: list[int], sasrec_len: int, sasrec_patience: int, darec: Setting) -> list[RunSpec]:
     patience, max_len = darec[0], darec[3]
     keys = overrides(darec)
-    model = nested(tuple((k, v) for k, v in keys if not k.startswith("data.")))
+    model, data_keys = model_and_data(keys)
     data = {} if max_len is None else {"max_len": max_len, "stride": max_len}
-    data.update(nested(tuple((k.removeprefix("data."), v) for k, v in keys if k.startswith("data."))))
+    data.update(data_keys)
     out = []
     for s in seeds:
         out += [sasrec_spec(sasrec_len, s, sasrec_patience), sasrec_spec(sasrec_len, s + 100, sasrec_patience),

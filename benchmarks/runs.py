@@ -106,6 +106,13 @@ def darec_name(variant: str, seed: int, sasrec_len: int, sasrec_patience: int) -
     return f"{variant}_sasL{sasrec_len}p{sasrec_patience}_s{seed}"
 
 
+def extra_label(extra: tuple[tuple[str, Any], ...]) -> str:
+    """Run-name part for settings away from a shipped config (sorted (dotted key, value) pairs): each key's last part
+    followed by its value, ``-``-joined, colons dropped (``(("data.stride", 50), ("mask_seen", True))`` ->
+    ``stride50-mask_seenTrue``)."""
+    return "-".join(f"{key.rsplit('.', 1)[-1]}{value}" for key, value in extra).replace(":", "")
+
+
 def converged_darec_name(seed: int, sasrec_len: int, sasrec_patience: int, darec_patience: int,
                          lr: float | None = None, adapters: list[str] | None = None, max_len: int | None = None,
                          extra: tuple[tuple[str, Any], ...] = ()) -> str:
@@ -118,7 +125,7 @@ def converged_darec_name(seed: int, sasrec_len: int, sasrec_patience: int, darec
     if max_len is not None:
         variant += f"_L{max_len}"
     if extra:
-        variant += "_set-" + "-".join(f"{key.rsplit('.', 1)[-1]}{value}" for key, value in extra).replace(":", "")
+        variant += "_set-" + extra_label(extra)
     return darec_name(variant, seed, sasrec_len, sasrec_patience)
 
 

@@ -29,26 +29,20 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, interval, machine, paired_comparison  # noqa: E402
-from darec_ml100k import Extra, nested, parse_set  # noqa: E402
-from runs import RunSpec, add_converged_sasrec_args, load, ndcg10, run_all, sasrec_spec  # noqa: E402
+from darec_ml100k import Extra, model_and_data, parse_set  # noqa: E402
+from runs import RunSpec, add_converged_sasrec_args, extra_label, load, ndcg10, run_all, sasrec_spec  # noqa: E402
 
 MAX_MINUTES = 30  # the fit-time cap of every run in benchmarks/runs.py
 META = ("fit_s", "epochs_run", "stopped_by", "best_val_ndcg@10", "test_ndcg@10", "torch_threads")
-
-
-def label(extra: Extra) -> str:
-    """``(("data.stride", 50), ("mask_seen", True))`` -> ``stride50-mask_seenTrue`` (run names and JSON keys)."""
-    return "-".join(f"{key.rsplit('.', 1)[-1]}{value}" for key, value in extra)
 
 
 def variant_spec(length: int, seed: int, patience: int, extra: Extra, max_minutes: int = MAX_MINUTES) -> RunSpec:
     """The shipped SASRec run of ``seed`` with ``extra``'s model and ``data.`` keys set, named after them (and after
     its fit-time cap, when it is not the shipped run's)."""
     shipped = sasrec_spec(length, seed, patience)
-    model = nested(tuple((k, v) for k, v in extra if not k.startswith("data.")))
-    data = nested(tuple((k.removeprefix("data."), v) for k, v in extra if k.startswith("data.")))
+    model, data = model_and_data(extra)
     cap = "" if max_minutes == MAX_MINUTES else f"_m{max_minutes}"
-    return RunSpec(f"{shipped.name.removesuffix(f'_s{seed}')}_set-{label(extra)}{cap}_s{seed}", "sasrec", seed,
+    return RunSpec(f"{shipped.name.removesuffix(f'_s{seed}')}_set-{extra_label(extra)}{cap}_s{seed}", "sasrec", seed,
                    {**shipped.model, **model}, {**shipped.data, **data}, {**shipped.trainer, "max_minutes": max_minutes})
 
 
@@ -69,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     other = [variant_spec(length, s, pat, extra, a.max_minutes) for s in a.seeds]
     run_all(shipped + other, work, a.data_dir, a.jobs, a.threads)
 
-    mine = label(extra) + ("" if a.max_minutes == MAX_MINUTES else f" (cap {a.max_minutes} min)")
+    mine = extra_label(extra) + ("" if a.max_minutes == MAX_MINUTES else f" (cap {a.max_minutes} min)")
     arms = {"shipped": {r.name: load(work, r.name) for r in shipped}, mine: {r.name: load(work, r.name) for r in other}}
     per_user = {arm: {split: np.stack([ndcg10(run.ranks(split)) for run in loaded.values()]) for split in ("val", "test")}
                 for arm, loaded in arms.items()}

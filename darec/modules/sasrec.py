@@ -293,11 +293,9 @@ class SASRec(RecModule):
         h = self.encoder(batch["input"])[sel]
         t = target[sel]
         w = self.item_weight
-        if self.loss_kind == "ce" and self.mask_seen:
-            seen = seen_items(batch["input"], target, sel, w.shape[0] - 1)
+        if self.loss_kind == "ce":
+            seen = seen_items(batch["input"], target, sel, w.shape[0] - 1) if self.mask_seen else None
             loss = next_item_loss(h, w, t, exclude=seen)
-        elif self.loss_kind == "ce":
-            loss = F.cross_entropy(h @ w[1:].T, t - 1)
         else:
             if "negative" not in batch:
                 raise ConfigError("loss 'bce' needs negatives: set data.init_args.num_negatives: 1")
