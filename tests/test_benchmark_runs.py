@@ -167,30 +167,33 @@ def test_a_variant_names_an_adapter_list_beside_other_keys(benchmark_script):
 def test_a_sasrec_variant_sets_model_and_data_keys_and_is_named_by_them(benchmark_script):
     bench = benchmark_script("sasrec_variant")
     runs = benchmark_script("runs")
-    extra = bench.parse_set(["mask_seen=true", "data.stride=50"])
+    extra = bench.parse_set(["mask_seen=false", "data.stride=50"])
     spec = bench.variant_spec(100, 2, 25, extra)
-    assert spec.name == "sasrec_L100_p25_set-stride50-mask_seenTrue_s2"
-    assert spec.model == {"max_len": 100, "mask_seen": True} and spec.data == {"max_len": 100, "stride": 50}
+    assert spec.name == "sasrec_L100_p25_set-stride50-mask_seenFalse_s2"
+    assert spec.model == {"max_len": 100, "mask_seen": False} and spec.data == {"max_len": 100, "stride": 50}
     model, data = runs.resolved_config(spec)["model"], runs.resolved_config(spec)["data"]
-    assert model["mask_seen"] is True and data["stride"] == 50
-    assert spec.trainer == {"patience": 25, "max_minutes": 30}
-    longer = bench.variant_spec(100, 2, 25, extra, 45)
-    assert longer.name == "sasrec_L100_p25_set-stride50-mask_seenTrue_m45_s2"
-    assert runs.resolved_config(longer)["trainer"]["max_minutes"] == 45
+    assert model["mask_seen"] is False and data["stride"] == 50
+    assert spec.trainer == {"patience": 25, "max_minutes": 45}
+    longer = bench.variant_spec(100, 2, 25, extra, 60)
+    assert longer.name == "sasrec_L100_p25_set-stride50-mask_seenFalse_m60_s2"
+    assert runs.resolved_config(longer)["trainer"]["max_minutes"] == 60
     shipped = runs.sasrec_spec(100, 2, 25)
-    assert shipped.name != spec.name and runs.resolved_config(shipped)["model"]["mask_seen"] is False
+    assert shipped.name != spec.name and runs.resolved_config(shipped)["model"]["mask_seen"] is True
+    # SASRec's runs get 45 minutes of fit, the others 30 (runs.FIT_MINUTES)
+    assert runs.resolved_config(shipped)["trainer"]["max_minutes"] == 45
+    assert runs.resolved_config(runs.RunSpec("lightgcn_s2", "lightgcn", 2))["trainer"]["max_minutes"] == 30
     with pytest.raises(SystemExit, match="history length"):
         bench.main(["--set", "max_len=50", "--seeds", "0"])
 
 
 def test_curves_can_inject_a_sasrec_variant_and_name_their_runs_after_it(benchmark_script):
     bench = benchmark_script("epoch_curves")
-    extra = bench.parse_set(["mask_seen=true"])
-    base, darec = bench.curve_specs("losses.mask_seen=true", [2], 100, 25, extra, 45)
-    assert darec[0].name == "curves_darec_p3_set-mask_seenTrue_sasrec_L100_p25_set-mask_seenTrue_m45_s2"
-    assert darec[0].cf_from == "sasrec_L100_p25_set-mask_seenTrue_m45_s2"
-    assert {s.name for s in base} == {"sasrec_L100_p25_set-mask_seenTrue_m45_s2", "lightgcn_s2"}
+    extra = bench.parse_set(["mask_seen=false"])
+    base, darec = bench.curve_specs("losses.mask_seen=false", [2], 100, 25, extra, 60)
+    assert darec[0].name == "curves_darec_p3_set-mask_seenFalse_sasrec_L100_p25_set-mask_seenFalse_m60_s2"
+    assert darec[0].cf_from == "sasrec_L100_p25_set-mask_seenFalse_m60_s2"
+    assert {s.name for s in base} == {"sasrec_L100_p25_set-mask_seenFalse_m60_s2", "lightgcn_s2"}
     sas = next(s for s in base if s.kind == "sasrec")
-    assert sas.model["mask_seen"] is True and sas.trainer["max_minutes"] == 45
-    _, plain = bench.curve_specs("losses.mask_seen=true", [2], 100, 25)
-    assert plain[0].name == "curves_darec_p3_set-mask_seenTrue_sasL100p25_s2"
+    assert sas.model["mask_seen"] is False and sas.trainer["max_minutes"] == 60
+    _, plain = bench.curve_specs("losses.mask_seen=false", [2], 100, 25)
+    assert plain[0].name == "curves_darec_p3_set-mask_seenFalse_sasL100p25_s2"
