@@ -67,13 +67,15 @@ def test_the_note_under_the_table_points_at_a_converged_comparison_that_exists()
     assert f"{both['ratio']:.2f}x" in CONVERGED_NOTE and both["bootstrap_95ci"][0] < 0 < both["bootstrap_95ci"][1]
 
 
-def test_the_demos_darec_uses_the_shipped_configs_adapters_learning_rate_weight_average_and_label_smoothing():
+def test_the_demos_models_use_the_shipped_configs_adapters_learning_rate_weight_average_smoothing_and_mask():
     import yaml
 
-    from darec.cli.demo import DAREC_ADAPTERS, DAREC_EMA, DAREC_LABEL_SMOOTHING, DAREC_LR
+    from darec.cli.demo import DAREC_ADAPTERS, DAREC_EMA, DAREC_LABEL_SMOOTHING, DAREC_LR, MASK_SEEN
 
     shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "darec_ml100k.yaml").read_text())
     model = shipped["model"]["init_args"]
     assert list(DAREC_ADAPTERS) == model["adapters"] and DAREC_LR == model["lr"]
     assert DAREC_EMA == model["ema"] and DAREC_LABEL_SMOOTHING == model["losses"]["label_smoothing"]
     assert model["backbone"]["autocast"] == "auto" and model["injection"]["residual"] is True
+    sasrec = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "sasrec_ml100k.yaml").read_text())
+    assert MASK_SEEN == model["losses"]["mask_seen"] == sasrec["model"]["init_args"]["mask_seen"]

@@ -37,6 +37,9 @@ DAREC_EMA = 0.99
 """The decay of DARec's weight average in the demo: ``configs/darec_ml100k.yaml``'s."""
 DAREC_LABEL_SMOOTHING = 0.1
 """The label smoothing of DARec's next-item loss in the demo: ``configs/darec_ml100k.yaml``'s."""
+MASK_SEEN = True
+"""Whether SASRec's and DARec's next-item softmax leaves out the window's earlier items in the demo: the shipped
+configs' ``mask_seen`` (``configs/sasrec_ml100k.yaml``, ``configs/darec_ml100k.yaml``)."""
 
 SHOWN = ("hr@5", "hr@10", "hr@20", "ndcg@10", "ndcg@20", "mrr@10")
 BUDGETS = ("sasrec_epochs", "lightgcn_epochs", "darec_epochs", "darec_batches")
@@ -212,10 +215,10 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
     results["Popularity"] = {"test": {k.split("/", 1)[1]: float(v) for k, v in out.items()}, "epochs": 0, "fit_s": 0.0}
     done("Popularity")
 
-    def cf_model(name: str, cls: type, dm: Any, epochs: int) -> Path:
+    def cf_model(name: str, cls: type, dm: Any, epochs: int, **options: Any) -> Path:
         L.seed_everything(seed, verbose=False)
         log.info("%s: training, up to %s", name, _epochs(epochs))
-        model = cls(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint)
+        model = cls(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint, **options)
         test, fit_s, ep = _fit_test(model, dm, _trainer(runs, name.lower(), epochs, patience=5, label=name))
         results[name] = {"test": test, "epochs": ep, "fit_s": fit_s}
         best = cls.load_from_checkpoint(runs / name.lower() / "checkpoints" / "best.ckpt")
@@ -224,7 +227,7 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
         return path
 
     seq_dm = SequenceDataModule(str(data_dir), batch_size=256, eval_batch_size=512, max_len=50, num_negatives=0)
-    sas_path = cf_model("SASRec", SASRec, seq_dm, sasrec_epochs)
+    sas_path = cf_model("SASRec", SASRec, seq_dm, sasrec_epochs, mask_seen=MASK_SEEN)
     graph_dm = InteractionDataModule(str(data_dir), batch_size=2048, eval_batch_size=512)
     lg_path = cf_model("LightGCN", LightGCN, graph_dm, lightgcn_epochs)
 
@@ -235,7 +238,7 @@ def run_demo(workdir: str | os.PathLike, sasrec_epochs: int = 30, lightgcn_epoch
     model = DARec(  # DARec's other defaults are configs/darec_ml100k.yaml's
         num_items=ddm.num_items, num_users=ddm.num_users, data_fingerprint=ddm.fingerprint,
         backbone=BackboneConfig(name="minilm", autocast="auto"), adapters=list(DAREC_ADAPTERS), lr=DAREC_LR, max_len=50,
-        ema=DAREC_EMA, losses=LossConfig(label_smoothing=DAREC_LABEL_SMOOTHING),
+        ema=DAREC_EMA, losses=LossConfig(label_smoothing=DAREC_LABEL_SMOOTHING, mask_seen=MASK_SEEN),
         injection=InjectionConfig(mode="input", sasrec=str(sas_path), lightgcn=str(lg_path), residual=True),
         cache_dir=str(root / "cache"),
     )
