@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
-from darec.cli.main import HELP, main, OWN_COMMANDS
+from darec.cli.main import BROKEN_PIPE_EXIT, HELP, main, OWN_COMMANDS
 from darec.data.dataset import PreparedData
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +49,19 @@ def test_bad_config_value_is_one_clear_error(synth_dir, capsys):
     err = capsys.readouterr().err.strip()
     assert err == (f"error: {missing}: not a darec prepared dataset (no valid manifest.json); "
                    "run `darec data prepare` first"), err
+
+
+def test_a_closed_reader_ends_the_command_quietly():
+    """`darec --help | head -1`: the reader has gone before darec writes; no traceback, the shell's SIGPIPE status."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "darec.cli.main", "--help"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == BROKEN_PIPE_EXIT
+    assert proc.stderr == ""
 
 
 def test_a_mistyped_command_lists_every_command(capsys):

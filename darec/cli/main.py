@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from typing import Callable
 
@@ -20,6 +21,7 @@ OWN_COMMANDS: dict[str, str] = {
     "search": "darec.cli.search:search_main",
 }
 VERBOSE = "--verbose"
+BROKEN_PIPE_EXIT = 141  # what a shell reports for a writer ended by SIGPIPE
 HELP = f"""usage: darec [--verbose] <command> [options]
 
 Start here:
@@ -74,6 +76,18 @@ def unknown_command(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _dispatch(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # the reader of our output (head, less, grep -m) has gone: stop quietly, as Unix tools do, and keep the
+        # interpreter's final flush from raising again into a closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = VERBOSE in argv
     argv = [a for a in argv if a != VERBOSE]
