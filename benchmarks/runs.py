@@ -15,11 +15,13 @@ CUDA device (runs in parallel share it); the default is the CPU.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import inspect
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +40,7 @@ from common import git_commit  # noqa: E402
 
 CONFIGS = {"sasrec": "sasrec_ml100k.yaml", "lightgcn": "lightgcn_ml100k.yaml", "darec": "darec_ml100k.yaml"}
 ACCELERATORS = ("cpu", "gpu")
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a child gets when its parent dies
 # fit-time cap of a run, in minutes (a spec's trainer["max_minutes"] overrides it). SASRec's is longer: with mask_seen it
 # improves for longer, and on a 2-core AMD EPYC one seed was still improving at 173 epochs, the 45th minute
 # (benchmarks/sasrec_mask_seen.json); DARec's 30 is the issue's budget.
@@ -467,6 +470,37 @@ def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, thre
     pending = [s for s in specs if not is_done(work, s.name)]
     running: list[tuple[RunSpec, subprocess.Popen]] = []
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        _train_pending(pending, running, work, data_dir, jobs, threads, accelerator)
+    finally:
+        stop_runs(running)
+
+
+def stop_runs(running: list[tuple[RunSpec, subprocess.Popen]]) -> None:
+    """Ends the runs still training (a run failed, or the benchmark was interrupted), so that no training outlives
+    the benchmark that started it; a stopped run is not done, so the next call trains it again from the start."""
+    for spec, proc in running:
+        if proc.poll() is None:
+            proc.terminate()
+            print(f"stopped {spec.name}", flush=True)
+    for _, proc in running:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def die_with_parent() -> None:
+    """A run's ``preexec_fn`` on Linux: the kernel ends it when the benchmark process dies, even by ``kill -9``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def _train_pending(pending: list[RunSpec], running: list[tuple[RunSpec, subprocess.Popen]], work: Path,
+                   data_dir: str, jobs: int, threads: int, accelerator: str) -> None:
+    preexec = die_with_parent if sys.platform.startswith("linux") else None
     while pending or running:
         for spec, proc in list(running):
             if proc.poll() is not None:
@@ -481,7 +515,8 @@ def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, thre
             log = open(run_dir(work, spec.name) / "log.txt", "w")
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
             cmd = [sys.executable, __file__, json.dumps(asdict(spec)), str(work), data_dir, accelerator]
-            running.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+            running.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                   preexec_fn=preexec)))
             print(f"started {spec.name}", flush=True)
         if not ready and not running and pending:
             raise RuntimeError(f"runs waiting on runs that never finish: {[s.name for s in pending]}")

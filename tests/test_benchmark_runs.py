@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -197,3 +202,55 @@ def test_curves_can_inject_a_sasrec_variant_and_name_their_runs_after_it(benchma
     assert sas.model["mask_seen"] is False and sas.trainer["max_minutes"] == 60
     _, plain = bench.curve_specs("losses.mask_seen=false", [2], 100, 25)
     assert plain[0].name == "curves_darec_p3_set-mask_seenFalse_sasL100p25_s2"
+
+
+def _fake_runs(runs, monkeypatch, outcome: dict[str, str]) -> list:
+    """Replaces a run's training command with ``outcome[name]`` (Python code), keeping everything else of the launch."""
+    started = []
+    real_popen = runs.subprocess.Popen
+
+    def popen(cmd, **kwargs):
+        name = json.loads(cmd[2])["name"]
+        proc = real_popen([sys.executable, "-c", outcome[name]], **kwargs)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(runs.subprocess, "Popen", popen)
+    return started
+
+
+def test_a_failed_run_stops_the_runs_still_training(benchmark_script, tmp_path, monkeypatch, capsys):
+    runs = benchmark_script("runs")
+    started = _fake_runs(runs, monkeypatch, {"slow": "import time; time.sleep(120)", "broken": "raise SystemExit(3)"})
+    specs = [runs.RunSpec("slow", "sasrec", 0), runs.RunSpec("broken", "sasrec", 1)]
+    with pytest.raises(RuntimeError, match=r"run broken failed \(exit 3\)"):
+        runs.run_all(specs, tmp_path, "unused-data-dir", jobs=2)
+    slow = started[0]
+    assert slow.returncode == -signal.SIGTERM, "the run still training is ended, not left behind"
+    assert "stopped slow" in capsys.readouterr().out
+    assert not runs.is_done(tmp_path, "slow"), "a stopped run is trained again next time"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_run_ends_when_its_benchmark_is_killed_outright(tmp_path):
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time; sys.path.insert(0, sys.argv[1]); import runs; "
+         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], preexec_fn=runs.die_with_parent); "
+         "print(child.pid, flush=True); time.sleep(120)", str(ROOT / "benchmarks")],
+        stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)  # no finally, no handler: only the kernel can end the child now
+    parent.wait()
+
+    def alive() -> bool:
+        stat = Path(f"/proc/{child_pid}/stat")
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(), "the run outlived the benchmark that started it"
