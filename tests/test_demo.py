@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -27,6 +28,15 @@ def test_one_time_figure_in_readme_help_and_banner(capsys):
     b = default_budgets()
     lines = banner(Path("w"), b["sasrec_epochs"], b["lightgcn_epochs"], b["darec_epochs"], b["darec_batches"], 42)
     assert f"With these budgets it takes {DEMO_TIME}." in lines[-1]
+
+
+def test_the_quoted_time_is_the_recorded_runs():
+    """DEMO_MINUTES is the wall time of the run benchmarks/demo_ml100k.json records, on the CPU DEMO_CONDITIONS names."""
+    record = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "demo_ml100k.json").read_text())
+    assert round(record["wall_s"] / 60) == DEMO_MINUTES
+    assert record["demo_args"] == [], "the quoted time is for the default budgets"
+    assert record["machine"]["cpu"]["onednn_native_bfloat16"] == ("float32" not in DEMO_CONDITIONS)
+    assert record["machine"]["load_average_1_5_15"][0] < 1.0, "timed on unloaded cores"
 
 
 def test_banner_says_what_runs_and_when_the_figure_does_not_apply():
