@@ -60,8 +60,8 @@ def test_a_closed_reader_ends_the_command_quietly():
                               stderr=subprocess.PIPE, text=True, timeout=120)
     finally:
         os.close(write_end)
-    assert proc.returncode == BROKEN_PIPE_EXIT
     assert proc.stderr == ""
+    assert proc.returncode == BROKEN_PIPE_EXIT
 
 
 def test_a_mistyped_command_lists_every_command(capsys):

@@ -77,9 +77,10 @@ def unknown_command(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        code = _dispatch(argv)
-        sys.stdout.flush()
-        return code
+        try:
+            return _dispatch(argv)
+        finally:  # also on SystemExit (LightningCLI's --help): a closed pipe shows up at this flush
+            sys.stdout.flush()
     except BrokenPipeError:
         # the reader of our output (head, less, grep -m) has gone: stop quietly, as Unix tools do, and keep the
         # interpreter's final flush from raising again into a closed pipe
