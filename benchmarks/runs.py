@@ -470,8 +470,28 @@ def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, thre
     pending = [s for s in specs if not is_done(work, s.name)]
     running: list[tuple[RunSpec, subprocess.Popen]] = []
     work.mkdir(parents=True, exist_ok=True)
+    preexec = die_with_parent if sys.platform.startswith("linux") else None
     try:
-        _train_pending(pending, running, work, data_dir, jobs, threads, accelerator)
+        while pending or running:
+            for spec, proc in list(running):
+                if proc.poll() is not None:
+                    running.remove((spec, proc))
+                    if proc.returncode != 0 or not is_done(work, spec.name):
+                        raise RuntimeError(f"run {spec.name} failed (exit {proc.returncode}); see {run_dir(work, spec.name)}/log.txt")
+            ready = [s for s in pending if all(is_done(work, dep) for dep in (s.cf_from, s.lightgcn_from) if dep)]
+            while ready and len(running) < jobs:
+                spec = ready.pop(0)
+                pending.remove(spec)
+                run_dir(work, spec.name).mkdir(parents=True, exist_ok=True)
+                log = open(run_dir(work, spec.name) / "log.txt", "w")
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+                cmd = [sys.executable, __file__, json.dumps(asdict(spec)), str(work), data_dir, accelerator]
+                running.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                       preexec_fn=preexec)))
+                print(f"started {spec.name}", flush=True)
+            if not ready and not running and pending:
+                raise RuntimeError(f"runs waiting on runs that never finish: {[s.name for s in pending]}")
+            time.sleep(2)
     finally:
         stop_runs(running)
 
@@ -496,31 +516,6 @@ def die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-
-
-def _train_pending(pending: list[RunSpec], running: list[tuple[RunSpec, subprocess.Popen]], work: Path,
-                   data_dir: str, jobs: int, threads: int, accelerator: str) -> None:
-    preexec = die_with_parent if sys.platform.startswith("linux") else None
-    while pending or running:
-        for spec, proc in list(running):
-            if proc.poll() is not None:
-                running.remove((spec, proc))
-                if proc.returncode != 0 or not is_done(work, spec.name):
-                    raise RuntimeError(f"run {spec.name} failed (exit {proc.returncode}); see {run_dir(work, spec.name)}/log.txt")
-        ready = [s for s in pending if all(is_done(work, dep) for dep in (s.cf_from, s.lightgcn_from) if dep)]
-        while ready and len(running) < jobs:
-            spec = ready.pop(0)
-            pending.remove(spec)
-            run_dir(work, spec.name).mkdir(parents=True, exist_ok=True)
-            log = open(run_dir(work, spec.name) / "log.txt", "w")
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
-            cmd = [sys.executable, __file__, json.dumps(asdict(spec)), str(work), data_dir, accelerator]
-            running.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                   preexec_fn=preexec)))
-            print(f"started {spec.name}", flush=True)
-        if not ready and not running and pending:
-            raise RuntimeError(f"runs waiting on runs that never finish: {[s.name for s in pending]}")
-        time.sleep(2)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from darec.cli.main import HELP, main
 from darec.cli.demo import (banner, comparison_figure, default_budgets, CONVERGED_BENCHMARK, CONVERGED_NOTE, DEMO_CONDITIONS,
                             DEMO_MINUTES, DEMO_TIME)
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
 def test_one_time_figure_in_readme_help_and_banner(capsys):
@@ -32,7 +33,7 @@ def test_one_time_figure_in_readme_help_and_banner(capsys):
 
 def test_the_quoted_time_is_the_recorded_runs():
     """DEMO_MINUTES is the wall time of the run benchmarks/demo_ml100k.json records, on the CPU DEMO_CONDITIONS names."""
-    record = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "demo_ml100k.json").read_text())
+    record = json.loads((ROOT / "benchmarks" / "demo_ml100k.json").read_text())
     assert round(record["wall_s"] / 60) == DEMO_MINUTES
     assert record["demo_args"] == [], "the quoted time is for the default budgets"
     assert record["machine"]["cpu"]["onednn_native_bfloat16"] == ("float32" not in DEMO_CONDITIONS)
@@ -63,9 +64,7 @@ def test_chart_labels_both_axes():
 
 
 def test_the_note_under_the_table_points_at_a_converged_comparison_and_says_what_it_shows():
-    import json
-
-    record = json.loads((Path(__file__).resolve().parents[1] / CONVERGED_BENCHMARK).read_text())
+    record = json.loads((ROOT / CONVERGED_BENCHMARK).read_text())
     assert CONVERGED_BENCHMARK in CONVERGED_NOTE and len(record["seeds"]) >= 3
     comparison = record["comparisons"]["darec - sasrec"]
     low, high = comparison["seed_user_95ci"]
@@ -82,10 +81,10 @@ def test_the_demos_models_use_the_shipped_configs_adapters_learning_rate_weight_
 
     from darec.cli.demo import DAREC_ADAPTERS, DAREC_EMA, DAREC_LABEL_SMOOTHING, DAREC_LR, MASK_SEEN
 
-    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "darec_ml100k.yaml").read_text())
+    shipped = yaml.safe_load((ROOT / "configs" / "darec_ml100k.yaml").read_text())
     model = shipped["model"]["init_args"]
     assert list(DAREC_ADAPTERS) == model["adapters"] and DAREC_LR == model["lr"]
     assert DAREC_EMA == model["ema"] and DAREC_LABEL_SMOOTHING == model["losses"]["label_smoothing"]
     assert model["backbone"]["autocast"] == "auto" and model["injection"]["residual"] is True
-    sasrec = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "sasrec_ml100k.yaml").read_text())
+    sasrec = yaml.safe_load((ROOT / "configs" / "sasrec_ml100k.yaml").read_text())
     assert MASK_SEEN == model["losses"]["mask_seen"] == sasrec["model"]["init_args"]["mask_seen"]
