@@ -4,8 +4,8 @@ Both settings run side by side in one process, on the same data, threads and CF 
 
 - ``before``: the settings DARec shipped with until this benchmark was written (serial adapters in every layer,
   windows of 50 with stride 25, 128 fresh items per step replacing cached rows, ``[ALIGN]`` vector without the
-  backbone's framing tokens, the cache rebuilt once per epoch, float32, no weight average, no label smoothing). The
-  frozen-backbone dropout defect is fixed in both: it is not a setting.
+  backbone's framing tokens, the cache rebuilt once per epoch, float32, no weight average, no label smoothing, the
+  window's earlier items left in the softmax). The frozen-backbone dropout defect is fixed in both: it is not a setting.
 - ``after``: ``configs/darec_ml100k.yaml`` as shipped (``backbone.autocast: auto``: bfloat16 on a CPU or GPU that runs
   it natively, float32 elsewhere; the JSON records what each run used);
 - ``after_float32``: the same in float32 (``backbone.autocast: none``), to show what bfloat16 adds on this machine;
@@ -58,7 +58,7 @@ BEFORE_MODEL = dict(
     item_framing=False, item_adapter_layers=None, frozen_prefix=False, calibrate_inputs=False, dropout=0.0,
     text_path=0, lr_adapters=None, warmup_steps=0, ema=0.0,
 )
-BEFORE_LOSSES = dict(label_smoothing=0.0)
+BEFORE_LOSSES = dict(label_smoothing=0.0, mask_seen=False)
 BEFORE_BACKBONE = dict(autocast="none")
 BEFORE_DATA = dict(max_len=50, stride=25, batch_size=64)
 
