@@ -184,12 +184,16 @@ def resolved_config(spec: RunSpec) -> dict[str, Any]:
 def check_reusable(work: Path, spec: RunSpec) -> None:
     """Refuse to reuse a finished run that was trained with another configuration than ``spec`` now resolves to
     (:func:`resolved_config`), naming what differs. Runs from before configurations were recorded are reused as they
-    are, with a printed note; so are runs from before a model option existed, while it is at its class default."""
+    are, with a printed note; so are runs from before a model option existed, while it is at its class default, and
+    runs that also scored test after every epoch (:attr:`RunSpec.test_every_epoch`) where ``spec`` does not."""
     meta = json.loads((run_dir(work, spec.name) / "meta.json").read_text())
     if "config" not in meta:
         print(f"note: reusing {spec.name}, trained before runs recorded their configuration", flush=True)
         return
     now = resolved_config(spec)
+    if meta["config"].get("test_every_epoch") and not spec.test_every_epoch:
+        # scoring test after each epoch leaves training and selection exactly as they were: the run serves as is
+        now = dict(now, test_every_epoch=True)
     if meta["config"] == now:
         return
     differ = sorted(_differences(meta["config"], now))
@@ -483,11 +487,11 @@ def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, thre
                 spec = ready.pop(0)
                 pending.remove(spec)
                 run_dir(work, spec.name).mkdir(parents=True, exist_ok=True)
-                log = open(run_dir(work, spec.name) / "log.txt", "w")
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
                 cmd = [sys.executable, __file__, json.dumps(asdict(spec)), str(work), data_dir, accelerator]
-                running.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                       preexec_fn=preexec)))
+                with open(run_dir(work, spec.name) / "log.txt", "w") as log:  # the run writes to its own copy
+                    running.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                           preexec_fn=preexec)))
                 print(f"started {spec.name}", flush=True)
             if not ready and not running and pending:
                 raise RuntimeError(f"runs waiting on runs that never finish: {[s.name for s in pending]}")

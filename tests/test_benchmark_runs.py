@@ -48,6 +48,16 @@ def test_a_finished_run_is_reused_only_while_its_spec_resolves_to_the_configurat
         runs.check_reusable(tmp_path, changed)
     with pytest.raises(RuntimeError, match="another configuration"):
         runs.run_all([changed], tmp_path, "unused-data-dir")
+    # a run that also scored test after every epoch trained the same: it serves a spec without the diagnostic
+    diagnostic = runs.RunSpec(spec.name, "darec", 0, trainer={"patience": 3}, cf_from=spec.cf_from,
+                              lightgcn_from=spec.lightgcn_from, test_every_epoch=True)
+    (done / "meta.json").write_text(json.dumps({"config": runs.resolved_config(diagnostic)}))
+    runs.check_reusable(tmp_path, spec)
+    with pytest.raises(RuntimeError, match=r"differs at: model\.adapters, model\.lr\); delete"):
+        runs.check_reusable(tmp_path, changed)  # the diagnostic excuses nothing else
+    (done / "meta.json").write_text(json.dumps({"config": resolved}))  # the other way round: the spec asks for it
+    with pytest.raises(RuntimeError, match=r"differs at: test_every_epoch\); delete"):
+        runs.check_reusable(tmp_path, diagnostic)
     (done / "meta.json").write_text(json.dumps({"fit_s": 1.0}))  # recorded before configurations were
     runs.check_reusable(tmp_path, changed)
     assert "trained before runs recorded their configuration" in capsys.readouterr().out
