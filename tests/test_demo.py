@@ -66,6 +66,7 @@ def test_chart_labels_both_axes():
 def test_the_note_under_the_table_points_at_a_converged_comparison_and_says_what_it_shows():
     record = json.loads((ROOT / CONVERGED_BENCHMARK).read_text())
     assert CONVERGED_BENCHMARK in CONVERGED_NOTE and len(record["seeds"]) >= 3
+    assert f"over {len(record['seeds'])} seeds" in CONVERGED_NOTE
     comparison = record["comparisons"]["darec - sasrec"]
     low, high = comparison["seed_user_95ci"]
     # the note's words match the committed comparison: its ratio, and where the seeds-and-users CI lies
