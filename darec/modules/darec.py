@@ -238,15 +238,16 @@ class DARec(RecModule):
         self.max_item_tokens = max_item_tokens
         self.w_s = nn.Linear(h, h)
         self.w_o = nn.Linear(h, d)
-        self.w_p = nn.Linear(h + self.injection.item_dim, d)
+        self.w_p = nn.Linear(h + self.injection.item_feature_dim, d)
         self.w_t = nn.Linear(h, d) if text_path > 0 else None
         # zero at the start: e_j begins as the feature map alone, and the loss decides how far each item departs from it
         self.item_embeddings = nn.Parameter(torch.zeros(num_items + 1, d)) if item_embeddings else None
         self._init_projections()
-        if self.injection.item_dim and d >= self.injection.item_dim:
+        cf_dim = self.injection.item_feature_dim
+        if cf_dim and d >= cf_dim:
             with torch.no_grad():  # e_j starts out carrying c_j itself, so CF knowledge is usable at once
                 self.w_p.weight[:, h:].zero_()
-                self.w_p.weight[: self.injection.item_dim, h:].copy_(torch.eye(self.injection.item_dim))
+                self.w_p.weight[:cf_dim, h:].copy_(torch.eye(cf_dim))
         self.id_dim = self.injection.item_dim or 64
         self.w_a = nn.Linear(h, self.id_dim, bias=False)
         self.id_table = nn.Parameter(self.injection.init_id_table(num_items, self.id_dim))
@@ -453,14 +454,15 @@ class DARec(RecModule):
         return (sem - self.sem_mean) / self.sem_std
 
     def item_table(self, sem: torch.Tensor) -> torch.Tensor:
-        """``e_j = W_p [s_j ; c_j]`` (``+ v_j`` with ``item_embeddings``) for rows of ``sem`` [N+1, H]; row 0 is zeroed.
+        """``e_j = W_p [s_j ; c_j]`` (``+ v_j`` with ``item_embeddings``; ``W_p s_j`` with ``injection.item_vectors:
+        false``) for rows of ``sem`` [N+1, H]; row 0 is zeroed.
 
         Rows beyond the catalogue (cold items, items added later) get ``c_j = 0`` and ``v_j = 0``. With ``injection.residual``
         each row also carries SASRec's item vector, which meets ``alpha u_t`` in the scoring state.
         """
         sem = self.standardise(sem)
         feats = sem
-        if self.injection.item_dim:
+        if self.injection.item_feature_dim:
             cf = self.injection.item_vectors.to(sem.dtype)
             if sem.shape[0] > cf.shape[0]:
                 cf = torch.cat([cf, cf.new_zeros(sem.shape[0] - cf.shape[0], cf.shape[1])], 0)

@@ -68,6 +68,7 @@ class InjectionConfig:
     sasrec: str | None = None  # shorthand: a SASRec export, added to sources
     lightgcn: str | None = None  # shorthand: a LightGCN export, added to sources
     user_vector: bool = True  # add the causal user vector at each position (the residual reads SASRec's state either way)
+    item_vectors: bool = True  # c_j in the item table e_j and c_i in the input; false: there items are their text alone
     finetune: bool = False  # train the CF tables jointly (frozen by default)
     residual: bool = False  # add SASRec's own score alpha <u_t, c_j> (frozen) to DARec's
     residual_weight: str = "validation"  # learned: alpha trains with the LM, which learns a correction | validation: see below
@@ -128,9 +129,10 @@ class CollaborativeInjection(nn.Module):
         cf = torch.cat(tables, 1) if tables else torch.zeros(num_items + 1, 0)
         has = torch.stack(flags, 0).all(0) if flags else torch.zeros(num_items + 1, dtype=torch.bool)
         self.item_dim = cf.shape[1]
+        self.item_feature_dim = self.item_dim if cfg.item_vectors else 0  # c_j's width in e_j and in the input
         self.cf_table = nn.Parameter(cf, requires_grad=cfg.finetune)
         self.register_buffer("has_cf", has)
-        self.w_c = nn.Linear(self.item_dim, hidden) if self.item_dim else None
+        self.w_c = nn.Linear(self.item_dim, hidden) if self.item_feature_dim else None
         # without user_vector the SASRec encoder is loaded for the residual score only, never as an input
         user_dim = (self.mean_dim + (self._sasrec_dim() if self.sasrec_encoder is not None else 0)) if cfg.user_vector else 0
         self.w_u = nn.Linear(user_dim, hidden) if user_dim else None
@@ -312,9 +314,12 @@ class CollaborativeInjection(nn.Module):
 
     def input_term(self, seq: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor | float:
         """``W_c c_{i_t} + W_u u_t`` at each position (0 when injection is off); ``user`` from :meth:`user_states`."""
-        if self.cfg.mode == "none" or self.w_c is None:
+        parts = []
+        if self.cfg.mode != "none" and self.w_c is not None:
+            parts.append(self.w_c(self.vectors_for(seq)))
+        if self.cfg.mode != "none" and self.w_u is not None and user is not None:
+            parts.append(self.w_u(user))
+        if not parts:
             return 0.0
-        term = self.w_c(self.vectors_for(seq))
-        if self.w_u is not None and user is not None:
-            term = term + self.w_u(user)
+        term = parts[0] if len(parts) == 1 else parts[0] + parts[1]
         return term * (seq > 0).unsqueeze(-1).to(term.dtype)

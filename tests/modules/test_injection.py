@@ -185,6 +185,35 @@ def test_without_user_vector_the_residual_keeps_sasrecs_score_but_the_input_neve
     torch.testing.assert_close(lm_other, lm)
 
 
+def test_without_item_vectors_items_are_their_text_alone_while_the_user_state_and_residual_stay(
+        small_synth_dir, cf_exports, tmp_path):
+    m = _model(small_synth_dir, {**cf_exports, "item_vectors": False}, tmp_path, mode="residual")
+    inj = m.injection
+    assert inj.w_c is None and inj.w_u is not None and m.w_p.in_features == m.backbone.hidden_size
+    m.injection.residual_scale.data.fill_(0.5)
+    with torch.no_grad():
+        table = m.item_table(m.sem_cache)
+        d = m.w_o.out_features
+        torch.testing.assert_close(table[1:, :d], m.w_p(m.standardise(m.sem_cache))[1:])
+        user = inj.user_states(SEQ)
+        term = inj.input_term(SEQ, user)
+        torch.testing.assert_close(term, inj.w_u(user) * (SEQ > 0).unsqueeze(-1).float())
+        scores = m.user_vectors(SEQ, m.sem_cache) @ table.T
+        lm, _ = m._scoring_parts(SEQ, m.sem_cache, last_only=True)
+        sasrec = _sasrec_scores(small_synth_dir, cf_exports["sasrec"], SEQ)
+        # the CF item vectors reach neither e_j nor the input's item term: other vectors leave both as they were
+        # (they still feed LightGCN's running-mean user vector and the residual's item side)
+        kept = inj.cf_table.data.clone()
+        inj.cf_table.data += torch.randn_like(kept)
+        torch.testing.assert_close(m.item_table(m.sem_cache)[:, :d], table[:, :d])
+        torch.testing.assert_close(inj.input_term(SEQ, user), term)
+        assert not torch.allclose(inj.user_states(SEQ), user)
+        inj.cf_table.data.copy_(kept)
+    torch.testing.assert_close(scores, lm[:, 0] @ table[:, :d].T + 0.5 * sasrec, atol=1e-5, rtol=1e-4)
+    shipped = _model(small_synth_dir, cf_exports, tmp_path, mode="residual")
+    assert shipped.injection.w_c is not None and shipped.w_p.in_features == m.backbone.hidden_size + inj.item_dim
+
+
 def test_residual_needs_a_sasrec_user_encoder(small_synth_dir, cf_exports):
     with pytest.raises(ConfigError, match="residual"):
         DARec(num_items=PreparedData(small_synth_dir).num_items, backbone=BackboneConfig(name="tiny-bert"),
