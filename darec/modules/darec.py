@@ -139,6 +139,9 @@ class DARec(RecModule):
         item_embeddings: add a learned vector ``v_j`` per item, zero at the start, to its row ``e_j`` of the scoring
             table: capacity of its own for each item beside the linear map of its text and CF features (no weight
             decay, like every table). False: ``e_j`` is the feature map alone.
+        cf_passthrough: ``W_p`` starts by passing the CF item vector through (``e_j = c_j`` plus a small text term),
+            so CF knowledge is usable at once. False: its CF block starts as small as its text block, and neither
+            feature starts ahead.
         lr, weight_decay: AdamW settings for the trainable parameters. Weight decay applies to weight matrices
             only: never to biases, scales, the special tokens, the item-ID table or ``item_embeddings``.
         lr_adapters: learning rate of the adapters and special tokens (None: ``lr``); the projections and tables
@@ -181,6 +184,7 @@ class DARec(RecModule):
         text_path: int = 0,
         scoring: str = "dot",
         item_embeddings: bool = False,
+        cf_passthrough: bool = True,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         lr_adapters: float | None = None,
@@ -244,7 +248,7 @@ class DARec(RecModule):
         self.item_embeddings = nn.Parameter(torch.zeros(num_items + 1, d)) if item_embeddings else None
         self._init_projections()
         cf_dim = self.injection.item_feature_dim
-        if cf_dim and d >= cf_dim:
+        if cf_passthrough and cf_dim and d >= cf_dim:
             with torch.no_grad():  # e_j starts out carrying c_j itself, so CF knowledge is usable at once
                 self.w_p.weight[:, h:].zero_()
                 self.w_p.weight[:cf_dim, h:].copy_(torch.eye(cf_dim))

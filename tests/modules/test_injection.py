@@ -214,6 +214,26 @@ def test_without_item_vectors_items_are_their_text_alone_while_the_user_state_an
     assert shipped.injection.w_c is not None and shipped.w_p.in_features == m.backbone.hidden_size + inj.item_dim
 
 
+@pytest.mark.parametrize("passthrough", [True, False])
+def test_the_item_table_starts_as_the_cf_vectors_only_with_cf_passthrough(small_synth_dir, cf_exports, tmp_path, passthrough):
+    torch.manual_seed(0)
+    m = _model(small_synth_dir, cf_exports, tmp_path, mode="input", cf_passthrough=passthrough)
+    h, c = m.backbone.hidden_size, m.injection.item_dim
+    cf_block, text_block = m.w_p.weight[:, h:], m.w_p.weight[:, :h]
+    with torch.no_grad():
+        table = m.item_table(m.sem_cache)
+        text_only = m.w_p(torch.cat([m.standardise(m.sem_cache), torch.zeros(len(m.sem_cache), c)], 1))
+    cf = m.injection.item_vectors
+    if passthrough:
+        assert torch.equal(cf_block[:c], torch.eye(c)) and not cf_block[c:].any()
+        torch.testing.assert_close(table[1:, :c] - text_only[1:, :c], cf[1:])  # e_j = c_j + the small text term
+    else:
+        # the CF block is drawn like the text block: no identity, the same small scale
+        assert not torch.allclose(cf_block[:c], torch.eye(c), atol=0.1)
+        assert cf_block.std().item() == pytest.approx(text_block.std().item(), rel=0.1)
+        assert (table[1:, :c] - text_only[1:, :c]).norm() < 0.5 * cf[1:].norm()
+
+
 def test_residual_needs_a_sasrec_user_encoder(small_synth_dir, cf_exports):
     with pytest.raises(ConfigError, match="residual"):
         DARec(num_items=PreparedData(small_synth_dir).num_items, backbone=BackboneConfig(name="tiny-bert"),
