@@ -313,13 +313,14 @@ class CollaborativeInjection(nn.Module):
             return backbone(x, mask, pos)[:, length:]
 
     def input_term(self, seq: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor | float:
-        """``W_c c_{i_t} + W_u u_t`` at each position (0 when injection is off); ``user`` from :meth:`user_states`."""
-        parts = []
-        if self.cfg.mode != "none" and self.w_c is not None:
-            parts.append(self.w_c(self.vectors_for(seq)))
-        if self.cfg.mode != "none" and self.w_u is not None and user is not None:
+        """``W_c c_{i_t} + W_u u_t`` at each position (0 when injection is off; without ``W_c c_{i_t}`` when
+        ``item_vectors`` is off); ``user`` from :meth:`user_states`."""
+        if self.cfg.mode == "none":
+            return 0.0
+        parts = [self.w_c(self.vectors_for(seq))] if self.w_c is not None else []
+        if self.w_u is not None and user is not None:
             parts.append(self.w_u(user))
         if not parts:
             return 0.0
-        term = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        term = sum(parts[1:], parts[0])
         return term * (seq > 0).unsqueeze(-1).to(term.dtype)
