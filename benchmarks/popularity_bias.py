@@ -5,15 +5,15 @@ group (``darec_ml100k_5seeds.json``). This benchmark reads the converged runs of
 retrained) and reports, per model (DARec fused, its language model alone, the SASRec it injects):
 
 - ``top10_log_pop``: the mean ``log(1 + n_j)`` of the 10 items each user is recommended, where ``n_j`` counts item
-  ``j``'s training interactions (each user's history before the validation item: training data only);
-- NDCG@10 by the popularity of the held-out target.
+  ``j``'s training interactions (``PreparedData.train_item_counts``: training data only);
+- NDCG@10 by the popularity of the held-out target, in the buckets of ``darec_ml100k.py`` (popularity quantiles).
 
 It then tries the usual remedy for a popularity-leaning softmax model, a logit adjustment at ranking time:
 ``score_j - beta * log(1 + n_j)``, with ``beta`` chosen per seed and per model on validation from ``BETA_GRID``.
 SASRec gets the same correction, chosen the same way, as the control: a post-hoc signal that helps both models says
 nothing for DARec. Comparisons are paired over users (and over seeds and users), validation first; test is printed after.
 
-    python benchmarks/popularity_bias.py [--seeds 0 1 2 3 4] [--work-dir benchmarks/_work/ml100k_mask]
+    python benchmarks/popularity_bias.py [--data-dir data/ml-100k] [--seeds 0 1 2 3 4] [--work-dir benchmarks/_work/ml100k_mask]
 
 Writes ``benchmarks/popularity_bias.json`` (machine, command, commit).
 """
@@ -27,28 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, interval, machine, paired_comparison  # noqa: E402
+from darec.data.dataset import PreparedData  # noqa: E402
+from darec.evaluation.metrics import popularity_buckets, popularity_edges  # noqa: E402
 from runs import Run, converged_darec_name, is_done, load, ndcg10, shipped_darec_patience  # noqa: E402
 
 BETA_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
-POPULARITY_BINS = ((0, 15), (15, 42), (42, 98), (98, None))  # training interactions of the target, as darec_ml100k.py
 SPLITS = ("val", "test")
 MODELS = ("darec", "darec_lm_only", "sasrec")
-
-
-def training_counts(run: Run, num_columns: int) -> np.ndarray:
-    """[num_columns] training interactions per item id (column 0, padding, stays 0): every user's history before the
-    validation item, so no held-out interaction is counted."""
-    counts = np.zeros(num_columns)
-    for history in run.history["val"]:
-        np.add.at(counts, history, 1.0)
-    counts[0] = 0.0
-    return counts
 
 
 def adjusted(scores: np.ndarray, log_pop: np.ndarray, beta: float) -> np.ndarray:
@@ -66,12 +58,9 @@ def top10_log_pop(run: Run, split: str, scores: np.ndarray, log_pop: np.ndarray)
     return float(log_pop[top].mean())
 
 
-def by_popularity(per_user: np.ndarray, target_counts: np.ndarray) -> dict[str, float]:
-    out = {}
-    for lo, hi in POPULARITY_BINS:
-        m = (target_counts >= lo) & (target_counts < (hi if hi is not None else np.inf))
-        out[f"pop{lo}-{hi - 1}" if hi is not None else f"pop>={lo}"] = float(per_user[m].mean()) if m.any() else float("nan")
-    return out
+def by_group(per_user: np.ndarray, groups: np.ndarray, labels: list[str]) -> dict[str, float]:
+    """Mean of ``per_user`` in each group that has users, by its label."""
+    return {label: float(per_user[groups == i].mean()) for i, label in enumerate(labels) if (groups == i).any()}
 
 
 def choose_beta(run: Run, scores: dict[str, np.ndarray], log_pop: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
@@ -84,6 +73,7 @@ def choose_beta(run: Run, scores: dict[str, np.ndarray], log_pop: np.ndarray) ->
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default="data/ml-100k", help="the prepared data the runs trained on")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--sasrec-len", type=int, default=100)
     p.add_argument("--sasrec-patience", type=int, default=25)
@@ -91,6 +81,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     a = p.parse_args(argv)
     work = Path(a.work_dir)
+    counts = torch.as_tensor(PreparedData(a.data_dir).train_item_counts())
+    log_pop = np.log1p(counts.numpy().astype(np.float64))
+    edges = popularity_edges(counts)
     plain: dict[str, dict[str, list[np.ndarray]]] = {m: {s: [] for s in SPLITS} for m in MODELS}
     corrected: dict[str, dict[str, list[np.ndarray]]] = {m: {s: [] for s in SPLITS} for m in MODELS}
     seeds = []
@@ -100,8 +93,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"error: {work / name} is not a finished run; train it with darec_ml100k.py")
         runs = {"darec": load(work, name), "darec_lm_only": load(work, name, lm_only=True)}
         runs["sasrec"] = load(work, runs["darec"].meta["spec"]["cf_from"])  # the SASRec it injects
-        counts = training_counts(runs["darec"], runs["darec"].scores["val"].shape[1])
-        log_pop = np.log1p(counts)
+        if runs["darec"].scores["val"].shape[1] != len(log_pop):
+            raise SystemExit(f"error: {name} scores {runs['darec'].scores['val'].shape[1] - 1} items, {a.data_dir} has "
+                             f"{len(log_pop) - 1}; pass the --data-dir it trained on")
+        groups, labels = popularity_buckets(counts[torch.from_numpy(runs["darec"].targets["test"]).long()], edges)
         row: dict[str, Any] = {"seed": seed, "darec": name}
         for model, run in runs.items():
             if not np.array_equal(run.targets["test"], runs["darec"].targets["test"]):
@@ -117,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 **{f"{s}_ndcg@10_corrected": float(corrected[model][s][-1].mean()) for s in SPLITS},
                 **{f"{s}_top10_log_pop": top10_log_pop(run, s, run.scores[s], log_pop) for s in SPLITS},
                 "test_top10_log_pop_corrected": top10_log_pop(run, "test", adjusted(run.scores["test"], log_pop, beta), log_pop),
-                "test_ndcg@10_by_target_popularity": by_popularity(plain[model]["test"][-1], counts[run.targets["test"]]),
+                "test_ndcg@10_by_target_popularity": by_group(plain[model]["test"][-1], groups.numpy(), labels),
             }
         row["test_targets_log_pop"] = float(log_pop[runs["darec"].targets["test"]].mean())
         seeds.append(row)

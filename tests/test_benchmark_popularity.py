@@ -1,4 +1,4 @@
-"""benchmarks/popularity_bias.py: training counts, the logit adjustment and the beta chosen on validation."""
+"""benchmarks/popularity_bias.py: the logit adjustment, the beta chosen on validation, and the per-group means."""
 
 from __future__ import annotations
 
@@ -8,15 +8,6 @@ import pytest
 
 def _run(runs, targets: dict, history: dict, scores: dict | None = None):
     return runs.Run({}, scores or {}, targets, history)
-
-
-def test_counts_read_training_histories_only_and_leave_padding_at_zero(benchmark_script):
-    bench = benchmark_script("popularity_bias")
-    runs = benchmark_script("runs")
-    # validation histories are the training items; test histories add the validation item, which must not count
-    run = _run(runs, {"val": np.array([4, 4]), "test": np.array([1, 2])},
-               {"val": [np.array([1, 2, 2]), np.array([2, 3])], "test": [np.array([1, 2, 2, 4]), np.array([2, 3, 4])]})
-    assert bench.training_counts(run, 5).tolist() == [0.0, 1.0, 3.0, 1.0, 0.0]
 
 
 def test_beta_is_chosen_on_validation_and_applied_to_test(benchmark_script):
@@ -38,7 +29,7 @@ def test_beta_is_chosen_on_validation_and_applied_to_test(benchmark_script):
     assert beta == 0.0
 
 
-def test_top10_popularity_skips_history_and_bins_follow_the_target_counts(benchmark_script):
+def test_top10_popularity_skips_history_and_groups_average_their_users(benchmark_script):
     bench = benchmark_script("popularity_bias")
     runs = benchmark_script("runs")
     n = 13  # 12 items: the user's history holds item 12, the best-scored one
@@ -48,6 +39,6 @@ def test_top10_popularity_skips_history_and_bins_follow_the_target_counts(benchm
     log_pop[2] = 10.0  # in the top 10 (items 2..11)
     run = _run(runs, {"val": np.array([1]), "test": np.array([1])}, {"val": [np.array([12])], "test": [np.array([12])]})
     assert bench.top10_log_pop(run, "test", scores, log_pop) == pytest.approx(1.0)
-    bins = bench.by_popularity(np.array([1.0, 0.0, 0.5]), np.array([3.0, 20.0, 200.0]))
-    assert bins == {"pop0-14": 1.0, "pop15-41": 0.0, "pop42-97": bins["pop42-97"], "pop>=98": 0.5}
-    assert np.isnan(bins["pop42-97"])
+    # per-user values averaged per group, by label; a group without users is left out rather than reported as nan
+    by = bench.by_group(np.array([1.0, 0.0, 0.5, 0.25]), np.array([0, 2, 2, 0]), ["pop<5", "pop5-14", "pop>=15"])
+    assert by == {"pop<5": 0.625, "pop>=15": 0.25}
