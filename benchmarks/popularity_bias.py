@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import command, git_commit, interval, machine, paired_comparison  # noqa: E402
 from darec.data.dataset import PreparedData  # noqa: E402
 from darec.evaluation.metrics import popularity_buckets, popularity_edges  # noqa: E402
-from runs import Run, converged_darec_name, is_done, load, ndcg10, shipped_darec_patience  # noqa: E402
+from runs import Run, add_stored_runs_args, load_converged, ndcg10  # noqa: E402
 
 BETA_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
 SPLITS = ("val", "test")
@@ -73,12 +73,7 @@ def choose_beta(run: Run, scores: dict[str, np.ndarray], log_pop: np.ndarray) ->
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default="data/ml-100k", help="the prepared data the runs trained on")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--sasrec-len", type=int, default=100)
-    p.add_argument("--sasrec-patience", type=int, default=25)
-    p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "ml100k_mask"))
-    p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    add_stored_runs_args(p, __file__)
     a = p.parse_args(argv)
     work = Path(a.work_dir)
     counts = torch.as_tensor(PreparedData(a.data_dir).train_item_counts())
@@ -88,19 +83,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     corrected: dict[str, dict[str, list[np.ndarray]]] = {m: {s: [] for s in SPLITS} for m in MODELS}
     seeds = []
     for seed in a.seeds:
-        name = converged_darec_name(seed, a.sasrec_len, a.sasrec_patience, shipped_darec_patience())
-        if not is_done(work, name):
-            raise SystemExit(f"error: {work / name} is not a finished run; train it with darec_ml100k.py")
-        runs = {"darec": load(work, name), "darec_lm_only": load(work, name, lm_only=True)}
-        runs["sasrec"] = load(work, runs["darec"].meta["spec"]["cf_from"])  # the SASRec it injects
-        if runs["darec"].scores["val"].shape[1] != len(log_pop):
-            raise SystemExit(f"error: {name} scores {runs['darec'].scores['val'].shape[1] - 1} items, {a.data_dir} has "
-                             f"{len(log_pop) - 1}; pass the --data-dir it trained on")
+        runs = load_converged(work, seed, a.sasrec_len, a.sasrec_patience, len(log_pop) - 1)
+        name = runs["darec"].meta["spec"]["name"]
         groups, labels = popularity_buckets(counts[torch.from_numpy(runs["darec"].targets["test"]).long()], edges)
         row: dict[str, Any] = {"seed": seed, "darec": name}
         for model, run in runs.items():
-            if not np.array_equal(run.targets["test"], runs["darec"].targets["test"]):
-                raise SystemExit(f"error: {model}'s run of seed {seed} has other test targets than {name}")
             for s in SPLITS:
                 plain[model][s].append(ndcg10(run.ranks(s)))
             beta, per_user = choose_beta(run, run.scores, log_pop)

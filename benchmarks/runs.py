@@ -456,6 +456,35 @@ def add_converged_sasrec_args(p: argparse.ArgumentParser, script: str) -> None:
     p.add_argument("--out", default=str(Path(script).with_suffix(".json")))
 
 
+def add_stored_runs_args(p: argparse.ArgumentParser, script: str) -> None:
+    """The options of a benchmark that only reads the converged runs of ``darec_ml100k.py`` (it trains nothing): the
+    prepared data they trained on, the seeds, SASRec's history length and patience, the work folder and ``--out``."""
+    p.add_argument("--data-dir", default="data/ml-100k", help="the prepared data the runs trained on")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--sasrec-len", type=int, default=100)
+    p.add_argument("--sasrec-patience", type=int, default=25)
+    p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "ml100k_mask"))
+    p.add_argument("--out", default=str(Path(script).with_suffix(".json")))
+
+
+def load_converged(work: Path, seed: int, sasrec_len: int, sasrec_patience: int, num_items: int) -> dict[str, Run]:
+    """Seed ``seed``'s converged default DARec (``darec``), its language model alone (``darec_lm_only``, the same
+    checkpoint) and the SASRec run it injects (``sasrec``); exits with a clear error when the DARec run is not finished,
+    scores another number of items than ``num_items`` (other data) or the runs do not share their held-out targets."""
+    name = converged_darec_name(seed, sasrec_len, sasrec_patience, shipped_darec_patience())
+    if not is_done(work, name):
+        raise SystemExit(f"error: {work / name} is not a finished run; train it with darec_ml100k.py")
+    runs = {"darec": load(work, name), "darec_lm_only": load(work, name, lm_only=True)}
+    runs["sasrec"] = load(work, runs["darec"].meta["spec"]["cf_from"])
+    if runs["darec"].scores["val"].shape[1] != num_items + 1:
+        raise SystemExit(f"error: {name} scores {runs['darec'].scores['val'].shape[1] - 1} items, the data has {num_items}; "
+                         "pass the --data-dir it trained on")
+    for split in ("val", "test"):
+        if not np.array_equal(runs["sasrec"].targets[split], runs["darec"].targets[split]):
+            raise SystemExit(f"error: {runs['darec'].meta['spec']['cf_from']} has other {split} targets than {name}")
+    return runs
+
+
 def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, threads: int = 1,
             accelerator: str = "cpu") -> None:
     """Train every spec not done yet, ``jobs`` subprocesses at a time with ``threads`` torch threads each, each
