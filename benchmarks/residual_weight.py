@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, interval, machine, paired_comparison  # noqa: E402
 from darec.data.dataset import PreparedData  # noqa: E402
+from darec.evaluation.metrics import popularity_buckets, popularity_edges  # noqa: E402
 from darec.modules.darec import RESIDUAL_GRID  # noqa: E402
 from runs import Run, add_stored_runs_args, load_converged, ndcg10  # noqa: E402
 
@@ -61,12 +63,20 @@ def cross_fitted(val: np.ndarray, other: np.ndarray | None = None, folds: int = 
     return out
 
 
+def target_shares(counts: torch.Tensor, targets: np.ndarray, edges: tuple[int, ...]) -> dict[str, float]:
+    """The share of held-out targets in each training-popularity group (the groups of ``darec_ml100k.py``), by label."""
+    groups, labels = popularity_buckets(counts[torch.from_numpy(targets).long()], edges)
+    share = np.bincount(groups.numpy(), minlength=len(labels)) / len(targets)
+    return dict(zip(labels, share.tolist()))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_stored_runs_args(p, __file__)
     a = p.parse_args(argv)
     work = Path(a.work_dir)
-    num_items = len(PreparedData(a.data_dir).train_item_counts()) - 1
+    counts = torch.as_tensor(PreparedData(a.data_dir).train_item_counts())
+    num_items, edges = len(counts) - 1, popularity_edges(counts)
     grid = RESIDUAL_GRID
     curves: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}  # per seed: [weights, users]
     base: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}  # SASRec alone
@@ -87,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row[f"{s}_sasrec_ndcg@10"] = float(base[s][-1].mean())
             row[f"{s}_darec_ndcg@10"] = float(shipped[s][-1].mean())
             row.setdefault("reconstruction", {})[s] = float(curves[s][-1][grid.index(alpha)].mean() - shipped[s][-1].mean())
+        row["target_popularity_shares"] = {s: target_shares(counts, darec.targets[s], edges) for s in SPLITS}
         honest["val"].append(cross_fitted(curves["val"][-1]))
         honest["test"].append(cross_fitted(curves["val"][-1], curves["test"][-1]))
         seeds.append(row)
@@ -123,6 +134,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, c in comparisons.items():
         print(f"{name:<50} validation {c['val']['mean']:+.4f} {interval(c['val']['bootstrap_95ci'])}, "
               f"test {c['test']['mean']:+.4f} {interval(c['test']['bootstrap_95ci'])} (ratio {c['test']['ratio']:.3f})")
+    shares = seeds[0]["target_popularity_shares"]
+    print("held-out targets by training popularity (validation / test): "
+          + ", ".join(f"{k} {shares['val'][k]:.3f} / {shares['test'][k]:.3f}" for k in shares["val"]))
     print("reconstruction (NDCG@10 of L + alpha*S minus DARec's own), per seed: "
           + ", ".join(f"{r['reconstruction']['val']:+.5f}/{r['reconstruction']['test']:+.5f}" for r in seeds))
     print(f"wrote {a.out}")

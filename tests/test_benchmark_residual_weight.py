@@ -48,3 +48,12 @@ def test_cross_fitted_choice_never_reads_the_users_own_validation(benchmark_scri
     assert bench.cross_fitted(val).shape == (8,)
     tie = np.full((2, 4), 0.5)
     assert bench.cross_fitted(tie, np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])) == pytest.approx([1, 2, 3, 4])
+
+
+def test_target_shares_count_each_popularity_group(benchmark_script):
+    import torch
+
+    bench = benchmark_script("residual_weight")
+    counts = torch.tensor([0, 1, 3, 10, 200])  # items 1-4 by training interactions
+    shares = bench.target_shares(counts, np.array([1, 4, 4, 3]), (5, 98))
+    assert shares == pytest.approx({"pop<5": 0.25, "pop5-97": 0.25, "pop>=98": 0.5})
