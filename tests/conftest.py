@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,6 +39,28 @@ def _load_benchmark(name: str):
 def benchmark_script():
     """Loads a benchmark script by name (``benchmark_script("runs")``: ``benchmarks/runs.py``)."""
     return _load_benchmark
+
+
+def _write_stored_run(work: Path, name: str, meta: dict, scores: np.ndarray, targets: np.ndarray,
+                      lm_scores: np.ndarray | None = None) -> Path:
+    """A finished run as ``benchmarks/runs.py`` stores it (``meta.json``, score matrices, targets, empty histories),
+    the same ``scores`` for validation and test; ``lm_scores`` adds a residual DARec's language-model-only scores."""
+    d = work / name
+    d.mkdir(parents=True)
+    (d / "meta.json").write_text(json.dumps(meta))
+    for s in ("val", "test"):
+        np.save(d / f"{s}_scores.npy", scores)
+        if lm_scores is not None:
+            np.save(d / f"{s}_scores_lm.npy", lm_scores)
+    np.savez(d / "eval_data.npz", val_targets=targets, test_targets=targets)
+    (d / "histories.json").write_text(json.dumps({s: [[] for _ in targets] for s in ("val", "test")}))
+    return d
+
+
+@pytest.fixture
+def stored_run():
+    """Writes a finished benchmark run (see :func:`_write_stored_run`) for the benchmark readers' tests."""
+    return _write_stored_run
 
 
 @pytest.fixture(scope="session")

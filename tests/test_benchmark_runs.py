@@ -267,26 +267,14 @@ def test_a_run_ends_when_its_benchmark_is_killed_outright(tmp_path):
     assert not alive(), "the run outlived the benchmark that started it"
 
 
-def _write_run(runs, work, name: str, meta: dict, scores: np.ndarray, targets: np.ndarray, lm: bool = False) -> None:
-    d = runs.run_dir(work, name)
-    d.mkdir(parents=True)
-    (d / "meta.json").write_text(json.dumps(meta))
-    for s in ("val", "test"):
-        np.save(d / f"{s}_scores.npy", scores)
-        if lm:
-            np.save(d / f"{s}_scores_lm.npy", scores - 1.0)
-    np.savez(d / "eval_data.npz", val_targets=targets, test_targets=targets)
-    (d / "histories.json").write_text(json.dumps({s: [[] for _ in targets] for s in ("val", "test")}))
-
-
-def test_stored_converged_runs_load_together_and_refuse_other_data_or_targets(benchmark_script, tmp_path):
+def test_stored_converged_runs_load_together_and_refuse_other_data_or_targets(benchmark_script, stored_run, tmp_path):
     runs = benchmark_script("runs")
     name = runs.converged_darec_name(0, 100, 25, runs.shipped_darec_patience())
     with pytest.raises(SystemExit, match="not a finished run; train it with darec_ml100k.py"):
         runs.load_converged(tmp_path, 0, 100, 25, num_items=3)
     scores = np.array([[-np.inf, 1.0, 2.0, 3.0]] * 2, dtype=np.float32)
-    _write_run(runs, tmp_path, name, {"spec": {"name": name, "cf_from": "sas"}}, scores, np.array([1, 2]), lm=True)
-    _write_run(runs, tmp_path, "sas", {"spec": {"name": "sas"}}, scores, np.array([1, 3]))
+    stored_run(tmp_path, name, {"spec": {"name": name, "cf_from": "sas"}}, scores, np.array([1, 2]), scores - 1.0)
+    stored_run(tmp_path, "sas", {"spec": {"name": "sas"}}, scores, np.array([1, 3]))
     with pytest.raises(SystemExit, match="scores 3 items, the data has 5"):
         runs.load_converged(tmp_path, 0, 100, 25, num_items=5)
     with pytest.raises(SystemExit, match="sas has other val targets"):
