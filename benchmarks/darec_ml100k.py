@@ -60,7 +60,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import comma_list, command, git_commit, interval, machine, paired_comparison, print_targets  # noqa: E402
 from darec.search.trial import set_dotted  # noqa: E402
 from runs import (ACCELERATORS, Run, RunSpec, accelerator_device, converged_darec_name, load, ndcg10,  # noqa: E402
-                  run_all, sasrec_name, sasrec_spec, shipped_darec_patience, shipped_sasrec_patience)
+                  run_all, sasrec_name, sasrec_spec, shipped_darec_patience, shipped_sasrec_patience, target_popularity_groups,
+                  training_popularity)
 
 TEXT_K = (1, 3, 10)
 TEXT_W = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -153,15 +154,11 @@ def text_fusion(sas: Run, vec: np.ndarray) -> tuple[np.ndarray, dict[str, float]
 
 
 def buckets(data_dir: str, history: list[np.ndarray], targets: np.ndarray) -> dict[str, tuple[np.ndarray, list[str]]]:
-    from darec.data.dataset import PreparedData
-    from darec.evaluation.metrics import history_length_buckets, popularity_buckets, popularity_edges
+    from darec.evaluation.metrics import history_length_buckets
 
-    counts = torch.as_tensor(PreparedData(data_dir).train_item_counts())
-    lengths = torch.tensor([len(h) for h in history])
-    g_len, l_len = history_length_buckets(lengths)
-    edges = popularity_edges(counts)
-    g_pop, l_pop = popularity_buckets(counts[torch.from_numpy(targets).long()], edges)
-    return {"history_length": (g_len.numpy(), l_len), "target_popularity": (g_pop.numpy(), l_pop)}
+    g_len, l_len = history_length_buckets(torch.tensor([len(h) for h in history]))
+    return {"history_length": (g_len.numpy(), l_len),
+            "target_popularity": target_popularity_groups(*training_popularity(data_dir), targets)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -27,16 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, interval, machine, paired_comparison  # noqa: E402
-from darec.data.dataset import PreparedData  # noqa: E402
-from darec.evaluation.metrics import popularity_buckets, popularity_edges  # noqa: E402
-from runs import Run, add_stored_runs_args, load_converged, ndcg10  # noqa: E402
+from runs import (Run, add_stored_runs_args, load_converged, ndcg10, target_popularity_groups,  # noqa: E402
+                  training_popularity)
 
 BETA_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
 SPLITS = ("val", "test")
@@ -76,16 +74,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_stored_runs_args(p, __file__)
     a = p.parse_args(argv)
     work = Path(a.work_dir)
-    counts = torch.as_tensor(PreparedData(a.data_dir).train_item_counts())
+    counts, edges = training_popularity(a.data_dir)
     log_pop = np.log1p(counts.numpy().astype(np.float64))
-    edges = popularity_edges(counts)
     plain: dict[str, dict[str, list[np.ndarray]]] = {m: {s: [] for s in SPLITS} for m in MODELS}
     corrected: dict[str, dict[str, list[np.ndarray]]] = {m: {s: [] for s in SPLITS} for m in MODELS}
     seeds = []
     for seed in a.seeds:
         runs = load_converged(work, seed, a.sasrec_len, a.sasrec_patience, len(log_pop) - 1)
         name = runs["darec"].meta["spec"]["name"]
-        groups, labels = popularity_buckets(counts[torch.from_numpy(runs["darec"].targets["test"]).long()], edges)
+        groups, labels = target_popularity_groups(counts, edges, runs["darec"].targets["test"])
         row: dict[str, Any] = {"seed": seed, "darec": name}
         for model, run in runs.items():
             for s in SPLITS:
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 **{f"{s}_ndcg@10_corrected": float(corrected[model][s][-1].mean()) for s in SPLITS},
                 **{f"{s}_top10_log_pop": top10_log_pop(run, s, run.scores[s], log_pop) for s in SPLITS},
                 "test_top10_log_pop_corrected": top10_log_pop(run, "test", adjusted(run.scores["test"], log_pop, beta), log_pop),
-                "test_ndcg@10_by_target_popularity": by_group(plain[model]["test"][-1], groups.numpy(), labels),
+                "test_ndcg@10_by_target_popularity": by_group(plain[model]["test"][-1], groups, labels),
             }
         row["test_targets_log_pop"] = float(log_pop[runs["darec"].targets["test"]].mean())
         seeds.append(row)

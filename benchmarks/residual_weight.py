@@ -35,10 +35,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import command, git_commit, interval, machine, paired_comparison  # noqa: E402
-from darec.data.dataset import PreparedData  # noqa: E402
-from darec.evaluation.metrics import popularity_buckets, popularity_edges  # noqa: E402
 from darec.modules.darec import RESIDUAL_GRID  # noqa: E402
-from runs import Run, add_stored_runs_args, load_converged, ndcg10  # noqa: E402
+from runs import (Run, add_stored_runs_args, load_converged, ndcg10, target_popularity_groups,  # noqa: E402
+                  training_popularity)
 
 SPLITS = ("val", "test")
 
@@ -65,8 +64,8 @@ def cross_fitted(val: np.ndarray, other: np.ndarray | None = None, folds: int = 
 
 def target_shares(counts: torch.Tensor, targets: np.ndarray, edges: tuple[int, ...]) -> dict[str, float]:
     """The share of held-out targets in each training-popularity group (the groups of ``darec_ml100k.py``), by label."""
-    groups, labels = popularity_buckets(counts[torch.from_numpy(targets).long()], edges)
-    share = np.bincount(groups.numpy(), minlength=len(labels)) / len(targets)
+    groups, labels = target_popularity_groups(counts, edges, targets)
+    share = np.bincount(groups, minlength=len(labels)) / len(targets)
     return dict(zip(labels, share.tolist()))
 
 
@@ -75,8 +74,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_stored_runs_args(p, __file__)
     a = p.parse_args(argv)
     work = Path(a.work_dir)
-    counts = torch.as_tensor(PreparedData(a.data_dir).train_item_counts())
-    num_items, edges = len(counts) - 1, popularity_edges(counts)
+    counts, edges = training_popularity(a.data_dir)
+    num_items = len(counts) - 1
     grid = RESIDUAL_GRID
     curves: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}  # per seed: [weights, users]
     base: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}  # SASRec alone

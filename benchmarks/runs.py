@@ -485,6 +485,26 @@ def load_converged(work: Path, seed: int, sasrec_len: int, sasrec_patience: int,
     return runs
 
 
+def training_popularity(data_dir: str | Path) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Each catalogue item's training interactions (``PreparedData.train_item_counts``: training data only, index 0
+    padding; cold items, which no run scores, left out as the models leave them out) and the edges of the
+    target-popularity groups the benchmarks break their figures down by."""
+    from darec.data.dataset import PreparedData
+    from darec.evaluation.metrics import popularity_edges
+
+    data = PreparedData(data_dir)
+    counts = torch.as_tensor(data.train_item_counts()[: data.num_items + 1])
+    return counts, popularity_edges(counts)
+
+
+def target_popularity_groups(counts: torch.Tensor, edges: tuple[int, ...], targets: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Each held-out target's popularity group (by its training count, :func:`training_popularity`) and the labels."""
+    from darec.evaluation.metrics import popularity_buckets
+
+    groups, labels = popularity_buckets(counts[torch.from_numpy(targets).long()], edges)
+    return groups.numpy(), labels
+
+
 def run_all(specs: list[RunSpec], work: Path, data_dir: str, jobs: int = 2, threads: int = 1,
             accelerator: str = "cpu") -> None:
     """Train every spec not done yet, ``jobs`` subprocesses at a time with ``threads`` torch threads each, each

@@ -284,3 +284,23 @@ def test_stored_converged_runs_load_together_and_refuse_other_data_or_targets(be
     assert set(loaded) == {"darec", "darec_lm_only", "sasrec"}
     assert np.array_equal(loaded["darec_lm_only"].scores["test"], scores - 1.0)  # the same run, its language model alone
     assert loaded["sasrec"].meta["spec"]["name"] == "sas"
+
+
+def test_training_popularity_counts_the_catalogue_from_training_data_only(benchmark_script, synth_dir):
+    import torch
+
+    from darec.data.dataset import PreparedData
+    from darec.evaluation.metrics import popularity_edges
+
+    runs = benchmark_script("runs")
+    data = PreparedData(synth_dir)
+    counts, edges = runs.training_popularity(synth_dir)
+    assert data.num_cold > 0 and len(counts) == data.num_items + 1  # cold items are not in the catalogue runs score
+    expected = np.zeros(data.num_items + 1, dtype=np.int64)
+    for seq in data.train_sequences():
+        np.add.at(expected, seq[seq <= data.num_items], 1)
+    assert np.array_equal(counts.numpy(), expected)
+    assert edges == popularity_edges(torch.as_tensor(expected))
+    targets = np.array([int(np.argmax(expected[1:])) + 1, int(np.argmin(expected[1:])) + 1])
+    groups, labels = runs.target_popularity_groups(counts, edges, targets)
+    assert groups.tolist() == [len(labels) - 1, 0]  # the most trained item in the top group, the least in the first
