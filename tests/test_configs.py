@@ -55,3 +55,13 @@ def test_config_instantiates(path, synth_dir, tmp_path, monkeypatch):
         assert cli.model.backbone.name == backbone
         if backbone == "minilm":
             assert cli.model.backbone.num_layers == 6 and cli.model.backbone.hidden_size == 384
+
+
+@pytest.mark.parametrize("name", ["darec_ml100k.yaml", "darec_causal_lm.yaml"])
+def test_darec_configs_for_real_data_train_as_the_benchmarks_adopted(name):
+    # seen items out of the training softmax (evaluation masks them), label smoothing and weight averaging: the
+    # settings benchmarks/epoch_curves_mask_both.json and epoch_curves_ema_ls.json adopted; darec_tiny.yaml is a smoke config
+    init = yaml.safe_load((ROOT / "configs" / name).read_text())["model"]["init_args"]
+    assert init["losses"]["mask_seen"] is True
+    assert init["losses"]["label_smoothing"] == 0.1
+    assert init["ema"] == 0.99
