@@ -88,3 +88,18 @@ def test_lightning_commands_print_no_cli_args_warning(synth_dir, tmp_path, monke
             "--trainer.enable_progress_bar=false"]
     assert main(args) == 0
     assert not [w for w in recwarn if "LightningCLI's args parameter" in str(w.message)]
+
+
+def test_a_model_that_refuses_its_config_gives_darecs_error_not_a_namespace_dump(synth_dir, tmp_path, monkeypatch, capsys):
+    # DARec's __init__ raises ConfigError for a missing CF export; jsonargparse wraps what __init__ raises in its own
+    # error with the whole resolved namespace, and the command must print darec's message alone
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "cf" / "sasrec.safetensors"
+    args = ["fit", "--config", str(ROOT / "configs/darec_tiny.yaml"), "--data.init_args.data_dir", str(synth_dir),
+            "--model.init_args.cache_dir", str(tmp_path / "cache"), "--model.init_args.injection.mode", "input",
+            "--model.init_args.injection.sasrec", str(missing), "--trainer.logger", "false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: CF export not found: {missing} (each needs its .safetensors file and .json sidecar). Train each "
+                   "CF model (darec fit --config ...) and export it: darec export-embeddings --ckpt <its run directory or "
+                   f"checkpoint> --out {missing}"]

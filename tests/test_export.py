@@ -13,7 +13,7 @@ from darec.data.dataset import PreparedData, save_prepared
 from darec.data.synth import SynthConfig, make_synthetic
 from darec.data.datamodules.interaction import normalized_adjacency
 from darec.errors import ConfigError, FingerprintError
-from darec.modules.cf import export_module, load_cf_embeddings, sidecar_path
+from darec.modules.cf import best_checkpoint, export_module, load_cf_embeddings, require_exports, sidecar_path
 from darec.modules.lightgcn import LightGCN
 from darec.modules.sasrec import SASRec, SasrecUserEncoder
 
@@ -99,3 +99,33 @@ def test_lightgcn_export_item_and_non_causal_user_vectors(data: PreparedData, tm
     torch.testing.assert_close(cf.user_emb[1:], users.detach()[1:])
     with pytest.raises(ConfigError, match="a lightgcn export has no causal SASRec user encoder"):
         SasrecUserEncoder.from_cf(cf)
+
+
+def test_a_run_directory_resolves_to_its_one_best_checkpoint(tmp_path) -> None:
+    run = tmp_path / "logs" / "sasrec" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("best-epoch004.ckpt", "last.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"x")
+    best = run / "checkpoints" / "best-epoch004.ckpt"
+    assert best_checkpoint(run) == best
+    assert best_checkpoint(run / "checkpoints") == best
+    assert best_checkpoint(best) == best
+    (run / "checkpoints" / "best-epoch007.ckpt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="expected exactly one best\\*.ckpt, found best-epoch004.ckpt, best-epoch007.ckpt, last.ckpt"):
+        best_checkpoint(run)
+    with pytest.raises(ConfigError, match="no such checkpoint or run directory"):
+        best_checkpoint(tmp_path / "nowhere")
+
+
+def test_missing_exports_are_named_together_with_the_command_that_writes_them(tmp_path) -> None:
+    present = tmp_path / "have.safetensors"
+    present.write_bytes(b"")
+    sidecar_path(present).write_text("{}")
+    half = tmp_path / "half.safetensors"
+    half.write_bytes(b"")  # no sidecar
+    require_exports([present])
+    with pytest.raises(ConfigError) as e:
+        require_exports([present, tmp_path / "gone", half])
+    msg = str(e.value)
+    assert f"CF export not found: {tmp_path / 'gone.safetensors'}, {half} " in msg
+    assert f"--out {half}" in msg and str(present) not in msg

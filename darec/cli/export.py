@@ -11,7 +11,8 @@ from darec.modules.cf import export_embeddings, sidecar_path
 def export_main(argv: list[str]) -> int:
     """``darec export-embeddings --ckpt CKPT --out FILE [--data DIR] [--user-emb]``."""
     p = argparse.ArgumentParser(prog="darec export-embeddings", description=__doc__.split("\n")[0].strip('`'))
-    p.add_argument("--ckpt", required=True, help="a checkpoint of a CF source (SASRec, LightGCN, or any model with cf_export)")
+    p.add_argument("--ckpt", required=True, help="a checkpoint of a CF source (SASRec, LightGCN, or any model with "
+                   "cf_export), or the run directory `darec fit` wrote it to (logs/<name>/version_N): its best*.ckpt")
     p.add_argument("--out", required=True, help="output .safetensors path (the .json sidecar goes beside it)")
     p.add_argument("--data", default=None, help="prepared dataset (default: the one the checkpoint records)")
     p.add_argument("--user-emb", action="store_true", help="LightGCN: also export non-causal user vectors")

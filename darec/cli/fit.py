@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+from darec.errors import DarecError
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -30,14 +32,33 @@ def lightning_main(args: list[str]) -> None:
         # LightningCLI warns whenever it is given ``args`` while ``sys.argv`` has arguments, in case both were meant
         # to be parsed. darec passes the command line itself (minus what it consumed), so both are the same.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
-        DarecCLI(
-            RecModule,
-            RecDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            seed_everything_default=42,
-            trainer_defaults={"callbacks": [JsonlPredictionWriter()]},
-            args=args,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-        )
+        try:
+            DarecCLI(
+                RecModule,
+                RecDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                seed_everything_default=42,
+                trainer_defaults={"callbacks": [JsonlPredictionWriter()]},
+                args=args,
+                save_config_kwargs={"overwrite": True},
+                auto_configure_optimizers=False,
+            )
+        except Exception as e:
+            own = darec_cause(e)
+            if own is None or own is e:
+                raise
+            raise own from None
+
+
+def darec_cause(exc: BaseException) -> DarecError | None:
+    """The :class:`DarecError` behind ``exc``, if any: jsonargparse re-raises what a model's or data module's
+    ``__init__`` raises as its own error, with the whole resolved namespace, and darec's message is the useful part."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, DarecError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

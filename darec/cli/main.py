@@ -45,7 +45,7 @@ DARec inference:
   export-item-vectors  e_j for an ANN index: darec export-item-vectors --ckpt CKPT --out items.safetensors
 
 Collaborative embeddings (for DARec's knowledge injection):
-  export-embeddings   SASRec/LightGCN checkpoint -> safetensors + JSON sidecar:
+  export-embeddings   SASRec/LightGCN checkpoint (or its run directory) -> safetensors + JSON sidecar:
                       darec export-embeddings --ckpt CKPT --out cf/sasrec.safetensors
 
 Dynamic adaption (per-layer adapter types by Bayesian optimisation, Ax):

@@ -183,6 +183,21 @@ def export_module(
     return path
 
 
+def best_checkpoint(path: Path) -> Path:
+    """``path`` itself when it is a file; for a run directory (``logs/<name>/version_N``, or its ``checkpoints/``),
+    the one ``best*.ckpt`` that ``darec fit`` kept in it (the shipped configs name the best checkpoint so)."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ConfigError(f"{path}: no such checkpoint or run directory")
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    best = sorted(folder.glob("best*.ckpt"))
+    if len(best) != 1:
+        found = ", ".join(p.name for p in sorted(folder.glob("*.ckpt"))) or "no .ckpt files"
+        raise ConfigError(f"{folder}: expected exactly one best*.ckpt, found {found}; pass --ckpt the checkpoint file")
+    return best[0]
+
+
 def export_embeddings(
     ckpt_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -193,9 +208,7 @@ def export_embeddings(
 
     ``data_dir`` defaults to the datamodule's ``data_dir`` recorded in the checkpoint.
     """
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise ConfigError(f"{ckpt_path}: no such checkpoint")
+    ckpt_path = best_checkpoint(Path(ckpt_path))
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     cls = checkpoint_model_class(ckpt, str(ckpt_path))
     if data_dir is None:
@@ -208,6 +221,16 @@ def export_embeddings(
     return export_module(module, data, out, include_user_emb, source_checkpoint=str(ckpt_path))
 
 
+def require_exports(paths: list[str | os.PathLike]) -> None:
+    """Raise one :class:`ConfigError` that names every export of ``paths`` missing its ``.safetensors`` file or its
+    JSON sidecar, and how to write it."""
+    missing = [p for p in map(_safetensors_path, paths) if not p.is_file() or not sidecar_path(p).is_file()]
+    if missing:
+        lines = "; ".join(f"darec export-embeddings --ckpt <its run directory or checkpoint> --out {p}" for p in missing)
+        raise ConfigError(f"CF export not found: {', '.join(map(str, missing))} (each needs its .safetensors file and "
+                          f".json sidecar). Train each CF model (darec fit --config ...) and export it: {lines}")
+
+
 def load_cf_embeddings(path: str | os.PathLike, expected_fingerprint: str | None) -> CFEmbeddings:
     """Load an export. Raises :class:`FingerprintError` when it was built from another dataset.
 
@@ -217,10 +240,9 @@ def load_cf_embeddings(path: str | os.PathLike, expected_fingerprint: str | None
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    require_exports([path])
     path = _safetensors_path(path)
     side = sidecar_path(path)
-    if not path.is_file() or not side.is_file():
-        raise ConfigError(f"{path}: export not found (need {path.name} and {side.name})")
     meta = json.loads(side.read_text())
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"{side}: not a {FORMAT} v{FORMAT_VERSION} sidecar")

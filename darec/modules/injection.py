@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from darec.errors import ConfigError
-from darec.modules.cf import load_cf_embeddings
+from darec.modules.cf import load_cf_embeddings, require_exports
 from darec.modules.masking import item_causal_mask
 from darec.modules.prefix import layer_prefixes, prefix_causal_mask, wrap_layers
 from darec.modules.sasrec import USER_STATES, SasrecUserEncoder
@@ -105,6 +105,7 @@ class CollaborativeInjection(nn.Module):
         self.sasrec_encoder = None
         self.mean_dim = 0  # columns of the running-mean sources (they lead the CF table)
         if cfg.mode != "none":
+            require_exports(paths)
             sources = [(path, load_cf_embeddings(path, fingerprint or None)) for path in paths]
             for path, emb in sources:
                 if emb.item_emb.shape[0] != num_items + 1:
