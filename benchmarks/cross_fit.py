@@ -55,10 +55,14 @@ def fold_export_path(work: Path, seed: int, length: int, patience: int, folds: i
 
 
 def train_fold_encoder(data: Any, full: Any, folds: int, fold: int, seed: int, patience: int, max_epochs: int,
-                       batch_size: int = 256, lr: float = 1e-3) -> tuple[Any, list[dict[str, float]]]:
-    """A SASRec encoder trained on the users with ``user_id % folds != fold``, its item table frozen at ``full``'s."""
+                       batch_size: int = 256, lr: float = 1e-3, stride: int | None = None,
+                       mask_seen: bool = False) -> tuple[Any, list[dict[str, float]]]:
+    """A SASRec encoder trained on the users with ``user_id % folds != fold``, its item table frozen at ``full``'s;
+    windows at ``stride`` (default half the length) and, with ``mask_seen``, the window's items out of the softmax, as
+    the full SASRec trained (:func:`full_training`)."""
     from darec.data.datamodules.sequence import make_windows
     from darec.data.dataset import Ragged
+    from darec.modules.losses import next_item_loss, seen_items
     from darec.modules.sasrec import SasrecConfig, SasrecEncoder
 
     torch.manual_seed(seed * 1000 + fold)
@@ -70,7 +74,7 @@ def train_fold_encoder(data: Any, full: Any, folds: int, fold: int, seed: int, p
     enc.item_embedding.weight.requires_grad_(False)
     seqs = data.train_sequences()
     kept = [list(map(int, s)) if (u % folds != fold) else [] for u, s in enumerate(seqs, start=1)]
-    _, inputs, targets = make_windows(Ragged.from_lists([[]] + kept), cfg.max_len, max(1, cfg.max_len // 2))
+    _, inputs, targets = make_windows(Ragged.from_lists([[]] + kept), cfg.max_len, stride or max(1, cfg.max_len // 2))
     inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
     val = data.eval_split("validation")
     own = [(int(u), int(t)) for u, t in zip(val.users, val.targets) if u % folds != fold and len(seqs[u - 1])]
@@ -88,7 +92,10 @@ def train_fold_encoder(data: Any, full: Any, folds: int, fold: int, seed: int, p
             tgt = targets[ix]
             sel = tgt > 0
             h = enc(inputs[ix])[sel]
-            loss = F.cross_entropy(h @ items[1:].T, tgt[sel] - 1)
+            if mask_seen:
+                loss = next_item_loss(h, items, tgt[sel], exclude=seen_items(inputs[ix], tgt, sel, items.shape[0] - 1))
+            else:
+                loss = F.cross_entropy(h @ items[1:].T, tgt[sel] - 1)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -107,6 +114,13 @@ def train_fold_encoder(data: Any, full: Any, folds: int, fold: int, seed: int, p
     assert best_state is not None
     enc.load_state_dict(best_state)
     return enc.eval(), curve
+
+
+def full_training(work: Path, name: str) -> dict[str, Any]:
+    """How the full SASRec run ``name`` trained, for its fold encoders: its window ``stride`` and ``mask_seen`` (runs
+    that predate recorded configurations: half the length, no mask)."""
+    config = json.loads((run_dir(work, name) / "meta.json").read_text()).get("config") or {}
+    return {"stride": (config.get("data") or {}).get("stride"), "mask_seen": bool((config.get("model") or {}).get("mask_seen", False))}
 
 
 def export_fold(enc: Any, full: Any, data: Any, out: Path, folds: int, fold: int) -> Path:
@@ -148,7 +162,8 @@ def phase_sasrec(a: argparse.Namespace, work: Path, pat: int) -> dict[str, Any]:
                 enc = SasrecUserEncoder.from_export(path, data.fingerprint).eval()
             else:
                 t0 = time.perf_counter()
-                enc, curve = train_fold_encoder(data, full, a.folds, k, s, a.fold_patience, a.fold_max_epochs)
+                enc, curve = train_fold_encoder(data, full, a.folds, k, s, a.fold_patience, a.fold_max_epochs,
+                                                **full_training(work, sasrec_name(a.sasrec_len, s, pat)))
                 print(f"seed {s} fold {k}: {len(curve)} epochs, best val NDCG@10 of its training users "
                       f"{max(c['val_ndcg@10'] for c in curve):.4f}, {time.perf_counter() - t0:.0f} s", flush=True)
                 export_fold(enc, full, data, path, a.folds, k)
@@ -182,9 +197,14 @@ def phase_darec(a: argparse.Namespace, work: Path, pat: int) -> dict[str, Any]:
     default = f"ablation_full_e{a.epochs}" if a.epochs else f"darec_p{shipped_darec_patience()}"  # ablation.py's or darec_ml100k.py's
     for s in a.seeds:
         folds = [str(fold_export_path(work, s, a.sasrec_len, pat, a.folds, k)) for k in range(a.folds)]
-        variant = f"cross_fit{a.folds}" + ("full" if a.fold_eval == "full" else "")
+        if a.stacked:
+            variant, injection = f"stacked{a.folds}", {"sasrec_folds": folds, "sasrec_folds_for": "residual",
+                                                        "residual_weight": "stacked"}
+        else:
+            variant = f"cross_fit{a.folds}" + ("full" if a.fold_eval == "full" else "")
+            injection = {"sasrec_folds": folds, "sasrec_folds_eval": a.fold_eval}
         name = darec_name(f"{variant}_" + (f"e{a.epochs}" if a.epochs else "converged"), s, a.sasrec_len, pat)
-        specs.append(RunSpec(name, "darec", s, {"injection": {"sasrec_folds": folds, "sasrec_folds_eval": a.fold_eval}},
+        specs.append(RunSpec(name, "darec", s, {"injection": injection},
                              {}, budget,
                              cf_from=sasrec_name(a.sasrec_len, s, pat), lightgcn_from=f"lightgcn_s{s}"))
         ref = (a.reference.format(seed=s, epochs=a.epochs, length=a.sasrec_len, patience=pat) if a.reference
@@ -203,6 +223,9 @@ def phase_darec(a: argparse.Namespace, work: Path, pat: int) -> dict[str, Any]:
         rows[label] = {side: {"test_ndcg@10_mean": float(np.mean([x.mean() for x in v])),
                               "per_seed": [float(x.mean()) for x in v]} for side, v in per.items()}
         rows[label]["cross_fit_minus_full_sasrec"] = paired_bootstrap(np.mean(per["cross_fit"], 0) - np.mean(per["full_sasrec"], 0))
+        val = [np.mean([ndcg10(load(work, p[i], lm_only=lm and has_lm_only(work, p[i])).ranks("val")) for p in pairs], 0)
+               for i in (0, 1)]  # validation decides: the rule reads this one
+        rows[label]["val_cross_fit_minus_full_sasrec"] = paired_bootstrap(val[0] - val[1])
         for side, v in per.items():
             diff = paired_bootstrap(np.mean(v, 0) - np.mean(sasrec, 0))
             rows[label][f"{side}_minus_sasrec"] = {**diff, "ratio": rows[label][side]["test_ndcg@10_mean"] / rows["sasrec"]["test_ndcg@10_mean"]}
@@ -220,6 +243,8 @@ def phase_darec(a: argparse.Namespace, work: Path, pat: int) -> dict[str, Any]:
         r = rows[label]
         print(f"{label:<22}{r['cross_fit']['test_ndcg@10_mean']:>14.4f}{r['full_sasrec']['test_ndcg@10_mean']:>14.4f}"
               f"{ci(r['cross_fit_minus_full_sasrec']):>32}{r['cross_fit_minus_sasrec']['ratio']:>23.3f}x")
+    for label in ("fused", "language_model_alone"):
+        print(f"validation, {label}: cross-fitted - full SASRec {ci(rows[label]['val_cross_fit_minus_full_sasrec'])}")
     return {"pairs": pairs, **rows}
 
 
@@ -239,6 +264,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "(default: ablation.py's full runs, or darec_ml100k.py's with --epochs 0)")
     p.add_argument("--fold-eval", choices=["folds", "full"], default="folds",
                    help="injection.sasrec_folds_eval: evaluation reads the out-of-fold states too, or the full SASRec's")
+    p.add_argument("--stacked", action="store_true",
+                   help="DARec phase: injection.residual_weight stacked with sasrec_folds_for residual (the language model "
+                        "trains on top of each user's out-of-fold SASRec score; inputs and evaluation read the full SASRec)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "_work" / "darec_ml100k"))
@@ -260,8 +288,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "sasrec" in a.phase:
         result["sasrec"] = {**phase_sasrec(a, work, pat), "command": result["command"], "git": result["git"], "machine": result["machine"]}
     if "darec" in a.phase:
-        key = (f"darec_e{a.epochs}" if a.epochs else "darec_converged") + ("_eval_full" if a.fold_eval == "full" else "")
-        result[key] = {**phase_darec(a, work, pat), "epochs": a.epochs or "early stopping", "fold_eval": a.fold_eval,
+        key = ((f"darec_e{a.epochs}" if a.epochs else "darec_converged") + ("_eval_full" if a.fold_eval == "full" else "")
+               + ("_stacked" if a.stacked else ""))
+        result[key] = {**phase_darec(a, work, pat), "epochs": a.epochs or "early stopping",
+                       "fold_eval": "full (stacked)" if a.stacked else a.fold_eval,
                        "command": result["command"], "git": result["git"], "machine": result["machine"]}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.out}")

@@ -553,7 +553,7 @@ class DARec(RecModule):
             return out, None
         if history is not None:
             return out, self.injection.residual_last_states(history, seq, user)
-        sas = self.injection.residual_states(seq, user)
+        sas = self.injection.residual_states(seq, user, users)
         return out, sas[:, -1:] if last_only else sas
 
     def _unit(self, x: torch.Tensor) -> torch.Tensor:
@@ -657,7 +657,7 @@ class DARec(RecModule):
 
     @property
     def _weight_on_validation(self) -> bool:
-        return self.injection.residual_scale is not None and self.injection.cfg.residual_weight == "validation"
+        return self.injection.residual_scale is not None and self.injection.cfg.residual_weight in ("validation", "stacked")
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
         if not self._weight_on_validation:
@@ -676,13 +676,15 @@ class DARec(RecModule):
         """Logs ``val/*`` of the model and ``val/lm_ndcg@10``: the language-model path's own NDCG@10 (without SASRec's
         score) when the residual weight is chosen on validation, else the model's. The language model trains alone
         in that mode, so early stopping watches ``val/lm_ndcg@10`` (the fused score is flat while SASRec dominates
-        it) and model selection watches ``val/ndcg@10``."""
+        it) and model selection watches ``val/ndcg@10``. With ``residual_weight: stacked`` the language model trains on
+        top of SASRec's score at weight 1, so ``val/lm_ndcg@10`` is that score's NDCG@10 (weight 1)."""
         if not self._weight_on_validation:
             values = self._log_metric(self.val_metric, "val")
             self.log_reduced("val/lm_ndcg@10", values["val/ndcg@10"])
             return
         ndcg = [float(m.compute()["ndcg@10"]) for m in self.val_by_weight]
-        self.log_reduced("val/lm_ndcg@10", ndcg[RESIDUAL_GRID.index(0.0)])
+        trained = 1.0 if self.injection.cfg.residual_weight == "stacked" else 0.0  # the score the language model trains
+        self.log_reduced("val/lm_ndcg@10", ndcg[RESIDUAL_GRID.index(trained)])
         best = max(range(len(ndcg)), key=lambda i: (ndcg[i], -i))
         self.injection.residual_scale.fill_(RESIDUAL_GRID[best])
         for i, m in enumerate(self.val_by_weight):

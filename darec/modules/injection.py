@@ -27,7 +27,8 @@ from darec.modules.prefix import layer_prefixes, prefix_causal_mask, wrap_layers
 from darec.modules.sasrec import USER_STATES, SasrecUserEncoder
 
 
-RESIDUAL_WEIGHTS = ("learned", "validation")
+RESIDUAL_WEIGHTS = ("learned", "validation", "stacked")
+FOLDS_FOR = ("input", "residual")
 RESIDUAL_HISTORIES = ("own", "window")
 
 
@@ -40,7 +41,11 @@ class InjectionConfig:
     scores on its own training data are more confident than on unseen targets, so the correction learnt there is
     too timid. With ``residual_weight: validation`` the language model trains alone (``alpha = 0``) and after
     every validation pass ``alpha`` is set to the value of a fixed grid that gives the best validation NDCG@10 (a
-    late fusion of two models whose weight is chosen on validation only); it is saved with the model.
+    late fusion of two models whose weight is chosen on validation only); it is saved with the model. With
+    ``residual_weight: stacked`` the language model trains on top of SASRec's score at weight 1 (a boosting stage:
+    it learns what that score misses), and ``alpha`` is then chosen on validation as with ``validation``; with
+    ``sasrec_folds`` and ``sasrec_folds_for: residual`` the score it trains on top of is each user's out-of-fold
+    SASRec score, as sharp on training targets as SASRec's is on held-out ones.
 
     ``sasrec_folds`` cross-fits SASRec's user states (``benchmarks/cross_fit.py`` trains them): ``K`` exports, the
     one of fold ``k`` trained without the users whose id is ``k`` modulo ``K``, its item table frozen at
@@ -74,6 +79,7 @@ class InjectionConfig:
     residual_weight: str = "validation"  # learned: alpha trains with the LM, which learns a correction | validation: see below
     sasrec_folds: list[str] = field(default_factory=list)  # cross-fitted SASRec exports: see below
     sasrec_folds_eval: str = "folds"  # folds: evaluation reads the out-of-fold states too | full: the full SASRec's
+    sasrec_folds_for: str = "input"  # input: the fold states are the LM's input states | residual: only training's residual reads them
     residual_history: str = "own"  # own: the residual's state after a whole history reads SASRec's own last max_len items | window: DARec's window
 
 
@@ -149,6 +155,12 @@ class CollaborativeInjection(nn.Module):
             raise ConfigError(f"injection.residual_history must be one of {RESIDUAL_HISTORIES}, got {cfg.residual_history!r}")
         if cfg.residual_weight not in RESIDUAL_WEIGHTS:
             raise ConfigError(f"injection.residual_weight must be one of {RESIDUAL_WEIGHTS}, got {cfg.residual_weight!r}")
+        if cfg.sasrec_folds_for not in FOLDS_FOR:
+            raise ConfigError(f"injection.sasrec_folds_for must be one of {FOLDS_FOR}, got {cfg.sasrec_folds_for!r}")
+        if cfg.sasrec_folds and cfg.sasrec_folds_for == "residual" and not (cfg.residual and cfg.residual_weight != "validation"):
+            raise ConfigError("injection.sasrec_folds_for: residual feeds the fold states to the residual in training; it "
+                              "needs injection.residual: true with residual_weight stacked or learned (with validation the "
+                              "language model trains without the residual)")
         if cfg.residual:
             if cfg.mode == "none" or self.sasrec_encoder is None:
                 raise ConfigError("injection.residual needs a SASRec export (injection.sasrec or in injection.sources) and "
@@ -188,7 +200,8 @@ class CollaborativeInjection(nn.Module):
     @property
     def _reads_folds(self) -> bool:
         """Whether SASRec's input states come from the fold encoders now (else from the full encoder)."""
-        return self.fold_encoders is not None and (self.training or self.cfg.sasrec_folds_eval == "folds")
+        return (self.fold_encoders is not None and self.cfg.sasrec_folds_for == "input"
+                and (self.training or self.cfg.sasrec_folds_eval == "folds"))
 
     def _known(self, seq: torch.Tensor) -> torch.Tensor:
         """``seq`` with the ids beyond the CF table (items SASRec never saw) set to padding."""
@@ -200,6 +213,11 @@ class CollaborativeInjection(nn.Module):
         known = self._known(seq)
         if not self._reads_folds:
             return self.sasrec_encoder.causal_user_states(known)
+        return self._fold_states(known, users)
+
+    def _fold_states(self, known: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """Each user's out-of-fold SASRec states for ``known`` (see :meth:`_sasrec_states`)."""
+        seq = known
         if users is None:
             return torch.stack([enc.causal_user_states(known) for enc in self.fold_encoders]).mean(0)
         fold = users.to(seq.device) % len(self.fold_encoders)
@@ -262,9 +280,12 @@ class CollaborativeInjection(nn.Module):
         """SASRec's state ``u_t`` [B, L, d_sas] from :meth:`user_states` ``user`` (its SASRec part comes last)."""
         return user[..., -self._sasrec_dim() :]
 
-    def residual_states(self, seq: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+    def residual_states(self, seq: torch.Tensor, user: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """SASRec's own ``u_t`` [B, L, d_sas] for its residual score: the SASRec part of :meth:`user_states` ``user``,
-        or with ``sasrec_folds`` the full encoder's states (the residual is SASRec's score, not a cross-fitted one)."""
+        or with ``sasrec_folds`` the full encoder's states (the residual is SASRec's score, not a cross-fitted one),
+        except in training with ``sasrec_folds_for: residual``: then the out-of-fold states of ``users`` [B]."""
+        if self.fold_encoders is not None and self.cfg.sasrec_folds_for == "residual" and self.training:
+            return self._fold_states(self._known(seq), users).to(user.dtype)
         if not self._reads_folds:  # the input states are already the full encoder's
             return self.sasrec_part(user)
         return self.sasrec_encoder.causal_user_states(self._known(seq)).to(user.dtype)
@@ -287,6 +308,8 @@ class CollaborativeInjection(nn.Module):
         """
         if self.training and self.cfg.residual_weight == "validation":
             return torch.zeros_like(sas)  # the language model trains alone
+        if self.training and self.cfg.residual_weight == "stacked":
+            return sas  # the language model trains on top of SASRec's score at weight 1
         return self.residual_scale * sas
 
     def run_with_prefixes(

@@ -402,3 +402,59 @@ def test_cross_fitted_states_can_be_read_in_training_only(small_synth_dir, fold_
     with pytest.raises(ConfigError, match=r"sasrec_folds_eval must be folds \| full"):
         _model(small_synth_dir, {"sasrec": fold_exports["full"], "sasrec_folds": fold_exports["folds"],
                                  "sasrec_folds_eval": "both"}, tmp_path, mode="input")
+
+
+def test_stacked_trains_on_top_of_each_users_out_of_fold_sasrec_score_and_evaluates_with_the_full_one(
+        small_synth_dir, fold_exports, tmp_path):
+    """residual_weight: stacked with sasrec_folds_for: residual: in training the residual is SASRec's score at weight 1
+    from the user's out-of-fold encoder, while the input states stay the full SASRec's; in evaluation the residual is
+    the full SASRec's score at the weight chosen on validation."""
+    m = _model(small_synth_dir, {"sasrec": fold_exports["full"], "sasrec_folds": fold_exports["folds"],
+                                 "residual_weight": "stacked", "sasrec_folds_for": "residual"}, tmp_path, mode="residual")
+    fp = PreparedData(small_synth_dir).fingerprint
+    full = SasrecUserEncoder.from_export(fold_exports["full"], fp)
+    folds = [SasrecUserEncoder.from_export(p, fp) for p in fold_exports["folds"]]
+    seq, users = torch.tensor([[0, 3, 7, 9], [2, 5, 8, 1]]), torch.tensor([3, 4])
+    d_sas = full.causal_user_states(seq).shape[-1]
+    m.injection.residual_scale.fill_(0.5)
+    with torch.no_grad():
+        m.train()
+        torch.testing.assert_close(m.injection.user_states(seq, users)[..., -d_sas:], full.causal_user_states(seq))
+        residual = m.scoring_states(seq, m.sem_cache, users=users)[..., -d_sas:]
+        for row, u in enumerate(users.tolist()):
+            torch.testing.assert_close(residual[row], folds[u % 2].causal_user_states(seq[row : row + 1])[0])
+        m.eval()
+        torch.testing.assert_close(m.scoring_states(seq, m.sem_cache, users=users)[..., -d_sas:],
+                                   0.5 * full.causal_user_states(seq))
+    with pytest.raises(ConfigError, match="sasrec_folds_for: residual feeds the fold states to the residual in training"):
+        _model(small_synth_dir, {"sasrec": fold_exports["full"], "sasrec_folds": fold_exports["folds"],
+                                 "residual_weight": "validation", "sasrec_folds_for": "residual"}, tmp_path, mode="residual")
+    with pytest.raises(ConfigError, match="sasrec_folds_for must be one of"):
+        _model(small_synth_dir, {"sasrec": fold_exports["full"], "sasrec_folds": fold_exports["folds"],
+                                 "sasrec_folds_for": "both"}, tmp_path, mode="input")
+
+
+def test_stacked_chooses_the_weight_on_validation_and_stops_on_the_score_it_trains(small_synth_dir, cf_exports, tmp_path):
+    import lightning as L
+
+    from darec.modules.darec import RESIDUAL_GRID
+    from darec.modules.injection import InjectionConfig
+
+    dm = SequenceDataModule(str(small_synth_dir), batch_size=16, eval_batch_size=64, max_len=12, num_negatives=0)
+    m = DARec(num_items=dm.num_items, num_users=dm.num_users, data_fingerprint=dm.fingerprint,
+              backbone=BackboneConfig(name="tiny-bert"), max_len=12, cache_dir=str(tmp_path),
+              injection=InjectionConfig(mode="input", residual=True, residual_weight="stacked", **cf_exports))
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(m, datamodule=dm)
+    chosen = float(m.injection.residual_scale)
+    assert chosen in RESIDUAL_GRID and float(trainer.callback_metrics["val/residual_weight"]) == chosen
+    m.injection.residual_scale.fill_(1.0)
+    m.injection.cfg.residual_weight = "learned"  # plain validation at the weight the language model trained with
+    at_one = L.Trainer(logger=False, enable_progress_bar=False).validate(m, datamodule=dm, verbose=False)[0]["val/ndcg@10"]
+    assert float(trainer.callback_metrics["val/lm_ndcg@10"]) == pytest.approx(at_one, abs=1e-6)
+    m.injection.cfg.residual_weight = "stacked"
+    m.train()
+    seq = torch.tensor([[0, 3, 7, 9]])
+    d_sas = m.injection.sasrec_part(m.injection.user_states(seq)).shape[-1]
+    torch.testing.assert_close(m.scoring_states(seq, m.sem_cache)[..., -d_sas:], m.injection.sasrec_part(m.injection.user_states(seq)))
