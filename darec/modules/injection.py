@@ -217,16 +217,15 @@ class CollaborativeInjection(nn.Module):
 
     def _fold_states(self, known: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
         """Each user's out-of-fold SASRec states for ``known`` (see :meth:`_sasrec_states`)."""
-        seq = known
         if users is None:
             return torch.stack([enc.causal_user_states(known) for enc in self.fold_encoders]).mean(0)
-        fold = users.to(seq.device) % len(self.fold_encoders)
+        fold = users.to(known.device) % len(self.fold_encoders)
         out = None
         for k, enc in enumerate(self.fold_encoders):
             rows = (fold == k).nonzero().squeeze(1)
             if len(rows):
                 part = enc.causal_user_states(known[rows])
-                out = part.new_zeros(seq.shape + part.shape[-1:]) if out is None else out
+                out = part.new_zeros(known.shape + part.shape[-1:]) if out is None else out
                 out[rows] = part
         return out
 
