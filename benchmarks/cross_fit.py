@@ -218,22 +218,23 @@ def phase_darec(a: argparse.Namespace, work: Path, pat: int) -> dict[str, Any]:
     sasrec = [ndcg10(load(work, p[2]).ranks("test")) for p in pairs]
     rows["sasrec"] = {"test_ndcg@10_mean": float(np.mean([x.mean() for x in sasrec])), "per_seed": [float(x.mean()) for x in sasrec]}
     for label, lm in (("fused", False), ("language_model_alone", True)):
-        per = {side: [ndcg10(load(work, p[i], lm_only=lm and has_lm_only(work, p[i])).ranks("test")) for p in pairs]
-               for i, side in enumerate(("cross_fit", "full_sasrec"))}
+        runs = {side: [load(work, p[i], lm_only=lm and has_lm_only(work, p[i])) for p in pairs]
+                for i, side in enumerate(("cross_fit", "full_sasrec"))}
+        per = {side: [ndcg10(r.ranks("test")) for r in rs] for side, rs in runs.items()}
+        if not lm:
+            fused = runs
         rows[label] = {side: {"test_ndcg@10_mean": float(np.mean([x.mean() for x in v])),
                               "per_seed": [float(x.mean()) for x in v]} for side, v in per.items()}
         rows[label]["cross_fit_minus_full_sasrec"] = paired_bootstrap(np.mean(per["cross_fit"], 0) - np.mean(per["full_sasrec"], 0))
-        val = [np.mean([ndcg10(load(work, p[i], lm_only=lm and has_lm_only(work, p[i])).ranks("val")) for p in pairs], 0)
-               for i in (0, 1)]  # validation decides: the rule reads this one
-        rows[label]["val_cross_fit_minus_full_sasrec"] = paired_bootstrap(val[0] - val[1])
+        val = {side: np.mean([ndcg10(r.ranks("val")) for r in rs], 0) for side, rs in runs.items()}  # what the rule reads
+        rows[label]["val_cross_fit_minus_full_sasrec"] = paired_bootstrap(val["cross_fit"] - val["full_sasrec"])
         for side, v in per.items():
             diff = paired_bootstrap(np.mean(v, 0) - np.mean(sasrec, 0))
             rows[label][f"{side}_minus_sasrec"] = {**diff, "ratio": rows[label][side]["test_ndcg@10_mean"] / rows["sasrec"]["test_ndcg@10_mean"]}
-    metas = {side: [load(work, p[i]).meta for p in pairs] for i, side in enumerate(("cross_fit", "full_sasrec"))}
-    for side, ms in metas.items():
-        rows[side + "_runs"] = [{k: m.get(k) for k in ("best_val_ndcg@10", "val_ndcg@10_lm_only", "test_ndcg@10",
-                                                       "test_ndcg@10_lm_only", "residual_weight", "fit_s", "epochs_run")}
-                                for m in ms]
+    for side, rs in fused.items():
+        rows[side + "_runs"] = [{k: r.meta.get(k) for k in ("best_val_ndcg@10", "val_ndcg@10_lm_only", "test_ndcg@10",
+                                                            "test_ndcg@10_lm_only", "residual_weight", "fit_s", "epochs_run")}
+                                for r in rs]
     def ci(d: dict[str, Any]) -> str:
         return f"{d['mean']:+.4f} [{d['bootstrap_95ci'][0]:+.4f}, {d['bootstrap_95ci'][1]:+.4f}]"
 

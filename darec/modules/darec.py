@@ -657,7 +657,7 @@ class DARec(RecModule):
 
     @property
     def _weight_on_validation(self) -> bool:
-        return self.injection.residual_scale is not None and self.injection.cfg.residual_weight in ("validation", "stacked")
+        return self.injection.residual_scale is not None and self.injection.trained_weight is not None
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
         if not self._weight_on_validation:
@@ -683,8 +683,7 @@ class DARec(RecModule):
             self.log_reduced("val/lm_ndcg@10", values["val/ndcg@10"])
             return
         ndcg = [float(m.compute()["ndcg@10"]) for m in self.val_by_weight]
-        trained = 1.0 if self.injection.cfg.residual_weight == "stacked" else 0.0  # the score the language model trains
-        self.log_reduced("val/lm_ndcg@10", ndcg[RESIDUAL_GRID.index(trained)])
+        self.log_reduced("val/lm_ndcg@10", ndcg[RESIDUAL_GRID.index(self.injection.trained_weight)])
         best = max(range(len(ndcg)), key=lambda i: (ndcg[i], -i))
         self.injection.residual_scale.fill_(RESIDUAL_GRID[best])
         for i, m in enumerate(self.val_by_weight):

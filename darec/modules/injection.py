@@ -305,11 +305,18 @@ class CollaborativeInjection(nn.Module):
         With the item side :meth:`residual_items`, the score becomes ``<W_o h, e_j> + alpha <u_t, c_j>``:
         the language model learns a correction on top of SASRec's own score, which stays frozen.
         """
-        if self.training and self.cfg.residual_weight == "validation":
+        if self.training and self.trained_weight == 0.0:
             return torch.zeros_like(sas)  # the language model trains alone
-        if self.training and self.cfg.residual_weight == "stacked":
-            return sas  # the language model trains on top of SASRec's score at weight 1
+        if self.training and self.trained_weight is not None:
+            return self.trained_weight * sas
         return self.residual_scale * sas
+
+    @property
+    def trained_weight(self) -> float | None:
+        """The fixed weight of SASRec's score while the language model trains, whose ``alpha`` is then chosen on
+        validation: 0 with ``residual_weight: validation`` (it trains alone), 1 with ``stacked``; None with ``learned``
+        (``alpha`` trains too)."""
+        return {"validation": 0.0, "stacked": 1.0}.get(self.cfg.residual_weight)
 
     def run_with_prefixes(
         self,
